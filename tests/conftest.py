@@ -1,0 +1,49 @@
+"""Strict, fast test defaults: 8 forced CPU devices, strict promotion, one prepared data dir, a key fixture."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before JAX is imported anywhere: several CPU devices, so a step on 1 and on 8 devices can be compared
+# in-process, and a TFDS data dir of the session's own (no test reads or writes ~/tensorflow_datasets).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_DATA_DIR = Path(tempfile.mkdtemp(prefix="zoo_tfds_"))
+os.environ["TFDS_DATA_DIR"] = str(_DATA_DIR)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+# Many tests compile the same small programs: a persistent cache turns the repeats into disk reads.
+# Subprocesses (the CLI, the multi-host and SIGKILL tests) read the same cache through the environment.
+_CACHE_DIR = Path(tempfile.mkdtemp(prefix="zoo_jax_cache_"))
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_CACHE_DIR)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", str(_CACHE_DIR))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+
+@pytest.fixture
+def key():
+  return jax.random.PRNGKey(0)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+  """The session's TFDS data dir (also $TFDS_DATA_DIR), where the zoo's own builders prepare once."""
+  return _DATA_DIR
+
+
+def pytest_sessionfinish(session, exitstatus):
+  import shutil
+  shutil.rmtree(_DATA_DIR, ignore_errors=True)
+  shutil.rmtree(_CACHE_DIR, ignore_errors=True)

@@ -1,0 +1,58 @@
+"""Shared test helpers: tiny configs of every registered family, taken from their experiments' :quick."""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from zoo import config as config_lib
+from zoo import registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.lru_cache(maxsize=None)
+def quick_experiments() -> dict[str, str]:
+  """{family: 'experiments/.../x.py:quick'} for the first quick experiment of each family.
+
+  Every family must have one: that is how the conformance suite gets a small config of it.
+  """
+  found: dict[str, str] = {}
+  for rel in config_lib.list_experiments():
+    if rel.startswith("benchmarks/"):
+      continue
+    text = (config_lib.experiments_dir() / rel).read_text()
+    m = re.search(r"""c\.family\s*=\s*["']([\w-]+)["']""", text)
+    if m and "quick" in text and m.group(1) not in found:
+      found[m.group(1)] = f"{rel}:quick"
+  return found
+
+
+def tiny_config(family: str, **overrides):
+  """The family's quick experiment config, shrunk for unit tests."""
+  spec = quick_experiments()[family]
+  base = {"steps": 4, "log_every": 2, "eval_every": 0, "checkpoint_every": 0, "eval_examples": 64,
+          "eval_batch_size": 32, "batch_size": 16, "num_samples": 4}
+  base.update(overrides)
+  return config_lib.load(spec, [f"{k}={v!r}" for k, v in base.items()])
+
+
+def tree_equal(a, b) -> bool:
+  la, ta = jax.tree_util.tree_flatten(a)
+  lb, tb = jax.tree_util.tree_flatten(b)
+  return ta == tb and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+def tree_allclose(a, b, rtol=1e-5, atol=1e-6) -> bool:
+  la, ta = jax.tree_util.tree_flatten(a)
+  lb, tb = jax.tree_util.tree_flatten(b)
+  return ta == tb and all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+                          for x, y in zip(la, lb))
+
+
+def assert_every_family_has_quick():
+  missing = sorted(set(registry.names()) - set(quick_experiments()))
+  assert not missing, f"families without a :quick experiment config: {missing}"

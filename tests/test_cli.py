@@ -1,0 +1,118 @@
+"""The CLI: each bad input gives one clear line and a non-zero exit; the commands do their job."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo.cli import main
+
+QUICK = "experiments/kingma2013/vae.py:quick"
+TINY = ["--config.steps=2", "--config.eval_every=0", "--config.checkpoint_every=2",
+        "--config.eval_examples=64", "--config.eval_batch_size=32", "--config.batch_size=16",
+        "--config.num_samples=4", "--no-progress"]
+
+
+def run(capsys, *argv):
+  code = main(list(argv))
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def one_line_error(code, err, *needles):
+  assert code != 0
+  lines = [l for l in err.strip().splitlines() if l.startswith("zoo: error:")]
+  assert len(lines) == 1, err
+  assert "Traceback" not in err
+  for n in needles:
+    assert n in lines[0], lines[0]
+  return lines[0]
+
+
+def test_unknown_family(capsys, tmp_path):
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path), "--config.family=vea")
+  one_line_error(code, err, "unknown family 'vea'", "did you mean: vae")
+
+
+def test_unknown_experiment(capsys, tmp_path):
+  code, _, err = run(capsys, "train", "--config", "experiments/kingma2013/vea.py", "--workdir", str(tmp_path))
+  one_line_error(code, err, "no experiment config", "kingma2013/vae.py")
+
+
+def test_unknown_config_key_names_the_nearest(capsys, tmp_path):
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path), "--config.batch_sise=3")
+  one_line_error(code, err, "unknown config key batch_sise", "batch_size")
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path), "--config.model.latent=3")
+  one_line_error(code, err, "model.latent", "latent_dim")
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path), "--config.steps=many")
+  one_line_error(code, err, "steps must be int")
+
+
+def test_wrong_data_shape_and_dtype(capsys, tmp_path):
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, images=np.zeros((10, 5), np.uint8))
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path / "w"),
+                     f"--config.data.name=npz:{bad}", *TINY)
+  one_line_error(code, err, "bad.npz", "(10, 5)")
+  bad2 = tmp_path / "bad2.npz"
+  np.savez(bad2, images=np.full((10, 28, 28), "x"))
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path / "w"),
+                     f"--config.data.name=npz:{bad2}", *TINY)
+  one_line_error(code, err, "bad2.npz")
+
+
+def test_missing_data_set(capsys, tmp_path):
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path / "w"),
+                     "--config.data.name=cifar10", f"--config.data.data_dir={tmp_path / 'nodata'}", *TINY)
+  one_line_error(code, err, "cifar10", str(tmp_path / "nodata"))
+
+
+def test_unwritable_workdir(capsys, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(blocker / "run"), *TINY)
+  one_line_error(code, err, "cannot write to workdir")
+
+
+def test_checkpoint_of_another_family(capsys, tmp_path):
+  code, _, _ = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path), *TINY)
+  assert code == 0
+  code, _, err = run(capsys, "train", "--config", "experiments/vincent2008/dae.py:quick",
+                     "--workdir", str(tmp_path), *TINY)
+  one_line_error(code, err, "holds family 'vae'", "'autoencoder'")
+
+
+def test_nan_loss_names_the_step(capsys, tmp_path):
+  code, _, err = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path), *TINY,
+                     "--config.steps=60", "--config.log_every=1", "--config.optim.model.schedule=exponential",
+                     "--config.optim.model.decay_steps=1", "--config.optim.model.decay_rate=10.0")
+  one_line_error(code, err, "non-finite at step")
+
+
+def test_train_eval_sample_list(capsys, tmp_path):
+  code, out, _ = run(capsys, "train", "--config", QUICK, "--workdir", str(tmp_path), *TINY)
+  assert code == 0 and "checkpoints:" in out and "samples:" in out and "tensorboard:" in out
+  code, out, _ = run(capsys, "eval", "--workdir", str(tmp_path), "--split", "test", "--examples", "32", "--k", "10")
+  assert code == 0
+  metrics = json.loads(out.strip().splitlines()[-1])
+  assert metrics["split"] == "test" and metrics["num_examples"] == 32 and metrics["k"] == 10
+  assert metrics["nll_iwae10"] <= metrics["nll_elbo"] + 1.0
+  grid = tmp_path / "grid.png"
+  code, out, _ = run(capsys, "sample", "--workdir", str(tmp_path), "--num", "9", "--out", str(grid))
+  assert code == 0 and grid.is_file() and grid.stat().st_size > 100
+  code, out, _ = run(capsys, "list")
+  assert code == 0 and "vae" in out and "autoencoder" in out and "kingma2013/vae.py" in out
+  code, _, err = run(capsys, "eval", "--workdir", str(tmp_path / "none"))
+  one_line_error(code, err, "no checkpoint")
+
+
+def test_bench_prints_one_json_line(capsys):
+  code, out, _ = run(capsys, "bench", "--config", "experiments/benchmarks/vae_mlp.py", "--batch", "32",
+                     "--steps", "5", "--warmup", "1")
+  assert code == 0
+  line = json.loads(out.strip().splitlines()[-1])
+  assert line["examples_per_s"] > 0 and line["batch_size"] == 32 and line["device_count"] >= 1
+  assert {"compile_s", "device_kind", "platform"} <= set(line)

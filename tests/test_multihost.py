@@ -1,0 +1,47 @@
+"""Two processes started with jax.distributed on localhost (gloo) train as one run."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import zoo
+from helpers import REPO, tiny_config, tree_allclose
+
+SETTINGS = dict(steps=8, checkpoint_every=4, log_every=4, eval_every=4, batch_size=16,
+                eval_examples=64, eval_batch_size=32, num_samples=4)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_run(tmp_path):
+  port = _free_port()
+  workdir = tmp_path / "multi"
+  cmd = [sys.executable, "-m", "zoo", "train", "--config", "experiments/kingma2013/vae.py:quick",
+         "--workdir", str(workdir), "--no-progress", *[f"--config.{k}={v}" for k, v in SETTINGS.items()]]
+  procs = []
+  for pid in range(2):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "ZOO_COORDINATOR": f"127.0.0.1:{port}", "ZOO_NUM_PROCESSES": "2", "ZOO_PROCESS_ID": str(pid)}
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True))
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "trained vae" in outs[0][0]
+
+  single = tmp_path / "single"
+  zoo.train_and_evaluate(tiny_config("vae", num_devices=4, **SETTINGS), single, progress=False)
+  a, b = zoo.load(single, num_devices=4), zoo.load(workdir, num_devices=4)
+  assert a.meta["step"] == b.meta["step"] == SETTINGS["steps"]
+  assert tree_allclose(jax.device_get(a.state.params), jax.device_get(b.state.params), rtol=1e-4, atol=1e-6)
+  assert tree_allclose(jax.device_get(a.state.opt_state), jax.device_get(b.state.opt_state), rtol=1e-4, atol=1e-6)

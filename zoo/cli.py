@@ -1,0 +1,199 @@
+"""The ``zoo`` command: train | eval | sample | bench | list. ``main()`` only parses flags."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+USAGE_EXAMPLES = """examples:
+  zoo train --config experiments/kingma2013/vae.py:quick --workdir runs/vae_quick
+  zoo train --config experiments/kingma2013/vae.py --workdir runs/vae --config.steps=1000
+  zoo eval --workdir runs/vae --split test --k 5000
+  zoo sample --workdir runs/vae --num 64 --out grid.png
+  zoo bench --config experiments/benchmarks/vae_mlp.py --batch 128 --steps 300
+  zoo list
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="zoo", description="A JAX model zoo of generative models.",
+                              epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  t = sub.add_parser("train", help="train (or resume) an experiment config in a workdir")
+  t.add_argument("--config", required=True, help="experiments/<paper>/<file>.py[:variant]")
+  t.add_argument("--workdir", required=True)
+  t.add_argument("--no-progress", action="store_true", help="no progress bar")
+  e = sub.add_parser("eval", help="evaluate a run's newest checkpoint; prints one JSON object last")
+  e.add_argument("--workdir", required=True)
+  e.add_argument("--split", default=None, help="default: the config's eval_split")
+  e.add_argument("--k", type=int, default=None, help="importance samples of a bound (e.g. IWAE-5000)")
+  e.add_argument("--examples", type=int, default=0, help="evaluate on the first N examples (0: all)")
+  e.add_argument("--batch-size", type=int, default=None)
+  e.add_argument("--step", type=int, default=None, help="a given checkpoint step instead of the newest")
+  e.add_argument("--seed", type=int, default=0)
+  s = sub.add_parser("sample", help="write a PNG grid of samples from a run")
+  s.add_argument("--workdir", required=True)
+  s.add_argument("--num", type=int, default=64)
+  s.add_argument("--out", default="samples.png")
+  s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--npy", default=None, help="also save the raw samples to this .npy file")
+  b = sub.add_parser("bench", help="train-step throughput on the current devices, as one JSON line")
+  b.add_argument("--config", required=True)
+  b.add_argument("--batch", type=int, default=None, help="default: the config's batch_size")
+  b.add_argument("--steps", type=int, default=300)
+  b.add_argument("--warmup", type=int, default=10)
+  sub.add_parser("list", help="families and experiments")
+  return p
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Separates ``--config.key=value`` (or ``--config.key value``) overrides from the other flags."""
+  rest, overrides = [], []
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--config."):
+      if "=" in a:
+        overrides.append(a[len("--config."):])
+      elif i + 1 < len(argv):
+        overrides.append(f"{a[len('--config.'):]}={argv[i + 1]}")
+        i += 1
+      else:
+        raise ZooError(f"{a} needs a value: {a}=VALUE")
+    else:
+      rest.append(a)
+    i += 1
+  return rest, overrides
+
+
+def _quiet_logs() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  logging.getLogger("zoo").setLevel(logging.INFO)
+  for name in ("absl", "orbax", "jax", "tensorflow_datasets"):
+    logging.getLogger(name).setLevel(logging.ERROR)
+  try:
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  except ImportError:
+    pass
+
+
+def _compilation_cache() -> None:
+  """A persistent XLA compilation cache, so a resumed run, an eval or a sample does not recompile.
+
+  ~/.cache/zoo/jax unless JAX_COMPILATION_CACHE_DIR names another; ZOO_COMPILATION_CACHE=0 turns it off.
+  """
+  if os.environ.get("ZOO_COMPILATION_CACHE") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "zoo" / "jax"))
+
+
+def cmd_train(args, overrides) -> int:
+  from zoo import config as config_lib, sharding
+  from zoo.train import train_and_evaluate
+  cfg = config_lib.load(args.config, overrides)
+  sharding.maybe_initialize_distributed()
+  results = train_and_evaluate(cfg, args.workdir, progress=not args.no_progress)
+  ev = results["eval"]
+  print(f"trained {results['family']} ({results['experiment']}) for {results['steps']} steps in "
+        f"{results['wall_time_s']:.1f}s; {', '.join(f'{s} {k}={v:.4f}' for s, m in ev.items() for k, v in m.items() if k != 'num_examples')}")
+  print(f"checkpoints: {results['checkpoints']}")
+  if results["samples"]:
+    print(f"samples:     {results['samples']}")
+  print(f"tensorboard: {results['tensorboard']}  (tensorboard --logdir {results['tensorboard']})")
+  print(f"results:     {Path(results['workdir']) / 'results.json'}")
+  return 0
+
+
+def cmd_eval(args, overrides) -> int:
+  from zoo import data as data_lib, sharding
+  from zoo.train import evaluate, load
+  if overrides:
+    raise ZooError("eval takes no --config.* overrides; it uses the run's own config")
+  sharding.maybe_initialize_distributed()
+  loaded = load(args.workdir, step=args.step)
+  cfg = loaded.config
+  split = args.split or cfg.eval_split
+  dataset = data_lib.load(cfg.data)
+  estimator = {"k": args.k} if args.k else {}
+  if estimator and loaded.family.likelihood_kind is None:
+    raise ZooError(f"--k: the {loaded.family.name} family has no likelihood estimator")
+  batch_size = args.batch_size or int(cfg.eval_batch_size)
+  if args.k and not args.batch_size:
+    batch_size = max(len(loaded.run.mesh.devices.flat), min(batch_size, 100))
+  metrics = evaluate(loaded.run, loaded.variables, dataset, split, batch_size=batch_size,
+                     max_examples=args.examples, seed=args.seed, **estimator)
+  out = {"workdir": str(Path(args.workdir).absolute()), "family": loaded.family.name,
+         "step": int(loaded.meta["step"]), "split": split, "likelihood": loaded.family.likelihood_kind,
+         **({"k": args.k} if args.k else {}), **metrics}
+  print(json.dumps(out))
+  return 0
+
+
+def cmd_sample(args, overrides) -> int:
+  import numpy as np
+  from zoo import images
+  from zoo.train import load
+  if args.num < 1:
+    raise ZooError(f"--num must be >= 1, got {args.num}")
+  loaded = load(args.workdir)
+  imgs = loaded.sample(args.num, seed=args.seed)
+  path = images.save_png(imgs, args.out)
+  if args.npy:
+    np.save(args.npy, imgs)
+  print(f"wrote {args.num} samples of {loaded.family.name} (step {loaded.meta['step']}) to {path}")
+  return 0
+
+
+def cmd_bench(args, overrides) -> int:
+  from zoo import config as config_lib
+  from zoo.bench import benchmark
+  cfg = config_lib.load(args.config, overrides)
+  print(json.dumps(benchmark(cfg, args.batch, args.steps, args.warmup)))
+  return 0
+
+
+def cmd_list(args, overrides) -> int:
+  from zoo import config as config_lib, data as data_lib, registry
+  print("families:")
+  for name in registry.names():
+    cls = registry.get(name)
+    doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+    print(f"  {name:14s} {cls.likelihood_kind or 'no likelihood':12s} {doc}")
+  print("experiments:")
+  for e in config_lib.list_experiments():
+    print(f"  {e}")
+  print("data sets (offline): " + ", ".join(data_lib.available()))
+  return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench": cmd_bench, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    if overrides and args.command not in ("train", "bench"):
+      raise ZooError(f"--config.* overrides are for train and bench, not {args.command}")
+    _quiet_logs()
+    _compilation_cache()
+    return COMMANDS[args.command](args, overrides)
+  except ZooError as e:
+    print(f"zoo: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("zoo: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

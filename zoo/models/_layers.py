@@ -1,0 +1,119 @@
+"""Pieces that several families share: activations, MLP and convolutional encoders and decoders."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.errors import ConfigError, nearest
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "softplus": nn.softplus,
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+    "leaky_relu": lambda x: nn.leaky_relu(x, 0.2),
+    "swish": nn.swish,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in ACTIVATIONS:
+    raise ConfigError(f"unknown activation {name!r}{nearest(name, ACTIVATIONS)}; "
+                      f"known: {', '.join(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def check_conv_shape(image_shape: Sequence[int], num_strided: int, what: str) -> None:
+  """A conv stack of ``num_strided`` stride-2 layers needs H and W divisible by 2**num_strided."""
+  h, w = image_shape[:2]
+  f = 2 ** num_strided
+  if h % f or w % f:
+    raise ConfigError(f"{what}: {num_strided} stride-2 layers need image height and width divisible "
+                      f"by {f}; the data's images are {h}x{w}")
+
+
+class MLP(nn.Module):
+  """Dense layers with an activation between them (none after the last)."""
+  features: Sequence[int]
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x):
+    act = activation(self.activation)
+    for i, f in enumerate(self.features):
+      x = nn.Dense(f, name=f"dense_{i}")(x)
+      if i < len(self.features) - 1:
+        x = act(x)
+    return x
+
+
+class Encoder(nn.Module):
+  """Images (B, H, W, C) -> vectors (B, out_dim).
+
+  ``kind='mlp'``: flatten, then ``hidden`` dense layers. ``kind='conv'``: 4x4 stride-2 convolutions of
+  ``conv_features`` channels, flatten, then ``hidden`` dense layers.
+  """
+  kind: str
+  hidden: Sequence[int]
+  conv_features: Sequence[int]
+  activation: str
+  out_dim: int
+
+  @nn.compact
+  def __call__(self, x):
+    act = activation(self.activation)
+    if self.kind == "conv":
+      for i, f in enumerate(self.conv_features):
+        x = act(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME", name=f"conv_{i}")(x))
+    x = x.reshape(x.shape[0], -1)
+    for i, f in enumerate(self.hidden):
+      x = act(nn.Dense(f, name=f"dense_{i}")(x))
+    return nn.Dense(self.out_dim, name="out")(x)
+
+
+class Decoder(nn.Module):
+  """Vectors (B, L) -> per-pixel outputs (B, H, W, C * channels_per_pixel), the mirror of Encoder."""
+  kind: str
+  hidden: Sequence[int]
+  conv_features: Sequence[int]
+  activation: str
+  image_shape: Sequence[int]
+  channels_per_pixel: int = 1
+
+  @nn.compact
+  def __call__(self, z):
+    act = activation(self.activation)
+    h, w, c = self.image_shape
+    out_c = c * self.channels_per_pixel
+    x = z
+    for i, f in enumerate(reversed(tuple(self.hidden))):
+      x = act(nn.Dense(f, name=f"dense_{i}")(x))
+    if self.kind == "conv":
+      n = len(self.conv_features)
+      feats = tuple(reversed(tuple(self.conv_features)))
+      hs, ws = h // 2 ** n, w // 2 ** n
+      x = act(nn.Dense(hs * ws * feats[0], name="project")(x)).reshape(z.shape[0], hs, ws, feats[0])
+      outs = feats[1:] + (out_c,)
+      for i, f in enumerate(outs):
+        x = nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(x)
+        if i < len(outs) - 1:
+          x = act(x)
+      return x
+    x = nn.Dense(int(np.prod((h, w, out_c))), name="out")(x)
+    return x.reshape(z.shape[0], h, w, out_c)
+
+
+def gaussian_log_prob(x, mean, log_std):
+  """Elementwise log N(x; mean, exp(log_std)^2)."""
+  return -0.5 * jnp.square((x - mean) * jnp.exp(-log_std)) - log_std - 0.5 * np.log(2 * np.pi)
+
+
+def bernoulli_log_prob(x, logits):
+  """Elementwise log Bernoulli(x; sigmoid(logits)) for x in [0, 1] (stable for any logits)."""
+  return x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)

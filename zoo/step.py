@@ -1,0 +1,103 @@
+"""The one train step and eval step, shared by every family.
+
+``train_step(state, batch) -> (state, metrics)``: for each player in the family's schedule, the gradient
+of that player's loss with respect to that player's params only, its optimizer update, then EMA where
+configured. It is jitted once per family configuration with the state donated, params replicated and the
+batch split over the mesh's ``data`` axis.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from zoo import sharding
+from zoo.family import Family
+from zoo.state import TrainState
+
+
+def init_state(family: Family, txs: Mapping[str, optax.GradientTransformation], seed: int,
+               example_batch: Mapping[str, Any], ema: Mapping[str, float] | None = None) -> TrainState:
+  """A fresh TrainState. Pure: jit it with out_shardings, or ``jax.eval_shape`` it for a restore target."""
+  init_rng, run_rng = jax.random.split(jax.random.PRNGKey(seed))
+  variables = dict(family.init(init_rng, example_batch))
+  params = variables.pop("params")
+  missing = [p for p, _ in family.players if p not in params]
+  if missing:
+    raise ValueError(f"{family.name}.init returned no params for player(s) {missing}")
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      rng=run_rng,
+      params=params,
+      opt_state={p: txs[p].init(params[p]) for p, _ in family.players},
+      nontrainable=variables,
+      ema={p: params[p] for p in (ema or {})},
+  )
+
+
+def _prefix(metrics: Mapping[str, jax.Array], player: str, single: bool) -> dict[str, jax.Array]:
+  return dict(metrics) if single else {f"{player}/{k}": v for k, v in metrics.items()}
+
+
+def train_step_fn(family: Family, txs: Mapping[str, optax.GradientTransformation],
+                  ema: Mapping[str, float] | None = None) -> Callable:
+  """The un-jitted step for ``family``; :func:`jit_train_step` compiles it for a mesh."""
+  ema = dict(ema or {})
+  single = len(family.players) == 1
+
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    params = dict(state.params)
+    opt_state = dict(state.opt_state)
+    nontrainable = dict(state.nontrainable)
+    metrics = {}
+    for i, (player, repeats) in enumerate(family.players):
+      for r in range(repeats):
+        rng = jax.random.fold_in(jax.random.fold_in(step_rng, i), r)
+
+        def objective(p, player=player, rng=rng):
+          variables = {"params": {**params, player: p}, **nontrainable}
+          loss, m, new_nt = family.loss(player, variables, batch, rng, state.step)
+          return loss, (m, new_nt)
+
+        (loss, (m, new_nt)), grads = jax.value_and_grad(objective, has_aux=True)(params[player])
+        updates, opt_state[player] = txs[player].update(grads, opt_state[player], params[player])
+        params[player] = optax.apply_updates(params[player], updates)
+        nontrainable.update(new_nt)
+      metrics.update(_prefix({"loss": loss, **m}, player, single))
+    new_ema = {p: optax.incremental_update(params[p], state.ema[p], 1.0 - ema[p]) for p in state.ema}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              nontrainable=nontrainable, ema=new_ema)
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformation], mesh: Mesh,
+                   ema: Mapping[str, float] | None = None) -> Callable:
+  """The shared step, jitted for ``mesh`` with the state donated."""
+  rep = sharding.replicated(mesh)
+  return jax.jit(train_step_fn(family, txs, ema),
+                 in_shardings=(rep, sharding.data_sharded(mesh)),
+                 out_shardings=(rep, rep),
+                 donate_argnums=(0,))
+
+
+def jit_eval_step(family: Family, mesh: Mesh, **estimator) -> Callable:
+  """``eval_step(variables, batch, rng) -> ({metric: sum over unmasked examples}, count)``, jitted.
+
+  ``batch['mask']`` (B,) marks real examples; padding examples contribute nothing. ``estimator``
+  options (e.g. ``k=5000``) go to the family's ``eval_metrics``.
+  """
+  rep = sharding.replicated(mesh)
+
+  def eval_step(variables, batch, rng):
+    mask = batch["mask"].astype(jnp.float32)
+    per_example = family.eval_metrics(variables, batch, rng, **estimator)
+    sums = {k: jnp.sum(jnp.where(mask > 0, v, 0.0)) for k, v in per_example.items()}
+    return sums, jnp.sum(mask)
+
+  return jax.jit(eval_step, in_shardings=(rep, sharding.data_sharded(mesh), rep), out_shardings=rep)

@@ -1,0 +1,433 @@
+"""``train_and_evaluate(config, workdir)``: the one trainer every family plugs into.
+
+Data, the shared step, checkpoints, logs, a progress bar, periodic evaluation, PNG sample grids and a
+results JSON. Resumes when the workdir holds a checkpoint; a resumed run ends bit-identical to an
+unbroken one (the data position and the run's key are in the checkpoint, and step ``s`` draws its
+randomness from ``fold_in(key, s)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from zoo import config as config_lib
+from zoo import data as data_lib
+from zoo import images, optim, registry, sharding, step as step_lib
+from zoo.checkpoint import Checkpointer, abstract_like
+from zoo.errors import CheckpointError, ConfigError, TrainingError, ZooError
+from zoo.family import Family
+from zoo.state import TrainState
+
+log = logging.getLogger("zoo")
+
+SAMPLE_SEED_SALT = 0x5A3D  # the fixed latents of the sample grids: the same at every evaluation
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything built from a config: the family, its optimizers, the mesh and the shapes of the state.
+
+  Attributes:
+    config: the run's config (defaults filled in).
+    family: the Family instance.
+    txs: {player: optax chain}.
+    mesh: the device mesh.
+    example: a batch of one example (numpy zeros) with the data's feature shapes.
+    abstract_state: TrainState of ShapeDtypeStructs, replicated over the mesh.
+  """
+  config: ml_collections.ConfigDict
+  family: Family
+  txs: dict
+  mesh: jax.sharding.Mesh
+  example: dict
+  abstract_state: Any
+
+  @property
+  def meta(self) -> dict:
+    """What a checkpoint records about the run, and what a restore checks against."""
+    return {"family": self.config.family, "model": self.config.model.to_dict(),
+            "image_shape": list(self.family.image_shape),
+            "example": {k: [list(v.shape[1:]), str(v.dtype)] for k, v in self.example.items()}}
+
+  def init_state(self) -> TrainState:
+    """A fresh state, created directly in its replicated layout."""
+    fn = jax.jit(lambda: step_lib.init_state(self.family, self.txs, self.config.seed, self.example,
+                                             self.config.ema.to_dict()),
+                 out_shardings=sharding.replicated(self.mesh))
+    return fn()
+
+
+def example_from_spec(spec: Mapping[str, Any]) -> dict:
+  return {k: np.zeros([1, *shape], dtype) for k, (shape, dtype) in spec.items()}
+
+
+def build_run(config: ml_collections.ConfigDict, example: Mapping[str, np.ndarray],
+              image_shape) -> Run:
+  """Builds the Run for ``config`` on the current devices, for data like ``example``."""
+  mesh = sharding.make_mesh(int(config.num_devices))
+  family = registry.build(config.family, config.model.to_dict(), image_shape)
+  txs = optim.build_all(config.optim.to_dict(), family.players, int(config.steps))
+  ema = config.ema.to_dict()
+  players = [p for p, _ in family.players]
+  for p, decay in ema.items():
+    if p not in players:
+      raise ConfigError(f"ema.{p}: this family has no player {p!r}; its players: {', '.join(players)}")
+    if not 0.0 < float(decay) < 1.0:
+      raise ConfigError(f"ema.{p} must be a decay in (0, 1), got {decay}")
+  example = {k: np.asarray(v)[:1] for k, v in example.items() if k != "mask"}
+  try:
+    shapes = jax.eval_shape(lambda: step_lib.init_state(family, txs, int(config.seed), example, ema))
+  except ZooError:
+    raise
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"family {config.family!r} cannot be built for data of shape "
+                      f"{ {k: v.shape[1:] for k, v in example.items()} }: {str(e).splitlines()[0]}") from e
+  return Run(config, family, txs, mesh, example, abstract_like(shapes, sharding.replicated(mesh)))
+
+
+def _check_workdir(workdir: Path) -> None:
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".zoo_write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise TrainingError(f"cannot write to workdir {workdir}: {e.strerror or e}") from None
+
+
+def _first_nonfinite(history: list[tuple[int, dict]]) -> tuple[int, str] | None:
+  for step, metrics in history:
+    for name, value in metrics.items():
+      if not np.all(np.isfinite(value)):
+        return step, name
+  return None
+
+
+class _Logger:
+  """TensorBoard scalars and a JSON-lines log of every metric, written by process 0 only."""
+
+  def __init__(self, workdir: Path):
+    self.enabled = jax.process_index() == 0
+    self.writer = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+      self.jsonl = open(workdir / "metrics.jsonl", "a")
+
+  def scalars(self, step: int, prefix: str, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    for k, v in metrics.items():
+      self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
+    self.jsonl.write(json.dumps({"step": step, "split": prefix,
+                                 **{k: float(v) for k, v in metrics.items()}}) + "\n")
+    self.jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.writer.close()
+      self.jsonl.close()
+
+
+def evaluate(run: Run, variables: Mapping[str, Any], dataset, split: str, *, batch_size: int,
+             max_examples: int = 0, seed: int = 0, **estimator) -> dict[str, float]:
+  """Averages the family's per-example ``eval_metrics`` over ``split`` (or its first examples).
+
+  Args:
+    run: the Run.
+    variables: the family's variables (replicated).
+    dataset: a zoo.data Dataset.
+    split: the split to evaluate on.
+    batch_size: the global evaluation batch size.
+    max_examples: evaluate on the first this many examples (0: all).
+    seed: the seed of the evaluation's randomness (e.g. the posterior samples of a bound).
+    **estimator: options for the family's likelihood estimator (e.g. ``k=5000``).
+
+  Returns:
+    {metric: mean over the examples}, plus ``num_examples``.
+  """
+  sharding.check_batch_size(batch_size, run.mesh, "eval_batch_size")
+  fn = step_lib.jit_eval_step(run.family, run.mesh, **estimator)
+  totals: dict[str, float] = {}
+  count = 0.0
+  rng = jax.random.PRNGKey(seed)
+  batches = dataset.eval_batches(split, batch_size, process_index=jax.process_index(),
+                                 process_count=jax.process_count(), max_examples=max_examples or None)
+  for i, local in enumerate(batches):
+    sums, n = fn(variables, sharding.global_batch(local, run.mesh), jax.random.fold_in(rng, i))
+    sums, n = sharding.to_host((sums, n))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    count += float(n)
+  if not count:
+    raise ZooError(f"evaluation split {split!r} yielded no examples")
+  out = {k: v / count for k, v in totals.items()}
+  out["num_examples"] = int(count)
+  return out
+
+
+def sample_images(run: Run, variables, num: int, seed: int, **conditioning) -> np.ndarray:
+  """``num`` samples (num, H, W, C) in [0, 1] as numpy, from a fixed key for ``seed``."""
+  rep = sharding.replicated(run.mesh)
+  fn = jax.jit(lambda v, r: run.family.sample(v, r, num, **conditioning), out_shardings=rep)
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_SEED_SALT)
+  return np.asarray(sharding.to_host(fn(variables, key)))
+
+
+def _write_samples(run: Run, variables, workdir: Path, step: int) -> Path | None:
+  n = int(run.config.num_samples)
+  if not n:
+    return None
+  imgs = sample_images(run, variables, n, int(run.config.seed))
+  if jax.process_index() != 0:
+    return None
+  path = images.save_png(imgs, workdir / "samples" / f"step_{step:07d}.png")
+  images.save_png(imgs, workdir / "samples.png")
+  return path
+
+
+def _device_info() -> dict:
+  d = jax.devices()[0]
+  return {"platform": d.platform, "device_kind": d.device_kind, "device_count": jax.device_count(),
+          "process_count": jax.process_count()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       progress: bool = True) -> dict:
+  """Trains ``config`` in ``workdir``, resuming from its newest loadable checkpoint.
+
+  Args:
+    config: an experiment config (see ``zoo.config``).
+    workdir: the run's folder: checkpoints/, tensorboard/, samples/, metrics.jsonl, results.json.
+    progress: show a progress bar.
+
+  Returns:
+    The results dict that is also written to ``workdir/results.json``.
+  """
+  t_start = time.time()
+  config = config_lib.with_defaults(config)
+  workdir = Path(workdir).absolute()
+  _check_workdir(workdir)
+  dataset = data_lib.load(config.data)
+  for split in (config.train_split, config.eval_split):
+    dataset.num_examples(split)  # an unknown split fails here, naming the available ones
+  batch_size = int(config.batch_size)
+  example = dataset.batch(config.train_split, 0, jax.process_count(), seed=int(config.seed))
+  run = build_run(config, example, dataset.image_shape)
+  sharding.check_batch_size(batch_size, run.mesh)
+  sharding.check_batch_size(int(config.eval_batch_size), run.mesh, "eval_batch_size")
+  if batch_size % jax.process_count():
+    raise ConfigError(f"batch_size={batch_size} must divide over {jax.process_count()} processes")
+
+  family_name = config.family
+  ckpt = Checkpointer(workdir, keep=int(config.keep_checkpoints), best_metric=f"eval/{run.family.eval_metric}")
+  restored = ckpt.restore(run.abstract_state, run.meta)
+  prior_elapsed = 0.0
+  best = None
+  if restored is None:
+    state = run.init_state()
+    data_position = 0
+  else:
+    state, meta = restored
+    data_position = int(meta["data_position"])
+    prior_elapsed = float(meta.get("elapsed_s", 0.0))
+    best = meta.get("best")
+    log.info("resuming %s from step %d in %s", family_name, int(meta["step"]), ckpt.directory)
+  start_step = int(jax.device_get(state.step))
+  total_steps = int(config.steps)
+  config_json = config_lib.to_json(config)
+
+  train_step = step_lib.jit_train_step(run.family, run.txs, run.mesh, config.ema.to_dict())
+  logger = _Logger(workdir)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config_json)
+
+  log_every = max(int(config.log_every), 1)
+  eval_every = int(config.eval_every)
+  ckpt_every = int(config.checkpoint_every)
+  history: list[tuple[int, dict]] = []   # device metrics not yet checked for finiteness
+  last_train: dict[str, float] = {}
+  last_eval: dict[str, float] = {}
+  last_saved = start_step if restored is not None else None
+  samples_path = None
+  examples_per_s = None
+
+  def check_finite():
+    """Fetches the pending metrics; stops the run at the first non-finite one."""
+    nonlocal history, last_train
+    fetched = [(s, sharding.to_host(m)) for s, m in history]
+    history = []
+    bad = _first_nonfinite(fetched)
+    if bad is not None:
+      ckpt.wait()
+      where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+               if last_saved is not None else "no checkpoint was written")
+      raise TrainingError(f"{bad[1]} became non-finite at step {bad[0]}; stopped, {where}")
+    if fetched:
+      last_train = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+    return fetched
+
+  def save(step: int, position: int):
+    nonlocal last_saved
+    check_finite()
+    meta = {**run.meta, "step": step, "data_position": position, "seed": int(config.seed),
+            "elapsed_s": prior_elapsed + time.time() - t_start, "best": best}
+    metrics = {f"eval/{k}": v for k, v in last_eval.items()} if last_eval_step == step else None
+    ckpt.save(step, state, meta, config_json, metrics=metrics)
+    last_saved = step
+
+  it = dataset.iterate(config.train_split, batch_size, seed=int(config.seed), start=data_position,
+                       process_index=jax.process_index(), process_count=jax.process_count())
+  bar = None
+  if progress and jax.process_index() == 0:
+    from tqdm import tqdm
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"{family_name}", unit="step",
+               dynamic_ncols=True, leave=True)
+  last_eval_step = None
+  t_window, steps_window = time.time(), 0
+  compile_s = None
+  try:
+    for step in range(start_step, total_steps):
+      batch = sharding.global_batch(next(it), run.mesh)
+      t0 = time.time()
+      state, metrics = train_step(state, batch)
+      if compile_s is None:
+        jax.block_until_ready(metrics)
+        compile_s = time.time() - t0
+        t_window, steps_window = time.time(), 0
+      else:
+        steps_window += 1
+      done = step + 1
+      history.append((done, metrics))
+      data_position += 1
+      if done % log_every == 0 or done == total_steps:
+        check_finite()
+        elapsed = time.time() - t_window
+        if steps_window and elapsed > 0:
+          examples_per_s = steps_window * batch_size / elapsed
+        logger.scalars(done, "train", {**last_train, **({"examples_per_s": examples_per_s}
+                                                        if examples_per_s else {})})
+        if bar is not None:
+          bar.set_postfix({"loss": f"{last_train.get('loss', float('nan')):.4g}",
+                           "steps/s": f"{(steps_window / elapsed) if elapsed and steps_window else 0:.1f}"})
+        t_window, steps_window = time.time(), 0
+      if (eval_every and done % eval_every == 0) or done == total_steps:
+        check_finite()
+        variables = state.variables(use_ema=bool(config.ema.to_dict()))
+        last_eval = evaluate(run, variables, dataset, config.eval_split,
+                             batch_size=int(config.eval_batch_size),
+                             max_examples=int(config.eval_examples), seed=int(config.seed))
+        last_eval_step = done
+        value = last_eval.get(run.family.eval_metric)
+        if value is not None and (best is None or value < best["value"]):
+          best = {"step": done, "metric": f"{config.eval_split}/{run.family.eval_metric}", "value": value}
+        logger.scalars(done, config.eval_split, last_eval)
+        samples_path = _write_samples(run, variables, workdir, done) or samples_path
+        line = (f"step {done}: {config.eval_split} "
+                + " ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if k != "num_examples"))
+        if bar is not None:
+          bar.write(line)
+        elif jax.process_index() == 0:
+          log.info(line)
+        t_window, steps_window = time.time(), 0
+      if (ckpt_every and done % ckpt_every == 0) or done == total_steps:
+        save(done, data_position)
+      if bar is not None:
+        bar.update(1)
+    ckpt.wait()
+  finally:
+    if bar is not None:
+      bar.close()
+    logger.close()
+    close = getattr(it, "close", None)
+    if close:
+      close()
+    ckpt.wait()
+    ckpt.close()
+
+  if not last_eval and start_step >= total_steps:   # a finished run asked to train again
+    variables = state.variables(use_ema=bool(config.ema.to_dict()))
+    last_eval = evaluate(run, variables, dataset, config.eval_split, batch_size=int(config.eval_batch_size),
+                         max_examples=int(config.eval_examples), seed=int(config.seed))
+  results = {
+      "family": family_name,
+      "experiment": config.experiment,
+      "workdir": str(workdir),
+      "steps": total_steps,
+      "examples_seen": total_steps * batch_size,
+      "epochs": total_steps * batch_size / dataset.num_examples(config.train_split),
+      "wall_time_s": prior_elapsed + time.time() - t_start,
+      "compile_s": compile_s,
+      "examples_per_s": examples_per_s,
+      **_device_info(),
+      "train": last_train,
+      "eval": {config.eval_split: last_eval},
+      "best": best,
+      "checkpoints": str(ckpt.directory),
+      "samples": str(workdir / "samples.png") if samples_path or (workdir / "samples.png").exists() else None,
+      "tensorboard": str(workdir / "tensorboard"),
+  }
+  if jax.process_index() == 0:
+    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+  return results
+
+
+@dataclasses.dataclass
+class Loaded:
+  """A trained model from a workdir: ``zoo.load(workdir)``.
+
+  Attributes:
+    family: the Family instance.
+    config: the run's config.
+    variables: the family's variables (EMA params for players that keep an EMA).
+    state: the whole TrainState.
+    meta: the checkpoint's metadata (step, data position, ...).
+    run: the Run (mesh, optimizers, shapes).
+  """
+  family: Family
+  config: ml_collections.ConfigDict
+  variables: dict
+  state: TrainState
+  meta: dict
+  run: Run
+
+  def sample(self, num: int, seed: int = 0, **conditioning) -> np.ndarray:
+    """``num`` samples, (num, H, W, C) numpy in [0, 1]."""
+    return sample_images(self.run, self.variables, num, seed, **conditioning)
+
+
+def load(workdir: str | os.PathLike, step: int | None = None, num_devices: int = 0) -> Loaded:
+  """Loads the newest loadable checkpoint of the run in ``workdir`` (or the given ``step``)."""
+  workdir = Path(workdir).absolute()
+  ckpt = Checkpointer(workdir, read_only=True)
+  steps = ckpt.steps()
+  if not steps:
+    raise CheckpointError(f"no checkpoint under {workdir}/checkpoints; train first with "
+                          f"`zoo train --config ... --workdir {workdir}`")
+  meta = config_dict = None
+  for s in ([step] if step is not None else steps[::-1]):
+    try:
+      meta, config_dict = ckpt.read_meta(s)
+      break
+    except Exception as e:  # fall back to an older checkpoint, as restore does
+      log.warning("checkpoint %s/%d does not load: %s", ckpt.directory, s, str(e).splitlines()[0])
+  if meta is None:
+    raise CheckpointError(f"no checkpoint under {workdir}/checkpoints loads")
+  config = config_lib.with_defaults(ml_collections.ConfigDict(config_dict))
+  config.num_devices = num_devices
+  run = build_run(config, example_from_spec(meta["example"]), meta["image_shape"])
+  restored = ckpt.restore(run.abstract_state, run.meta, step=step)
+  ckpt.close()
+  state, meta = restored
+  return Loaded(run.family, config, state.variables(use_ema=bool(config.ema.to_dict())), state, meta, run)
