@@ -56,3 +56,19 @@ def tree_allclose(a, b, rtol=1e-5, atol=1e-6) -> bool:
 def assert_every_family_has_quick():
   missing = sorted(set(registry.names()) - set(quick_experiments()))
   assert not missing, f"families without a :quick experiment config: {missing}"
+
+
+def fit(loss_fn, params, steps: int, lr: float):
+  """Minimises ``loss_fn(params)`` with Adam for ``steps`` jitted steps; returns the params."""
+  import optax
+  tx = optax.adam(lr)
+
+  @jax.jit
+  def update(p, opt):
+    u, opt = tx.update(jax.grad(loss_fn)(p), opt)
+    return optax.apply_updates(p, u), opt
+
+  opt = tx.init(params)
+  for _ in range(steps):
+    params, opt = update(params, opt)
+  return params

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import fit
 from zoo import registry
 from zoo.family import bits_per_dim
 
@@ -67,7 +68,6 @@ def test_elbo_is_a_bound_on_binary_data_and_bits_per_dim(vae_and_vars):
 
 
 def test_gaussian_and_conv_variants_train_a_step():
-  import optax
   for cfg in ({"likelihood": "gaussian", "hidden": (32,), "latent_dim": 4},
               {"encoder": "conv", "conv_features": (8, 16), "hidden": (32,), "latent_dim": 4, "train_k": 3}):
     family = registry.build("vae", cfg, (28, 28, 1))
@@ -75,17 +75,8 @@ def test_gaussian_and_conv_variants_train_a_step():
     v = family.init(jax.random.PRNGKey(0), {"image": x})
     loss_fn = lambda p: family.loss("model", {"params": {"model": p}}, {"image": x}, jax.random.PRNGKey(2), 0)[0]
     p = v["params"]["model"]
-    tx = optax.adam(1e-2)
-    opt = tx.init(p)
     first = float(loss_fn(p))
-
-    @jax.jit
-    def update(p, opt):
-      u, opt = tx.update(jax.grad(loss_fn)(p), opt)
-      return optax.apply_updates(p, u), opt
-
-    for _ in range(20):
-      p, opt = update(p, opt)
+    p = fit(loss_fn, p, 20, 1e-2)
     assert float(loss_fn(p)) < first
     assert family.sample({"params": {"model": p}}, jax.random.PRNGKey(0), 3).shape == (3, 28, 28, 1)
 

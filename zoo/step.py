@@ -34,7 +34,8 @@ def init_state(family: Family, txs: Mapping[str, optax.GradientTransformation], 
       params=params,
       opt_state={p: txs[p].init(params[p]) for p, _ in family.players},
       nontrainable=variables,
-      ema={p: params[p] for p in (ema or {})},
+      # copies: the EMA must not share buffers with the params, which the step donates
+      ema={p: jax.tree_util.tree_map(jnp.copy, params[p]) for p in (ema or {})},
   )
 
 
