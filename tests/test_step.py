@@ -93,5 +93,76 @@ def test_optimizer_config():
   with pytest.raises(ConfigError, match="unknown optimizer"):
     optim.build({"name": "adamm"}, "model", 10)
   with pytest.raises(ConfigError, match="no player 'generator'"):
-    optim.build_all({"generator": {}}, (("model", 1),), 10)
+    optim.build_all({"generator": {}}, ("model",), 10)
   assert wd is not None
+
+
+TRACES = []
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged(Family):
+  """Two stages, as a DBN's greedy layers: 'first' trains for 3 steps, then 'second' to the end."""
+  target: float = 1.0
+
+  @property
+  def players(self):
+    return (("first", 1),) if self.stage == 0 else (("second", 1),)
+
+  @property
+  def all_players(self):
+    return ("first", "second")
+
+  @property
+  def stage_steps(self):
+    return (3,)
+
+  def init(self, rng, batch):
+    return {"params": {"first": {"w": jnp.zeros(())}, "second": {"w": jnp.zeros(())}}}
+
+  def loss(self, player, variables, batch, rng, step):
+    TRACES.append((self.stage, player))
+    p = variables["params"]
+    goal = self.target if player == "first" else jax.lax.stop_gradient(p["first"]["w"]) * 2
+    return jnp.square(p[player]["w"] - goal), {}, {}
+
+  def eval_metrics(self, variables, batch, rng, **estimator):
+    return {"nll": jnp.full(batch["image"].shape[:1], self.stage, jnp.float32)}
+
+  def sample(self, variables, rng, num, **conditioning):
+    return jnp.zeros((num, *self.image_shape))
+
+
+@pytest.fixture
+def staged_family():
+  from zoo import registry
+  registry.register("staged_toy")(Staged)
+  yield "staged_toy"
+  registry._FAMILIES.pop("staged_toy")
+
+
+def test_stages_switch_players_and_retrace_once_per_stage(staged_family, tmp_path):
+  import zoo
+  from zoo import config as config_lib
+  import ml_collections
+  cfg = config_lib.with_defaults(ml_collections.ConfigDict(dict(
+      family=staged_family, seed=0, batch_size=8, steps=7, checkpoint_every=2, eval_every=0,
+      eval_examples=16, eval_batch_size=8, num_samples=0, log_every=1, num_devices=1,
+      data={"name": "binarized_mnist"}, model={}, optim={"first": {"name": "sgd", "lr": 0.25},
+                                                          "second": {"name": "sgd", "lr": 0.25}})))
+  TRACES.clear()
+  zoo.train_and_evaluate(cfg, tmp_path / "whole", progress=False)
+  assert TRACES.count((0, "first")) == 1 and TRACES.count((1, "second")) == 1
+  assert all(player == ("first", "second")[stage] for stage, player in TRACES)
+  whole = zoo.load(tmp_path / "whole")
+  assert whole.family.stage == 1 and whole.meta["stage"] == 1
+  w1, w2 = float(whole.state.params["first"]["w"]), float(whole.state.params["second"]["w"])
+  assert w1 == pytest.approx(1 - 0.5 ** 3)                 # 3 steps of w -= 0.5 (w - 1)
+  assert w2 == pytest.approx(2 * w1 * (1 - 0.5 ** 4))      # then 4 steps towards 2 * w1
+  # a run stopped inside stage 0 resumes into stage 1 at the right step
+  cfg.steps = 2
+  zoo.train_and_evaluate(cfg, tmp_path / "split", progress=False)
+  cfg.steps = 7
+  zoo.train_and_evaluate(cfg, tmp_path / "split", progress=False)
+  split = zoo.load(tmp_path / "split")
+  assert float(split.state.params["second"]["w"]) == pytest.approx(w2)

@@ -41,8 +41,11 @@ class Family:
 
   Attributes:
     image_shape: (H, W, C) of one example in data space.
+    stage: the training stage this instance is at, for families trained in stages (a DBN's greedy
+      layers, a Progressive GAN's resolutions). Not a config field: the trainer sets it from the step.
   """
   image_shape: tuple[int, int, int] = (28, 28, 1)
+  stage: int = 0
 
   name: ClassVar[str] = ""
   # One of EXACT, LOWER_BOUND, STOCHASTIC_ESTIMATE, or None for models without a likelihood.
@@ -53,8 +56,36 @@ class Family:
 
   @property
   def players(self) -> tuple[tuple[str, int], ...]:
-    """The ordered update schedule: (player name, updates per step) pairs."""
+    """The ordered update schedule at this stage: (player name, updates per step) pairs."""
     return (("model", 1),)
+
+  @property
+  def all_players(self) -> tuple[str, ...]:
+    """Every player of every stage: each has params, an optimizer and optimizer state from the start."""
+    return tuple(p for p, _ in self.players)
+
+  # Training in stages. A family whose training has stages says how many steps each takes; the trainer
+  # switches ``stage`` when the step crosses a boundary, which retraces the shared step once per stage.
+  # The stage is a function of the step, and the step is in the checkpoint, so a resumed run continues
+  # in the right stage.
+  @property
+  def stage_steps(self) -> tuple[int, ...]:
+    """Steps in each stage but the last (which runs to the end); () for a family of one stage."""
+    return ()
+
+  def stage_at(self, step: int) -> int:
+    """The stage that step ``step`` (the number of steps taken before it) belongs to."""
+    stage, boundary = 0, 0
+    for n in self.stage_steps:
+      boundary += int(n)
+      if step < boundary:
+        return stage
+      stage += 1
+    return stage
+
+  def at_stage(self, stage: int) -> "Family":
+    """This family at ``stage`` (a new hashable instance: the step is jitted once per stage)."""
+    return self if stage == self.stage else dataclasses.replace(self, stage=int(stage))
 
   @property
   def num_dims(self) -> int:
@@ -96,6 +127,14 @@ class Family:
   def log_likelihood(self, variables: Variables, batch: Batch, rng: Array, **estimator) -> Array:
     """Per-example log-likelihood (or the bound/estimate that ``likelihood_kind`` names) in nats, (B,)."""
     raise ZooError(f"the {self.name} family has no likelihood: it is not a density model")
+
+  def eval_context(self, variables: Variables, rng: Array, **estimator) -> dict[str, Any]:
+    """Work an evaluation needs once, not per batch (e.g. an AIS estimate of log Z), as collections.
+
+    The evaluator calls it once per evaluation and merges what it returns into the variables that
+    ``eval_metrics`` and ``log_likelihood`` then receive. The default needs nothing.
+    """
+    return {}
 
   def eval_metrics(self, variables: Variables, batch: Batch, rng: Array, **estimator
                    ) -> dict[str, Array]:

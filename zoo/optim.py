@@ -5,7 +5,7 @@ Weight decay is a transformation in the chain (decoupled), never a term hidden i
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import optax
 
@@ -95,11 +95,11 @@ def build(section: Mapping[str, Any] | None, player: str, total_steps: int
   return optax.chain(*parts)
 
 
-def build_all(optim_config: Mapping[str, Any] | None, players, total_steps: int
+def build_all(optim_config: Mapping[str, Any] | None, players: Sequence[str], total_steps: int
               ) -> dict[str, optax.GradientTransformation]:
-  """One optax chain per player; a section for a player the family does not have is an error."""
+  """One optax chain per player name; a section for a player the family does not have is an error."""
   optim_config = dict(optim_config or {})
-  names = [p for p, _ in players]
+  names = list(players)
   for key in optim_config:
     if key not in names:
       raise ConfigError(f"optim.{key}: this family has no player {key!r}{nearest(key, names)}; "

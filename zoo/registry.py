@@ -58,8 +58,8 @@ def get(name: str) -> type[Family]:
 
 
 def fields(cls: type[Family]) -> dict[str, dataclasses.Field]:
-  """The hyper-parameter fields of a family (everything but image_shape)."""
-  return {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "image_shape"}
+  """The hyper-parameter fields of a family (everything but image_shape and stage)."""
+  return {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("image_shape", "stage")}
 
 
 def _coerce(value: Any, annotation: Any) -> Any:

@@ -25,14 +25,14 @@ def init_state(family: Family, txs: Mapping[str, optax.GradientTransformation], 
   init_rng, run_rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = dict(family.init(init_rng, example_batch))
   params = variables.pop("params")
-  missing = [p for p, _ in family.players if p not in params]
+  missing = [p for p in family.all_players if p not in params]
   if missing:
     raise ValueError(f"{family.name}.init returned no params for player(s) {missing}")
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       rng=run_rng,
       params=params,
-      opt_state={p: txs[p].init(params[p]) for p, _ in family.players},
+      opt_state={p: txs[p].init(params[p]) for p in family.all_players},
       nontrainable=variables,
       # copies: the EMA must not share buffers with the params, which the step donates
       ema={p: jax.tree_util.tree_map(jnp.copy, params[p]) for p in (ema or {})},

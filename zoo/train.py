@@ -60,6 +60,10 @@ class Run:
             "image_shape": list(self.family.image_shape),
             "example": {k: [list(v.shape[1:]), str(v.dtype)] for k, v in self.example.items()}}
 
+  def at_step(self, step: int) -> Family:
+    """The family at the training stage of ``step``."""
+    return self.family.at_stage(self.family.stage_at(int(step)))
+
   def init_state(self) -> TrainState:
     """A fresh state, created directly in its replicated layout."""
     fn = jax.jit(lambda: step_lib.init_state(self.family, self.txs, self.config.seed, self.example,
@@ -77,9 +81,9 @@ def build_run(config: ml_collections.ConfigDict, example: Mapping[str, np.ndarra
   """Builds the Run for ``config`` on the current devices, for data like ``example``."""
   mesh = sharding.make_mesh(int(config.num_devices))
   family = registry.build(config.family, config.model.to_dict(), image_shape)
-  txs = optim.build_all(config.optim.to_dict(), family.players, int(config.steps))
+  txs = optim.build_all(config.optim.to_dict(), family.all_players, int(config.steps))
   ema = config.ema.to_dict()
-  players = [p for p, _ in family.players]
+  players = list(family.all_players)
   for p, decay in ema.items():
     if p not in players:
       raise ConfigError(f"ema.{p}: this family has no player {p!r}; its players: {', '.join(players)}")
@@ -141,7 +145,8 @@ class _Logger:
 
 
 def evaluate(run: Run, variables: Mapping[str, Any], dataset, split: str, *, batch_size: int,
-             max_examples: int = 0, seed: int = 0, **estimator) -> dict[str, float]:
+             max_examples: int = 0, seed: int = 0, family: Family | None = None,
+             **estimator) -> dict[str, float]:
   """Averages the family's per-example ``eval_metrics`` over ``split`` (or its first examples).
 
   Args:
@@ -152,16 +157,21 @@ def evaluate(run: Run, variables: Mapping[str, Any], dataset, split: str, *, bat
     batch_size: the global evaluation batch size.
     max_examples: evaluate on the first this many examples (0: all).
     seed: the seed of the evaluation's randomness (e.g. the posterior samples of a bound).
+    family: the family at the stage to evaluate (default: the run's).
     **estimator: options for the family's likelihood estimator (e.g. ``k=5000``).
 
   Returns:
     {metric: mean over the examples}, plus ``num_examples``.
   """
   sharding.check_batch_size(batch_size, run.mesh, "eval_batch_size")
-  fn = step_lib.jit_eval_step(run.family, run.mesh, **estimator)
+  family = family or run.family
+  fn = step_lib.jit_eval_step(family, run.mesh, **estimator)
   totals: dict[str, float] = {}
   count = 0.0
-  rng = jax.random.PRNGKey(seed)
+  context_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
+  context_fn = jax.jit(lambda v, r: family.eval_context(v, r, **estimator),
+                       out_shardings=sharding.replicated(run.mesh))
+  variables = {**variables, **context_fn(variables, context_rng)}
   batches = dataset.eval_batches(split, batch_size, process_index=jax.process_index(),
                                  process_count=jax.process_count(), max_examples=max_examples or None)
   for i, local in enumerate(batches):
@@ -177,19 +187,21 @@ def evaluate(run: Run, variables: Mapping[str, Any], dataset, split: str, *, bat
   return out
 
 
-def sample_images(run: Run, variables, num: int, seed: int, **conditioning) -> np.ndarray:
+def sample_images(run: Run, variables, num: int, seed: int, family: Family | None = None,
+                  **conditioning) -> np.ndarray:
   """``num`` samples (num, H, W, C) in [0, 1] as numpy, from a fixed key for ``seed``."""
   rep = sharding.replicated(run.mesh)
-  fn = jax.jit(lambda v, r: run.family.sample(v, r, num, **conditioning), out_shardings=rep)
+  family = family or run.family
+  fn = jax.jit(lambda v, r: family.sample(v, r, num, **conditioning), out_shardings=rep)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_SEED_SALT)
   return np.asarray(sharding.to_host(fn(variables, key)))
 
 
-def _write_samples(run: Run, variables, workdir: Path, step: int) -> Path | None:
+def _write_samples(run: Run, variables, workdir: Path, step: int, family: Family) -> Path | None:
   n = int(run.config.num_samples)
   if not n:
     return None
-  imgs = sample_images(run, variables, n, int(run.config.seed))
+  imgs = sample_images(run, variables, n, int(run.config.seed), family)
   if jax.process_index() != 0:
     return None
   path = images.save_png(imgs, workdir / "samples" / f"step_{step:07d}.png")
@@ -248,7 +260,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   total_steps = int(config.steps)
   config_json = config_lib.to_json(config)
 
-  train_step = step_lib.jit_train_step(run.family, run.txs, run.mesh, config.ema.to_dict())
+  def stage_step(family: Family):
+    return step_lib.jit_train_step(family, run.txs, run.mesh, config.ema.to_dict())
+
+  family = run.at_step(start_step)
+  train_step = stage_step(family)
   logger = _Logger(workdir)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config_json)
@@ -282,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     nonlocal last_saved
     check_finite()
     meta = {**run.meta, "step": step, "data_position": position, "seed": int(config.seed),
-            "elapsed_s": prior_elapsed + time.time() - t_start, "best": best}
+            "stage": family.stage, "elapsed_s": prior_elapsed + time.time() - t_start, "best": best}
     metrics = {f"eval/{k}": v for k, v in last_eval.items()} if last_eval_step == step else None
     ckpt.save(step, state, meta, config_json, metrics=metrics)
     last_saved = step
@@ -299,6 +315,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   compile_s = None
   try:
     for step in range(start_step, total_steps):
+      if family.stage_at(step) != family.stage:   # a new stage: the step is traced once more
+        family = family.at_stage(family.stage_at(step))
+        train_step = stage_step(family)
+        log.info("step %d: stage %d", step, family.stage)
       batch = sharding.global_batch(next(it), run.mesh)
       t0 = time.time()
       state, metrics = train_step(state, batch)
@@ -327,13 +347,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         variables = state.variables(use_ema=bool(config.ema.to_dict()))
         last_eval = evaluate(run, variables, dataset, config.eval_split,
                              batch_size=int(config.eval_batch_size),
-                             max_examples=int(config.eval_examples), seed=int(config.seed))
+                             max_examples=int(config.eval_examples), seed=int(config.seed), family=family)
         last_eval_step = done
         value = last_eval.get(run.family.eval_metric)
         if value is not None and (best is None or value < best["value"]):
           best = {"step": done, "metric": f"{config.eval_split}/{run.family.eval_metric}", "value": value}
         logger.scalars(done, config.eval_split, last_eval)
-        samples_path = _write_samples(run, variables, workdir, done) or samples_path
+        samples_path = _write_samples(run, variables, workdir, done, family) or samples_path
         line = (f"step {done}: {config.eval_split} "
                 + " ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if k != "num_examples"))
         if bar is not None:
@@ -359,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if not last_eval and start_step >= total_steps:   # a finished run asked to train again
     variables = state.variables(use_ema=bool(config.ema.to_dict()))
     last_eval = evaluate(run, variables, dataset, config.eval_split, batch_size=int(config.eval_batch_size),
-                         max_examples=int(config.eval_examples), seed=int(config.seed))
+                         max_examples=int(config.eval_examples), seed=int(config.seed), family=family)
   results = {
       "family": family_name,
       "experiment": config.experiment,
@@ -430,4 +450,6 @@ def load(workdir: str | os.PathLike, step: int | None = None, num_devices: int =
   restored = ckpt.restore(run.abstract_state, run.meta, step=step)
   ckpt.close()
   state, meta = restored
-  return Loaded(run.family, config, state.variables(use_ema=bool(config.ema.to_dict())), state, meta, run)
+  family = run.at_step(int(meta["step"]))
+  run = dataclasses.replace(run, family=family)
+  return Loaded(family, config, state.variables(use_ema=bool(config.ema.to_dict())), state, meta, run)
