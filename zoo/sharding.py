@@ -31,6 +31,7 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize(coordinator_address=coordinator,
                                num_processes=int(os.environ["ZOO_NUM_PROCESSES"]),
                                process_id=int(os.environ["ZOO_PROCESS_ID"]))
+    jax.devices()  # exchange the topology now, before each process goes its own way (data loading)
   elif os.environ.get("ZOO_DISTRIBUTED") == "1":
     jax.distributed.initialize()
 
