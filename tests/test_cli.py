@@ -100,6 +100,8 @@ def test_train_eval_sample_list(capsys, tmp_path):
   metrics = json.loads(out.strip().splitlines()[-1])
   assert metrics["split"] == "test" and metrics["num_examples"] == 32 and metrics["k"] == 10
   assert metrics["nll_iwae10"] <= metrics["nll_elbo"] + 1.0
+  code, out, _ = run(capsys, "eval", "--workdir", str(tmp_path), "--best", "--examples", "32")
+  assert code == 0 and json.loads(out.strip().splitlines()[-1])["step"] == 2
   grid = tmp_path / "grid.png"
   code, out, _ = run(capsys, "sample", "--workdir", str(tmp_path), "--num", "9", "--out", str(grid))
   assert code == 0 and grid.is_file() and grid.stat().st_size > 100

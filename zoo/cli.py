@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--examples", type=int, default=0, help="evaluate on the first N examples (0: all)")
   e.add_argument("--batch-size", type=int, default=None)
   e.add_argument("--step", type=int, default=None, help="a given checkpoint step instead of the newest")
+  e.add_argument("--best", action="store_true",
+                 help="the checkpoint that was best on the validation metric instead of the newest")
   e.add_argument("--seed", type=int, default=0)
   s = sub.add_parser("sample", help="write a PNG grid of samples from a run")
   s.add_argument("--workdir", required=True)
@@ -118,7 +120,15 @@ def cmd_eval(args, overrides) -> int:
   if overrides:
     raise ZooError("eval takes no --config.* overrides; it uses the run's own config")
   sharding.maybe_initialize_distributed()
-  loaded = load(args.workdir, step=args.step)
+  step = args.step
+  if args.best:
+    if step is not None:
+      raise ZooError("--best and --step name a checkpoint each; give one")
+    best = load(args.workdir).meta.get("best")
+    if not best:
+      raise ZooError(f"{args.workdir}: no evaluation has chosen a best checkpoint yet")
+    step = int(best["step"])
+  loaded = load(args.workdir, step=step)
   cfg = loaded.config
   split = args.split or cfg.eval_split
   dataset = data_lib.load(cfg.data)

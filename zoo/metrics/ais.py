@@ -175,7 +175,7 @@ def rbm_ais(params: dict, base_visible_bias: Array, betas: Array, rng: Array, *,
   betas = jnp.asarray(betas, w.dtype)
   init_rng, run_rng = jax.random.split(rng)
   if visible == BERNOULLI:
-    v0 = jax.random.bernoulli(init_rng, jax.nn.sigmoid(bias_a), (num_chains, d)).astype(w.dtype)
+    v0 = (jax.random.uniform(init_rng, (num_chains, d), w.dtype) < jax.nn.sigmoid(bias_a)[None]).astype(w.dtype)
   else:
     v0 = bias_a[None] + jax.random.normal(init_rng, (num_chains, d), w.dtype)
 

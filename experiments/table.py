@@ -1,0 +1,97 @@
+"""The README's family table, generated from the results JSON each experiment keeps beside its config.
+
+  # after a full run and its test evaluation (``zoo eval ... > eval.json``), record the figures:
+  python experiments/table.py record --config experiments/kingma2013/vae.py --workdir runs/kingma2013_vae --eval eval.json
+  # then regenerate the table between the README's <!-- family-table --> markers:
+  python experiments/table.py readme
+
+An experiment config states what it is held against in a module-level ``REFERENCE`` dict (paper, metric,
+value); ``record`` writes ``<config>.results.json`` with that, the run's results.json (steps, epochs, wall
+time, machine) and the test evaluation, and copies the run's sample grid to ``<config>.samples.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+BEGIN, END = "<!-- family-table -->", "<!-- /family-table -->"
+
+
+def _reference(config: Path) -> dict:
+  spec = importlib.util.spec_from_file_location("cfg", config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return dict(getattr(module, "REFERENCE"))
+
+
+def _machine() -> str:
+  import os
+  return f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def record(config: Path, workdir: Path, eval_json: Path) -> Path:
+  run = json.loads((workdir / "results.json").read_text())
+  lines = [l for l in eval_json.read_text().splitlines() if l.strip().startswith("{")]
+  test = json.loads(lines[-1])
+  ref = _reference(config)
+  out = config.with_suffix(".results.json")
+  rel = config.resolve().relative_to(ROOT)
+  entry = {
+      "experiment": str(rel), "family": run["family"], "reference": ref,
+      "ours": {"value": test[ref["key"]], "split": test["split"], "step": test["step"],
+               **({"k": test["k"]} if "k" in test else {})},
+      "test_eval": test, "steps": run["steps"], "epochs": round(run["epochs"], 1),
+      "wall_time_s": round(run["wall_time_s"]), "machine": f"{_machine()} ({run['device_kind']})",
+      "best": run.get("best"),
+      "command": f"zoo train --config experiments/{rel} --workdir runs/{rel.parent.name}_{rel.stem}",
+  }
+  out.write_text(json.dumps(entry, indent=2) + "\n")
+  grid = workdir / "samples.png"
+  if grid.is_file():
+    shutil.copy(grid, config.with_suffix(".samples.png"))
+  return out
+
+
+def table() -> str:
+  rows = ["| family | paper | data | ours | paper's | steps (epochs) | wall time, machine | command |",
+          "|---|---|---|---|---|---|---|---|"]
+  for f in sorted(ROOT.rglob("*.results.json")):
+    e = json.loads(f.read_text())
+    ref = e["reference"]
+    rows.append(
+        f"| `{e['family']}` | {ref['paper']} | {ref['data']} | **{e['ours']['value']:.2f}** {ref['metric']} | "
+        f"{ref['value']} | {e['steps']:,} ({e['epochs']:g}) | {e['wall_time_s'] / 3600:.1f} h, {e['machine']} | "
+        f"`{e['command']}` |")
+  return "\n".join(rows)
+
+
+def readme(path: Path) -> None:
+  text = path.read_text()
+  start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
+  path.write_text(text[:start] + "\n" + table() + "\n" + text[stop:])
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  sub = p.add_subparsers(dest="cmd", required=True)
+  r = sub.add_parser("record")
+  r.add_argument("--config", required=True, type=Path)
+  r.add_argument("--workdir", required=True, type=Path)
+  r.add_argument("--eval", required=True, type=Path)
+  m = sub.add_parser("readme")
+  m.add_argument("--path", type=Path, default=ROOT.parent / "README.md")
+  args = p.parse_args()
+  if args.cmd == "record":
+    print(record(args.config, args.workdir, args.eval))
+  else:
+    readme(args.path)
+    print(table())
+
+
+if __name__ == "__main__":
+  main()
