@@ -87,3 +87,11 @@ def test_bad_model_config_names_the_nearest_key():
     registry.build("vae", {"latent_dims": 3}, (28, 28, 1))
   with pytest.raises(ConfigError, match="divisible by 4"):
     registry.build("vae", {"encoder": "conv"}, (30, 30, 1))
+
+
+def test_bernoulli_log_prob_matches_the_textbook_form():
+  from zoo.models._layers import bernoulli_log_prob
+  logits = jnp.linspace(-60.0, 60.0, 241)
+  for x in (0.0, 1.0, 0.25):
+    textbook = x * jax.nn.log_sigmoid(logits) + (1 - x) * jax.nn.log_sigmoid(-logits)
+    np.testing.assert_allclose(np.asarray(bernoulli_log_prob(x, logits)), np.asarray(textbook), atol=2e-6)

@@ -50,7 +50,7 @@ def hand_written_jax(x: np.ndarray, steps: int, warmup: int = 10) -> float:
     mean, log_std = jnp.split(h @ p["e2"]["w"] + p["e2"]["b"][None], 2, axis=-1)
     z = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
     logits = jax.nn.relu(z @ p["d1"]["w"] + p["d1"]["b"][None]) @ p["d2"]["w"] + p["d2"]["b"][None]
-    recon = jnp.sum(x * jax.nn.log_sigmoid(logits) + (1 - x) * jax.nn.log_sigmoid(-logits), -1)
+    recon = jnp.sum(x * logits - jax.nn.softplus(logits), -1)
     kl = 0.5 * jnp.sum(mean ** 2 + jnp.exp(2 * log_std) - 1 - 2 * log_std, -1)
     return -jnp.mean(recon - kl)
 

@@ -115,5 +115,9 @@ def gaussian_log_prob(x, mean, log_std):
 
 
 def bernoulli_log_prob(x, logits):
-  """Elementwise log Bernoulli(x; sigmoid(logits)) for x in [0, 1] (stable for any logits)."""
-  return x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)
+  """Elementwise log Bernoulli(x; sigmoid(logits)) for x in [0, 1] (stable for any logits).
+
+  x log s(l) + (1 - x) log s(-l) = x l - softplus(l): one transcendental per pixel instead of two,
+  which is most of the cost of an IWAE-5000 evaluation.
+  """
+  return x * logits - jax.nn.softplus(logits)
