@@ -45,7 +45,7 @@ def record(config: Path, workdir: Path, eval_json: Path) -> Path:
       "experiment": str(rel), "family": run["family"], "reference": ref,
       "ours": {"value": test[ref["key"]], "split": test["split"], "step": test["step"],
                **({"k": test["k"]} if "k" in test else {})},
-      "test_eval": test, "steps": run["steps"], "epochs": round(run["epochs"], 1),
+      "test_eval": {k: v for k, v in test.items() if k != "workdir"}, "steps": run["steps"], "epochs": round(run["epochs"], 1),
       "wall_time_s": round(run["wall_time_s"]), "machine": f"{_machine()} ({run['device_kind']})",
       "best": run.get("best"),
       "command": f"zoo train --config experiments/{rel} --workdir runs/{rel.parent.name}_{rel.stem}",
@@ -63,8 +63,10 @@ def table() -> str:
   for f in sorted(ROOT.rglob("*.results.json")):
     e = json.loads(f.read_text())
     ref = e["reference"]
+    also = "".join(f"; {e['test_eval'][k]:.2f} {label}" for k, label in ref.get("also", {}).items()
+                   if k in e["test_eval"])
     rows.append(
-        f"| `{e['family']}` | {ref['paper']} | {ref['data']} | **{e['ours']['value']:.2f}** {ref['metric']} | "
+        f"| `{e['family']}` | {ref['paper']} | {ref['data']} | **{e['ours']['value']:.2f}** {ref['metric']}{also} | "
         f"{ref['value']} | {e['steps']:,} ({e['epochs']:g}) | {e['wall_time_s'] / 3600:.1f} h, {e['machine']} | "
         f"`{e['command']}` |")
   return "\n".join(rows)

@@ -94,7 +94,13 @@ def test_optimizer_config():
     optim.build({"name": "adamm"}, "model", 10)
   with pytest.raises(ConfigError, match="no player 'generator'"):
     optim.build_all({"generator": {}}, ("model",), 10)
-  assert wd is not None
+  p2 = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, p2)
+  masked = optim.build({"name": "sgd", "lr": 1.0, "weight_decay": 0.5, "decay_mask": "matrices"}, "m", 10)
+  u, _ = masked.update(zeros, masked.init(p2), p2)
+  assert float(u["kernel"][0, 0]) == pytest.approx(-0.5) and float(u["bias"][0]) == 0.0
+  u, _ = wd.update(zeros, wd.init(p2), p2)
+  assert float(u["bias"][0]) == 0.0      # lr 0: nothing moves
 
 
 TRACES = []

@@ -13,16 +13,12 @@ from zoo import sharding, step as step_lib
 from zoo.train import build_run
 
 
-def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, steps: int = 300,
-              warmup: int = 10) -> dict:
-  """Times ``steps`` calls of the shared train step on one real batch kept on the devices.
-
-  The batch is the first training batch of the config's data set, placed once, so the figure is the
-  step's own throughput (compute and dispatch), not the input pipeline's.
+def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None):
+  """The compiled shared step, a fresh state and one real batch on the devices, for timing.
 
   Returns:
-    {examples_per_s, steps_per_s, compile_s, batch_size, steps, family, experiment, platform,
-     device_kind, device_count, process_count}.
+    (step, state, batch, info): ``step(state, batch) -> (state, metrics)`` is compiled (state
+    donated); ``info`` holds batch_size, compile_s and the config's names.
   """
   config = config_lib.with_defaults(config)
   batch_size = int(batch_size or config.batch_size)
@@ -36,7 +32,23 @@ def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, 
   state = run.init_state()
   t0 = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
+  info = {"experiment": config.experiment, "family": config.family, "batch_size": batch_size,
+          "compile_s": round(time.perf_counter() - t0, 3)}
+  return compiled, state, batch, info
+
+
+def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, steps: int = 300,
+              warmup: int = 10) -> dict:
+  """Times ``steps`` calls of the shared train step on one real batch kept on the devices.
+
+  The batch is the first training batch of the config's data set, placed once, so the figure is the
+  step's own throughput (compute and dispatch), not the input pipeline's.
+
+  Returns:
+    {examples_per_s, steps_per_s, compile_s, batch_size, steps, family, experiment, platform,
+     device_kind, device_count, process_count}.
+  """
+  compiled, state, batch, info = prepare(config, batch_size)
   for _ in range(max(warmup, 1)):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
@@ -45,12 +57,13 @@ def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, 
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
   elapsed = time.perf_counter() - t0
-  loss = float(np.asarray(sharding.to_host(metrics)[next(iter(metrics))]))
+  host = sharding.to_host(metrics)
+  loss = float(np.asarray(next((v for k, v in host.items() if k.endswith("loss")), np.nan)))
   d = jax.devices()[0]
+  b = info["batch_size"]
   return {
-      "experiment": config.experiment, "family": config.family, "batch_size": batch_size,
-      "steps": steps, "examples_per_s": round(batch_size * steps / elapsed, 1),
-      "steps_per_s": round(steps / elapsed, 2), "compile_s": round(compile_s, 3),
-      "final_metric": loss, "platform": d.platform, "device_kind": d.device_kind,
-      "device_count": jax.device_count(), "process_count": jax.process_count(),
+      **info, "steps": steps, "examples_per_s": round(b * steps / elapsed, 1),
+      "steps_per_s": round(steps / elapsed, 2), "final_loss": loss, "platform": d.platform,
+      "device_kind": d.device_kind, "device_count": jax.device_count(),
+      "process_count": jax.process_count(),
   }

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--workdir", required=True)
   e.add_argument("--split", default=None, help="default: the config's eval_split")
   e.add_argument("--k", type=int, default=None, help="importance samples of a bound (e.g. IWAE-5000)")
+  e.add_argument("--estimator", action="append", default=[], metavar="KEY=VALUE",
+                 help="an option of the family's likelihood estimator (repeatable), e.g. temperatures=14500")
   e.add_argument("--examples", type=int, default=0, help="evaluate on the first N examples (0: all)")
   e.add_argument("--batch-size", type=int, default=None)
   e.add_argument("--step", type=int, default=None, help="a given checkpoint step instead of the newest")
@@ -115,7 +117,7 @@ def cmd_train(args, overrides) -> int:
 
 
 def cmd_eval(args, overrides) -> int:
-  from zoo import data as data_lib, sharding
+  from zoo import config as config_lib, data as data_lib, sharding
   from zoo.train import evaluate, load
   if overrides:
     raise ZooError("eval takes no --config.* overrides; it uses the run's own config")
@@ -133,6 +135,11 @@ def cmd_eval(args, overrides) -> int:
   split = args.split or cfg.eval_split
   dataset = data_lib.load(cfg.data)
   estimator = {"k": args.k} if args.k else {}
+  for item in args.estimator:
+    key, eq, raw = item.partition("=")
+    if not eq or not key.isidentifier():
+      raise ZooError(f"--estimator {item!r} is not of the form key=value")
+    estimator[key] = config_lib._parse_value(raw)
   if estimator and loaded.family.likelihood_kind is None:
     raise ZooError(f"--k: the {loaded.family.name} family has no likelihood estimator")
   batch_size = args.batch_size or int(cfg.eval_batch_size)
@@ -142,7 +149,7 @@ def cmd_eval(args, overrides) -> int:
                      max_examples=args.examples, seed=args.seed, **estimator)
   out = {"workdir": str(Path(args.workdir).absolute()), "family": loaded.family.name,
          "step": int(loaded.meta["step"]), "split": split, "likelihood": loaded.family.likelihood_kind,
-         **({"k": args.k} if args.k else {}), **metrics}
+         **estimator, **metrics}
   print(json.dumps(out))
   return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import jax
 import optax
 
 from zoo.errors import ConfigError, nearest
@@ -21,6 +22,7 @@ DEFAULT = dict(
     nesterov=False,
     decay=0.9,            # rmsprop's moving-average decay
     weight_decay=0.0,     # decoupled weight decay
+    decay_mask="all",     # all | matrices: decay every param, or only those of 2+ dimensions (not biases)
     clip_norm=0.0,        # global-norm gradient clipping; 0 for none
     schedule="constant",  # constant | cosine | warmup_cosine | exponential | linear
     warmup_steps=0,
@@ -90,7 +92,12 @@ def build(section: Mapping[str, Any] | None, player: str, total_steps: int
   elif float(o["momentum"]):  # sgd
     parts.append(optax.trace(decay=float(o["momentum"]), nesterov=bool(o["nesterov"])))
   if float(o["weight_decay"]):
-    parts.append(optax.add_decayed_weights(float(o["weight_decay"])))
+    mask = None
+    if o["decay_mask"] == "matrices":
+      mask = lambda params: jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
+    elif o["decay_mask"] != "all":
+      raise ConfigError(f"optim.{player}.decay_mask must be 'all' or 'matrices', not {o['decay_mask']!r}")
+    parts.append(optax.add_decayed_weights(float(o["weight_decay"]), mask=mask))
   parts.append(optax.scale_by_learning_rate(lr))
   return optax.chain(*parts)
 

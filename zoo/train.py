@@ -103,11 +103,16 @@ def build_run(config: ml_collections.ConfigDict, example: Mapping[str, np.ndarra
 def _check_workdir(workdir: Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".zoo_write_test"
+    probe = workdir / f".zoo_write_test.{os.getpid()}.{jax.process_index()}"  # one per process
     probe.write_text("ok")
-    probe.unlink()
+    probe.unlink(missing_ok=True)
   except OSError as e:
     raise TrainingError(f"cannot write to workdir {workdir}: {e.strerror or e}") from None
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def _first_nonfinite(history: list[tuple[int, dict]]) -> tuple[int, str] | None:
@@ -297,6 +302,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   def save(step: int, position: int):
     nonlocal last_saved
     check_finite()
+    # The metrics of step s come from the params before its update; the update itself can make them
+    # non-finite, so the params are checked too: no checkpoint ever holds a NaN.
+    if not bool(sharding.to_host(_all_finite(state.params))):
+      ckpt.wait()
+      where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+               if last_saved is not None else "no checkpoint was written")
+      raise TrainingError(f"params became non-finite at step {step} (in its update); stopped, {where}")
     meta = {**run.meta, "step": step, "data_position": position, "seed": int(config.seed),
             "stage": family.stage, "elapsed_s": prior_elapsed + time.time() - t_start, "best": best}
     metrics = {f"eval/{k}": v for k, v in last_eval.items()} if last_eval_step == step else None
@@ -450,6 +462,7 @@ def load(workdir: str | os.PathLike, step: int | None = None, num_devices: int =
   restored = ckpt.restore(run.abstract_state, run.meta, step=step)
   ckpt.close()
   state, meta = restored
-  family = run.at_step(int(meta["step"]))
+  # the stage the checkpoint was written in (at a stage boundary, the one just finished)
+  family = run.family.at_stage(int(meta.get("stage", run.family.stage_at(int(meta["step"])))))
   run = dataclasses.replace(run, family=family)
   return Loaded(family, config, state.variables(use_ema=bool(config.ema.to_dict())), state, meta, run)

@@ -2,7 +2,8 @@
 
 Model: the MLP VAE of experiments/benchmarks/vae_mlp.py (784-500-50-500-784, ReLU, Bernoulli decoder,
 Adam 1e-3, one-sample ELBO with analytic KL). The three are timed in turns, ``--repeats`` times each, and
-the median examples/s is reported with the ratios shared/hand-written and shared/PyTorch.
+the median examples/s is reported with the median of the within-round ratios shared/hand-written and
+shared/PyTorch.
 
   python experiments/benchmarks/compare_vae_mlp.py [--batches 128 1024] [--repeats 3] [--out FILE]
 
@@ -24,7 +25,7 @@ import optax
 
 from zoo import config as config_lib
 from zoo import data as data_lib
-from zoo.bench import benchmark
+from zoo.bench import prepare
 
 CONFIG = str(Path(__file__).with_name("vae_mlp.py"))
 D, H, L = 784, 500, 50
@@ -35,8 +36,12 @@ def _batch(batch_size: int) -> np.ndarray:
   return ds.batch("train", 0, batch_size, seed=0)["image"].reshape(batch_size, D)
 
 
-def hand_written_jax(x: np.ndarray, steps: int, warmup: int = 10) -> float:
-  """A plain jitted JAX step of the same model: params in a dict, optax Adam, state donated."""
+def hand_written_jax(x: np.ndarray):
+  """A plain jitted JAX step of the same model: params in a dict, optax Adam, state donated.
+
+  Returns:
+    run(n): takes n steps and blocks until they are done.
+  """
   def dense(key, n_in, n_out):
     w = jax.random.normal(key, (n_in, n_out)) * jnp.sqrt(1.0 / n_in)
     return {"w": w, "b": jnp.zeros((n_out,))}
@@ -61,19 +66,33 @@ def hand_written_jax(x: np.ndarray, steps: int, warmup: int = 10) -> float:
     return (optax.apply_updates(p, u), o, i + 1), loss
 
   step = jax.jit(step, donate_argnums=(0,))
-  carry = (params, tx.init(params), jnp.zeros((), jnp.int32))
+  box = [(params, tx.init(params), jnp.zeros((), jnp.int32))]
   xd = jax.device_put(x)
-  for _ in range(warmup):
-    carry, loss = step(carry, xd)
-  jax.block_until_ready(carry)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    carry, loss = step(carry, xd)
-  jax.block_until_ready(carry)
-  return x.shape[0] * steps / (time.perf_counter() - t0)
+
+  def run(n):
+    carry = box[0]
+    for _ in range(n):
+      carry, _ = step(carry, xd)
+    jax.block_until_ready(carry)
+    box[0] = carry
+  return run
 
 
-def pytorch_eager(x: np.ndarray, steps: int, warmup: int = 10) -> float | None:
+def shared_step(cfg, batch_size: int):
+  """The zoo's shared step on the same model (what ``zoo bench`` times)."""
+  compiled, state, batch, _ = prepare(cfg, batch_size)
+  box = [state]
+
+  def run(n):
+    state = box[0]
+    for _ in range(n):
+      state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+    box[0] = state
+  return run
+
+
+def pytorch_eager(x: np.ndarray):
   try:
     import torch
   except ImportError:
@@ -95,19 +114,23 @@ def pytorch_eager(x: np.ndarray, steps: int, warmup: int = 10) -> float | None:
     loss.backward()
     opt.step()
 
-  for _ in range(warmup):
-    step()
+  def run(n):
+    for _ in range(n):
+      step()
+  return run
+
+
+def _timed(run, n: int) -> float:
   t0 = time.perf_counter()
-  for _ in range(steps):
-    step()
-  return x.shape[0] * steps / (time.perf_counter() - t0)
+  run(n)
+  return time.perf_counter() - t0
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--batches", type=int, nargs="+", default=[128, 1024])
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--examples", type=int, default=40_000, help="examples per timed measurement")
+  p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--examples", type=int, default=50_000, help="examples per timed measurement")
   p.add_argument("--out", default=None, help="write the results as JSON here")
   args = p.parse_args()
   cfg = config_lib.load(CONFIG)
@@ -115,19 +138,23 @@ def main():
   for b in args.batches:
     steps = max(args.examples // b, 20)
     x = _batch(b)
-    runs = {"shared": [], "hand": [], "torch": []}
+    runners = {"shared": shared_step(cfg, b), "hand": hand_written_jax(x), "torch": pytorch_eager(x)}
+    runners = {k: r for k, r in runners.items() if r is not None}
+    for r in runners.values():   # compile and warm up
+      r(10)
+    # Interleaved rounds: the machine's speed drifts by +-10% over seconds, so each round times the
+    # three back to back and the ratios are taken within a round.
+    rounds = {k: [] for k in runners}
     for _ in range(args.repeats):
-      runs["shared"].append(benchmark(cfg, b, steps)["examples_per_s"])
-      runs["hand"].append(hand_written_jax(x, steps))
-      t = pytorch_eager(x, steps)
-      if t is not None:
-        runs["torch"].append(t)
-    med = {k: statistics.median(v) for k, v in runs.items() if v}
-    row = {"batch_size": b, "steps": steps, "repeats": args.repeats,
+      for k, r in runners.items():
+        rounds[k].append(b * steps / _timed(r, steps))
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    ratio = lambda other: statistics.median(s / o for s, o in zip(rounds["shared"], rounds[other]))
+    row = {"batch_size": b, "steps": steps, "rounds": args.repeats,
            **{f"{k}_examples_per_s": round(v, 1) for k, v in med.items()},
-           "shared_over_hand": round(med["shared"] / med["hand"], 3)}
+           "shared_over_hand": round(ratio("hand"), 3)}
     if "torch" in med:
-      row["shared_over_torch"] = round(med["shared"] / med["torch"], 3)
+      row["shared_over_torch"] = round(ratio("torch"), 3)
     rows.append(row)
     print(json.dumps(row), flush=True)
   d = jax.devices()[0]
