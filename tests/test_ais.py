@@ -71,7 +71,8 @@ def test_ais_is_exact_when_the_target_is_the_base_with_hidden_biases():
             "hidden_bias": jnp.linspace(-1, 3, h)}
   r = ais.rbm_ais(params, params["visible_bias"], ais.temperature_schedule(50), jax.random.PRNGKey(0),
                   num_chains=16)
-  want = float(jnp.sum(jax.nn.softplus(params["visible_bias"])) + jnp.sum(jax.nn.softplus(params["hidden_bias"])))
+  want = float(jnp.sum(jax.nn.softplus(params["visible_bias"]))
+               + jnp.sum(jax.nn.softplus(params["hidden_bias"])))
   assert float(r.log_z) == pytest.approx(want, abs=1e-4)
   assert float(r.log_z_std_err) < 1e-5
 

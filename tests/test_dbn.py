@@ -43,7 +43,8 @@ def _enumerate(params, x):
       hs = [xi] + [states[l][i] for l, i in enumerate(combo)]
       lj, lq = 0.0, 0.0
       for l, (w, b, c) in enumerate(lower):
-        lj += np.sum(hs[l] * _log_sigmoid(w @ hs[l + 1] + b) + (1 - hs[l]) * _log_sigmoid(-(w @ hs[l + 1] + b)))
+        logits = w @ hs[l + 1] + b
+        lj += np.sum(hs[l] * _log_sigmoid(logits) + (1 - hs[l]) * _log_sigmoid(-logits))
         a = hs[l] @ w + c
         lq += np.sum(hs[l + 1] * _log_sigmoid(a) + (1 - hs[l + 1]) * _log_sigmoid(-a))
       lj += log_p_star(hs[-1][None])[0] - log_z

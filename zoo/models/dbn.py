@@ -11,8 +11,8 @@ samples of q(h^{j+1} | h^j) = prod sigmoid(c_j + h^j W_j), or their probabilitie
 holds all layers, and a run resumed mid-stage continues in that stage.
 
 At stage s the model is the DBN of the first s + 1 RBMs, so an evaluation during stage s measures what
-has been built so far. Its test log-likelihood is estimated as in Salakhutdinov & Murray 2008 (Section
-4): with the recognition distribution q(h^1..h^s | x) = prod_l q(h^{l+1} | h^l),
+has been built so far. Its test log-likelihood is estimated as in Salakhutdinov & Murray 2008: with
+the recognition distribution q(h^1..h^s | x) = prod_l q(h^{l+1} | h^l),
 
   log p(x) >= E_q[ sum_{l<s} log p(h^l | h^{l+1}) - F_s(h^s) ] + H(q) - log Z_s,
 
@@ -93,7 +93,8 @@ class DBN(Family):
       raise ConfigError(f"model.layer_steps needs the steps of every layer but the last "
                         f"({len(self.hidden) - 1} values >= 1), got {self.layer_steps}")
     if self.neg_visible not in NEG_VISIBLE:
-      raise ConfigError(f"model.neg_visible must be one of {', '.join(NEG_VISIBLE)}, not {self.neg_visible!r}")
+      raise ConfigError(f"model.neg_visible must be one of {', '.join(NEG_VISIBLE)}, "
+                        f"not {self.neg_visible!r}")
     if self.upward not in UPWARD:
       raise ConfigError(f"model.upward must be one of {', '.join(UPWARD)}, not {self.upward!r}")
     if self.num_chains < 1 or self.bound_samples < 1 or self.sample_steps < 0 or self.init_std <= 0:

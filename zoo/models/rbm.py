@@ -233,8 +233,17 @@ def bernoulli_entropy(logits: Array) -> Array:
 
 
 def ais_settings(family, k: int | None, temperatures: int | None) -> tuple[int, int]:
-  """(chains, temperatures) of an AIS run: ``k`` chains and the final schedule when ``k`` is given
-  (``zoo eval --k 100``), else the family's cheaper settings for periodic evaluation."""
+  """The AIS settings of one evaluation.
+
+  Args:
+    family: an RBM or DBN family (its ``ais_*`` fields).
+    k: AIS chains asked for by the evaluator (``zoo eval --k 100``), or None. Giving it selects the
+      final protocol: ``k`` chains over ``final_ais_temperatures``.
+    temperatures: annealing steps overriding the family's, or None.
+
+  Returns:
+    (chains, temperatures): without ``k``, the family's cheaper periodic settings.
+  """
   chains = int(k) if k else int(family.ais_chains)
   if temperatures:
     temps = int(temperatures)
@@ -248,7 +257,8 @@ def ais_settings(family, k: int | None, temperatures: int | None) -> tuple[int, 
 def check_ais_fields(family) -> None:
   """ConfigErrors for AIS settings that cannot work."""
   if family.ais_schedule not in SCHEDULES:
-    raise ConfigError(f"model.ais_schedule must be one of {', '.join(SCHEDULES)}, not {family.ais_schedule!r}")
+    raise ConfigError(f"model.ais_schedule must be one of {', '.join(SCHEDULES)}, "
+                      f"not {family.ais_schedule!r}")
   if family.ais_chains < 2:
     raise ConfigError("model.ais_chains must be >= 2 (the standard error needs two chains)")
   for name in ("ais_temperatures", "final_ais_temperatures"):
@@ -321,7 +331,8 @@ class RBM(Family):
     if self.num_hidden < 1 or self.cd_k < 1 or self.num_chains < 1:
       raise ConfigError("model.num_hidden, model.cd_k and model.num_chains must be >= 1")
     if self.neg_visible not in NEG_VISIBLE:
-      raise ConfigError(f"model.neg_visible must be one of {', '.join(NEG_VISIBLE)}, not {self.neg_visible!r}")
+      raise ConfigError(f"model.neg_visible must be one of {', '.join(NEG_VISIBLE)}, "
+                        f"not {self.neg_visible!r}")
     if self.sample_steps < 0 or self.init_std <= 0:
       raise ConfigError("model.sample_steps must be >= 0 and model.init_std > 0")
     check_ais_fields(self)
