@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 
 import jax
@@ -10,6 +9,7 @@ import numpy as np
 
 from zoo import config as config_lib
 from zoo import registry
+from zoo.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,10 +24,11 @@ def quick_experiments() -> dict[str, str]:
   for rel in config_lib.list_experiments():
     if rel.startswith("benchmarks/"):
       continue
-    text = (config_lib.experiments_dir() / rel).read_text()
-    m = re.search(r"""c\.family\s*=\s*["']([\w-]+)["']""", text)
-    if m and "quick" in text and m.group(1) not in found:
-      found[m.group(1)] = f"{rel}:quick"
+    try:
+      family = config_lib.load(f"{rel}:quick").family
+    except ConfigError:      # an experiment without a quick variant
+      continue
+    found.setdefault(family, f"{rel}:quick")
   return found
 
 

@@ -55,6 +55,20 @@ def list_experiments() -> list[str]:
                 if not p.name.startswith("_") and "def get_config" in p.read_text())
 
 
+def sibling(config_file: str, name: str):
+  """Imports ``name`` (e.g. '_rbm.py') from the folder of ``config_file``: a paper's configs share one.
+
+  Config files are loaded by path, not as a package, so ``from . import x`` has no package to import
+  from; each sibling is loaded under a name unique to its path, so two folders' helpers never clash.
+  """
+  file = Path(config_file).resolve().parent / name
+  module_name = "zoo_experiment_" + "_".join(file.with_suffix("").parts[-3:])
+  spec = importlib.util.spec_from_file_location(module_name, file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _resolve(path: str) -> Path:
   p = Path(path)
   for candidate in (p, experiments_dir() / p, experiments_dir() / (str(p) + ".py")):
