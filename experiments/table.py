@@ -63,11 +63,12 @@ def table() -> str:
   for f in sorted(ROOT.rglob("*.results.json")):
     e = json.loads(f.read_text())
     ref = e["reference"]
+    best = f"; evaluated at step {e['ours']['step']:,}" if e["ours"]["step"] != e["steps"] else ""
     also = "".join(f"; {e['test_eval'][k]:.2f} {label}" for k, label in ref.get("also", {}).items()
                    if k in e["test_eval"])
     rows.append(
         f"| `{e['family']}` | {ref['paper']} | {ref['data']} | **{e['ours']['value']:.2f}** {ref['metric']}{also} | "
-        f"{ref['value']} | {e['steps']:,} ({e['epochs']:g}) | {e['wall_time_s'] / 3600:.1f} h, {e['machine']} | "
+        f"{ref['value']} | {e['steps']:,} ({e['epochs']:g}){best} | {e['wall_time_s'] / 3600:.1f} h, {e['machine']} | "
         f"`{e['command']}` |")
   return "\n".join(rows)
 
