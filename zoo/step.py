@@ -7,6 +7,7 @@ batch split over the mesh's ``data`` axis.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -87,11 +88,13 @@ def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformatio
                  donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=64)
 def jit_eval_step(family: Family, mesh: Mesh, **estimator) -> Callable:
   """``eval_step(variables, batch, rng) -> ({metric: sum over unmasked examples}, count)``, jitted.
 
   ``batch['mask']`` (B,) marks real examples; padding examples contribute nothing. ``estimator``
-  options (e.g. ``k=5000``) go to the family's ``eval_metrics``.
+  options (e.g. ``k=5000``) go to the family's ``eval_metrics``. Cached: the periodic evaluations of a
+  run trace and compile it once.
   """
   rep = sharding.replicated(mesh)
 
@@ -102,3 +105,17 @@ def jit_eval_step(family: Family, mesh: Mesh, **estimator) -> Callable:
     return sums, jnp.sum(mask)
 
   return jax.jit(eval_step, in_shardings=(rep, sharding.data_sharded(mesh), rep), out_shardings=rep)
+
+
+@functools.lru_cache(maxsize=64)
+def jit_eval_context(family: Family, mesh: Mesh, **estimator) -> Callable:
+  """``context(variables, rng) -> collections``: the family's once-per-evaluation work, jitted, cached."""
+  return jax.jit(lambda v, r: family.eval_context(v, r, **estimator),
+                 out_shardings=sharding.replicated(mesh))
+
+
+@functools.lru_cache(maxsize=64)
+def jit_sample(family: Family, mesh: Mesh, num: int, **conditioning) -> Callable:
+  """``sample(variables, rng) -> (num, H, W, C)``, jitted, cached (the same grid at every evaluation)."""
+  return jax.jit(lambda v, r: family.sample(v, r, num, **conditioning),
+                 out_shardings=sharding.replicated(mesh))

@@ -174,8 +174,7 @@ def evaluate(run: Run, variables: Mapping[str, Any], dataset, split: str, *, bat
   totals: dict[str, float] = {}
   count = 0.0
   context_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  context_fn = jax.jit(lambda v, r: family.eval_context(v, r, **estimator),
-                       out_shardings=sharding.replicated(run.mesh))
+  context_fn = step_lib.jit_eval_context(family, run.mesh, **estimator)
   variables = {**variables, **context_fn(variables, context_rng)}
   batches = dataset.eval_batches(split, batch_size, process_index=jax.process_index(),
                                  process_count=jax.process_count(), max_examples=max_examples or None)
@@ -195,9 +194,7 @@ def evaluate(run: Run, variables: Mapping[str, Any], dataset, split: str, *, bat
 def sample_images(run: Run, variables, num: int, seed: int, family: Family | None = None,
                   **conditioning) -> np.ndarray:
   """``num`` samples (num, H, W, C) in [0, 1] as numpy, from a fixed key for ``seed``."""
-  rep = sharding.replicated(run.mesh)
-  family = family or run.family
-  fn = jax.jit(lambda v, r: family.sample(v, r, num, **conditioning), out_shardings=rep)
+  fn = step_lib.jit_sample(family or run.family, run.mesh, num, **conditioning)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_SEED_SALT)
   return np.asarray(sharding.to_host(fn(variables, key)))
 
