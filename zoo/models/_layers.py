@@ -10,6 +10,12 @@ import numpy as np
 
 from zoo.errors import ConfigError, nearest
 
+# The zoo's convolution layers. Every convolutional family builds on these names, so that faster
+# formulations for a backend (issue 7: CPU weight gradients as one matmul, transposed convolutions by
+# phase decomposition) replace them here once, for all families, computing the same function.
+Conv = nn.Conv
+ConvTranspose = nn.ConvTranspose
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "tanh": jnp.tanh,
@@ -70,7 +76,7 @@ class Encoder(nn.Module):
     act = activation(self.activation)
     if self.kind == "conv":
       for i, f in enumerate(self.conv_features):
-        x = act(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME", name=f"conv_{i}")(x))
+        x = act(Conv(f, (4, 4), strides=(2, 2), padding="SAME", name=f"conv_{i}")(x))
     x = x.reshape(x.shape[0], -1)
     for i, f in enumerate(self.hidden):
       x = act(nn.Dense(f, name=f"dense_{i}")(x))
@@ -101,7 +107,7 @@ class Decoder(nn.Module):
       x = act(nn.Dense(hs * ws * feats[0], name="project")(x)).reshape(z.shape[0], hs, ws, feats[0])
       outs = feats[1:] + (out_c,)
       for i, f in enumerate(outs):
-        x = nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(x)
+        x = ConvTranspose(f, (4, 4), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(x)
         if i < len(outs) - 1:
           x = act(x)
       return x
