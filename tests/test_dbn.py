@@ -112,3 +112,29 @@ def test_stages_train_layer_by_layer(tmp_path):
   assert float(stats["layer0"]["count"]) == 3 * 16 and float(stats["layer1"]["count"]) == 3 * 16
   x = whole.sample(3)
   assert x.shape == (3, 28, 28, 1) and 0 <= x.min() and x.max() <= 1
+
+
+def test_a_layer_can_come_from_a_trained_rbm_run(tmp_path):
+  """Greedy training reuses a trained RBM as layer 0 (config.init_from) and trains only layer 1."""
+  common = dict(num_devices=1, num_samples=0, eval_examples=32, checkpoint_every=3)
+  zoo.train_and_evaluate(tiny_config("rbm", steps=3, **common, **{"model.num_hidden": 16}),
+                         tmp_path / "rbm", progress=False)
+  rbm = zoo.load(tmp_path / "rbm")
+  settings = dict(steps=3, **common, **{"model.hidden": (16, 8), "model.layer_steps": (0,),
+                                        "model.sample_steps": 5, "init_from.workdir": str(tmp_path / "rbm"),
+                                        "init_from.players": {"layer0": "model"}})
+  zoo.train_and_evaluate(tiny_config("dbn", **settings), tmp_path / "dbn", progress=False)
+  dbn = zoo.load(tmp_path / "dbn")
+  get = jax.device_get
+  assert dbn.meta["stage"] == 1
+  assert tree_equal(get(dbn.state.params["layer0"]), get(rbm.state.params["model"]))
+  assert tree_equal(get(dbn.state.nontrainable["data_stats"]["layer0"]),
+                    get(rbm.state.nontrainable["data_stats"]))
+  assert not tree_equal(get(dbn.state.params["layer1"]), get(dbn.run.init_state().params["layer1"]))
+
+  wrong = tiny_config("dbn", **{**settings, "init_from.players": {"layer9": "model"}})
+  with pytest.raises(zoo.ConfigError, match="no player 'layer9'"):
+    zoo.train_and_evaluate(wrong, tmp_path / "wrong", progress=False)
+  bigger = tiny_config("dbn", **{**settings, "model.hidden": (20, 8)})
+  with pytest.raises(zoo.ConfigError, match="does not fit"):
+    zoo.train_and_evaluate(bigger, tmp_path / "bigger", progress=False)

@@ -34,6 +34,9 @@ DEFAULTS = dict(
     optim={},
     num_devices=0,             # 0: every device; n: the first n (tests of 1 vs 8 devices)
     experiment="",             # the config file it came from, filled in by load()
+    # Warm start: a fresh run copies players' params (and their non-trainable state, e.g. an RBM's data
+    # statistics) from another run's checkpoint, {new player: source player}; step -1 is the newest.
+    init_from=dict(workdir="", step=-1, players={}),
 )
 
 
@@ -169,6 +172,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
       value = float(value)
     if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
       value = type(old)(value)
+    if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
+      value = ml_collections.ConfigDict(value)     # a section given whole, e.g. a {player: ...} map
     if old is not None and value is not None and not isinstance(value, type(old)):
       raise ConfigError(f"config key {key} must be {type(old).__name__}; got {raw!r}")
     try:

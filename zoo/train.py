@@ -217,6 +217,77 @@ def _device_info() -> dict:
           "process_count": jax.process_count()}
 
 
+def warm_start(state: TrainState, init_from: ml_collections.ConfigDict) -> TrainState:
+  """``state`` with players' params and per-player non-trainable state copied from another run.
+
+  ``init_from.players`` maps a player of this run to one of the source run (``{"layer0": "model"}``
+  starts a DBN's first layer from a trained RBM); every non-trainable collection keyed by players (an
+  RBM's data statistics, persistent chains) follows its player, and so does the player's EMA. Shapes
+  must agree leaf by leaf; a mismatch fails naming the player and the leaves, before any step is taken.
+  Optimizer states stay fresh. Checkpoints of the new run record where it started from.
+  """
+  players = dict(init_from.players.to_dict() if hasattr(init_from.players, "to_dict") else init_from.players)
+  if not players:
+    raise ConfigError("init_from.workdir is set but init_from.players is empty; name the players to "
+                      "copy, e.g. --config.init_from.players=\"{'layer0': 'model'}\"")
+  step = int(init_from.step)
+  source = load(init_from.workdir, step=None if step < 0 else step)
+  src = source.state
+
+  def copy(dst_tree, src_tree, what):
+    want = jax.tree_util.tree_structure(dst_tree)
+    got = jax.tree_util.tree_structure(src_tree)
+    if want != got:
+      raise ConfigError(f"init_from: {what} of {init_from.workdir} has another structure than this run's")
+    bad = [f"{jax.tree_util.keystr(p)} {np.shape(a)} vs {np.shape(b)}" for (p, a), b in
+           zip(jax.tree_util.tree_flatten_with_path(dst_tree)[0], jax.tree_util.tree_leaves(src_tree))
+           if np.shape(a) != np.shape(b)]
+    if bad:
+      raise ConfigError(f"init_from: {what} does not fit this run: " + "; ".join(bad[:4]))
+    return jax.tree_util.tree_map(lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), a.sharding),
+                                  dst_tree, src_tree)
+
+  params, nontrainable, ema = dict(state.params), dict(state.nontrainable), dict(state.ema)
+  for dst, src_player in players.items():
+    if dst not in params:
+      raise ConfigError(f"init_from.players: this run has no player {dst!r}; its players: "
+                        f"{', '.join(params)}")
+    if src_player not in src.params:
+      raise ConfigError(f"init_from.players: {init_from.workdir} has no player {src_player!r}; its "
+                        f"players: {', '.join(src.params)}")
+    params[dst] = copy(params[dst], src.params[src_player], f"player {src_player!r}")
+    for name, coll in nontrainable.items():
+      mine, theirs = _player_part(coll, dst, params), _player_part(src.nontrainable.get(name), src_player,
+                                                                    src.params)
+      if mine is None or theirs is None:
+        continue
+      try:
+        part = copy(mine, theirs, f"{name} of player {src_player!r}")
+      except ConfigError as e:    # e.g. another number of persistent chains: those start afresh
+        log.warning("%s; keeping this run's fresh %s for %s", e, name, dst)
+        continue
+      nontrainable[name] = {**coll, dst: part} if _keyed(coll, params) else part
+    if dst in ema:
+      ema[dst] = params[dst]
+  log.info("warm start from %s (step %d): %s", init_from.workdir, int(source.meta["step"]),
+           ", ".join(f"{d} <- {s}" for d, s in players.items()))
+  return state.replace(params=params, nontrainable=nontrainable, ema=ema)
+
+
+def _keyed(coll, params) -> bool:
+  return isinstance(coll, Mapping) and bool(coll) and set(coll) <= set(params)
+
+
+def _player_part(coll, player: str, params):
+  """A player's part of a non-trainable collection: ``coll[player]`` where the collection is keyed by
+  players (a DBN's per-layer statistics), the whole collection where the run has that one player."""
+  if coll is None:
+    return None
+  if _keyed(coll, params):
+    return coll.get(player)
+  return coll if list(params) == [player] else None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        progress: bool = True) -> dict:
   """Trains ``config`` in ``workdir``, resuming from its newest loadable checkpoint.
@@ -251,6 +322,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   best = None
   if restored is None:
     state = run.init_state()
+    if config.init_from.workdir:
+      state = warm_start(state, config.init_from)
     data_position = 0
   else:
     state, meta = restored

@@ -15,6 +15,11 @@ Command (2-core CPU shared with another job: about 1.8 h for layer 0, CD-25 at 8
 0.5 h for layer 1 (estimated), evaluations included; the final AIS of the 500-2000 top RBM about 3 min):
   zoo train --config experiments/salakhutdinov2008/dbn.py --workdir runs/salakhutdinov2008_dbn
   zoo eval --workdir runs/salakhutdinov2008_dbn --split test --k 100
+Variant ``from_rbm`` takes layer 0 from a finished ``rbm_cd25.py`` run (the same model, trained by the
+same config, so the 1.8 h are not spent twice) and trains layer 1 only:
+  zoo train --config experiments/salakhutdinov2008/rbm_cd25.py --workdir runs/salakhutdinov2008_rbm_cd25
+  zoo train --config experiments/salakhutdinov2008/dbn.py:from_rbm --workdir runs/salakhutdinov2008_dbn
+(``--config.init_from.workdir=DIR`` points it at another RBM run.)
 Evaluations during stage 0 measure the one-RBM DBN (its AIS log-likelihood); from stage 1 on, the
 two-layer bound. The figure is the last checkpoint's (not ``--best``, which may pick a stage-0 one).
 Evaluations during training use 100 AIS chains x 5,000 temperatures. Variant ``quick``: 200 + 200
@@ -54,7 +59,15 @@ def get_config(variant=None):
       upward="sample", init_std=0.01, sample_steps=1000, bound_samples=10,
       ais_chains=100, ais_temperatures=5000, final_ais_temperatures=14500, ais_schedule="paper"))
   c.optim = ml_collections.ConfigDict({"layer0": _optim(layer0), "layer1": _optim(layer1)})
-  if variant == "quick":
+  if variant == "from_rbm":
+    # Greedy training reuses the first layer: it is the CD25(500) RBM of rbm_cd25.py, as in the paper,
+    # copied with its data statistics from that run's last checkpoint; only layer 1 trains here.
+    c.steps = layer1
+    c.eval_every = 25 * EPOCH        # the figure is the final checkpoint's test evaluation
+    c.model.layer_steps = (0,)
+    c.init_from = ml_collections.ConfigDict(dict(workdir="runs/salakhutdinov2008_rbm_cd25", step=-1,
+                                                 players={"layer0": "model"}))
+  elif variant == "quick":
     c.steps = 400
     c.log_every = 50
     c.eval_every = 200
@@ -71,5 +84,5 @@ def get_config(variant=None):
       c.optim[layer].warmup_steps = 0   # the first step must move the weights (the tests check it)
       c.optim[layer].decay_steps = 200
   elif variant:
-    raise ValueError(f"unknown variant {variant!r}; known: quick")
+    raise ValueError(f"unknown variant {variant!r}; known: from_rbm, quick")
   return c

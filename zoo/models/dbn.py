@@ -89,9 +89,12 @@ class DBN(Family):
       raise ConfigError("model.hidden: every layer needs at least one unit")
     if len(self.cd_k) != len(self.hidden) or min(self.cd_k) < 1:
       raise ConfigError(f"model.cd_k needs one value >= 1 per layer ({len(self.hidden)}), got {self.cd_k}")
-    if len(self.layer_steps) != len(self.hidden) - 1 or min(self.layer_steps) < 1:
+    # 0 steps: the layer is not trained here; it comes from another run (config.init_from), e.g. the
+    # first layer from a trained RBM, as greedy training reuses it.
+    if len(self.layer_steps) != len(self.hidden) - 1 or min(self.layer_steps) < 0:
       raise ConfigError(f"model.layer_steps needs the steps of every layer but the last "
-                        f"({len(self.hidden) - 1} values >= 1), got {self.layer_steps}")
+                        f"({len(self.hidden) - 1} values >= 0; 0 for a layer copied from another run "
+                        f"with init_from), got {self.layer_steps}")
     if self.neg_visible not in NEG_VISIBLE:
       raise ConfigError(f"model.neg_visible must be one of {', '.join(NEG_VISIBLE)}, "
                         f"not {self.neg_visible!r}")
