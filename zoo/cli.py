@@ -14,6 +14,7 @@ USAGE_EXAMPLES = """examples:
   zoo train --config experiments/kingma2013/vae.py:quick --workdir runs/vae_quick
   zoo train --config experiments/kingma2013/vae.py --workdir runs/vae --config.steps=1000
   zoo eval --workdir runs/vae --split test --k 5000
+  zoo eval --workdir runs/vae --metrics fid,is,kid,pr,ppl --features digits --num-samples 10000
   zoo sample --workdir runs/vae --num 64 --out grid.png
   zoo bench --config experiments/benchmarks/vae_mlp.py --batch 128 --steps 300
   zoo list
@@ -40,6 +41,25 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--best", action="store_true",
                  help="the checkpoint that was best on the validation metric instead of the newest")
   e.add_argument("--seed", type=int, default=0)
+  e.add_argument("--metrics", default=None, metavar="LIST",
+                 help="comma-separated: likelihood (the family's likelihood metrics, the default when "
+                      "--metrics is not given) and sample-quality metrics fid,is,kid,pr,ppl")
+  e.add_argument("--num-samples", type=int, default=10_000,
+                 help="samples drawn for the sample-quality metrics (and latent pairs for ppl)")
+  e.add_argument("--features", choices=("digits", "inception"), default="digits",
+                 help="feature extractor of the sample-quality metrics: the zoo's digit classifier "
+                      "(28x28 grey images, offline) or the FID Inception network")
+  e.add_argument("--inception-weights", default=None, metavar="PATH",
+                 help="the FID weights file pt_inception-2015-12-05-6726825d.pth (--features inception; "
+                      "default: $ZOO_INCEPTION_WEIGHTS, else ~/.cache/zoo/, downloaded there when online)")
+  e.add_argument("--sample-option", action="append", default=[], metavar="KEY=VALUE",
+                 help="an option of the family's sampler for the sample-quality metrics (repeatable), "
+                      "e.g. use_mean=false for a VAE's Bernoulli draws instead of its decoder means")
+  e.add_argument("--ppl-interpolation", choices=("slerp", "lerp"), default=None,
+                 help="latent interpolation of ppl (default: slerp; lerp for uniform latents)")
+  e.add_argument("--reference-split", default=None,
+                 help="the data split the samples are compared with (default: test when the data set "
+                      "has one, else the config's eval_split)")
   s = sub.add_parser("sample", help="write a PNG grid of samples from a run")
   s.add_argument("--workdir", required=True)
   s.add_argument("--num", type=int, default=64)
@@ -117,8 +137,8 @@ def cmd_train(args, overrides) -> int:
 
 
 def cmd_eval(args, overrides) -> int:
-  from zoo import config as config_lib, data as data_lib, sharding
-  from zoo.train import evaluate, load
+  from zoo import sharding
+  from zoo.train import load
   if overrides:
     raise ZooError("eval takes no --config.* overrides; it uses the run's own config")
   sharding.maybe_initialize_distributed()
@@ -130,9 +150,54 @@ def cmd_eval(args, overrides) -> int:
     if not best:
       raise ZooError(f"{args.workdir}: no evaluation has chosen a best checkpoint yet")
     step = int(best["step"])
+  metric_names = ["likelihood"]
+  if args.metrics is not None:
+    metric_names = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
+    if not metric_names:
+      raise ZooError("--metrics names no metric; e.g. --metrics fid,is,kid,pr,ppl")
+  sample_metrics = [m for m in metric_names if m != "likelihood"]
+  sample_options = _sample_options(args.sample_option)
+  if sample_metrics:
+    from zoo.metrics.sample_quality import parse_metrics
+    parse_metrics(sample_metrics)     # an unknown name fails before the checkpoint loads
+    if args.num_samples < 1:
+      raise ZooError(f"--num-samples must be >= 1, got {args.num_samples}")
+  elif sample_options:
+    raise ZooError("--sample-option is for the sample-quality metrics; name them with --metrics")
   loaded = load(args.workdir, step=step)
+  split = args.split or loaded.config.eval_split
+  out = {"workdir": str(Path(args.workdir).absolute()), "family": loaded.family.name,
+         "step": int(loaded.meta["step"])}
+  if "likelihood" in metric_names:
+    out.update(_likelihood_metrics(args, loaded, split))
+  if sample_metrics:
+    from zoo.metrics.sample_quality import evaluate_model
+    out.update(evaluate_model(loaded, sample_metrics, num_samples=args.num_samples, features=args.features,
+                              inception_weights=args.inception_weights,
+                              reference_split=args.reference_split, seed=args.seed,
+                              sample_options=sample_options, ppl_interpolation=args.ppl_interpolation))
+  print(json.dumps(out))
+  return 0
+
+
+def _sample_options(items: list[str]) -> dict:
+  """``--sample-option key=value`` items as a dict (true/false in any case are booleans)."""
+  from zoo import config as config_lib
+  options = {}
+  for item in items:
+    key, eq, raw = item.partition("=")
+    if not eq or not key.isidentifier():
+      raise ZooError(f"--sample-option {item!r} is not of the form key=value")
+    low = raw.strip().lower()
+    options[key] = low == "true" if low in ("true", "false") else config_lib._parse_value(raw)
+  return options
+
+
+def _likelihood_metrics(args, loaded, split: str) -> dict:
+  """The family's own evaluation metrics (likelihood or bound, ...) over ``split``."""
+  from zoo import config as config_lib, data as data_lib
+  from zoo.train import evaluate
   cfg = loaded.config
-  split = args.split or cfg.eval_split
   dataset = data_lib.load(cfg.data)
   estimator = {"k": args.k} if args.k else {}
   for item in args.estimator:
@@ -147,11 +212,7 @@ def cmd_eval(args, overrides) -> int:
     batch_size = max(len(loaded.run.mesh.devices.flat), min(batch_size, 100))
   metrics = evaluate(loaded.run, loaded.variables, dataset, split, batch_size=batch_size,
                      max_examples=args.examples, seed=args.seed, **estimator)
-  out = {"workdir": str(Path(args.workdir).absolute()), "family": loaded.family.name,
-         "step": int(loaded.meta["step"]), "split": split, "likelihood": loaded.family.likelihood_kind,
-         **estimator, **metrics}
-  print(json.dumps(out))
-  return 0
+  return {"split": split, "likelihood": loaded.family.likelihood_kind, **estimator, **metrics}
 
 
 def cmd_sample(args, overrides) -> int:
