@@ -1,4 +1,4 @@
-"""The ``zoo`` command: train | eval | sample | bench | list. ``main()`` only parses flags."""
+"""The ``zoo`` command: train | eval | sample | bench | import | export | list. ``main()`` only parses flags."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,8 @@ USAGE_EXAMPLES = """examples:
   zoo eval --workdir runs/vae --metrics fid,is,kid,pr,ppl --features digits --num-samples 10000
   zoo sample --workdir runs/vae --num 64 --out grid.png
   zoo bench --config experiments/benchmarks/vae_mlp.py --batch 128 --steps 300
+  zoo import --from pytorch vae.pth --config experiments/kingma2013/vae.py --workdir runs/vae_imported
+  zoo export --workdir runs/vae --to safetensors --out vae.safetensors
   zoo list
 """
 
@@ -71,6 +73,21 @@ def _parser() -> argparse.ArgumentParser:
   b.add_argument("--batch", type=int, default=None, help="default: the config's batch_size")
   b.add_argument("--steps", type=int, default=300)
   b.add_argument("--warmup", type=int, default=10)
+  i = sub.add_parser("import", help="a PyTorch or safetensors checkpoint -> a new run's Orbax checkpoint")
+  i.add_argument("--from", dest="fmt", choices=("pytorch", "safetensors"), default=None,
+                 help="the file's format (default: from its suffix)")
+  i.add_argument("file", help="the .pth/.pt or .safetensors file")
+  i.add_argument("--config", required=True, help="the experiment whose family and architecture it fits")
+  i.add_argument("--workdir", required=True, help="a new run folder")
+  i.add_argument("--layout", default="zoo", help="the foreign layout (default: the zoo's PyTorch twin)")
+  i.add_argument("--key", default=None, help="the state dict inside a training checkpoint, e.g. netG")
+  x = sub.add_parser("export", help="a run's checkpoint -> a PyTorch or safetensors file")
+  x.add_argument("--workdir", required=True)
+  x.add_argument("--to", dest="fmt", choices=("pytorch", "safetensors"), default=None,
+                 help="the format (default: from the suffix of --out)")
+  x.add_argument("--out", required=True)
+  x.add_argument("--layout", default="zoo")
+  x.add_argument("--step", type=int, default=None, help="this checkpoint instead of the newest")
   sub.add_parser("list", help="families and experiments")
   return p
 
@@ -252,7 +269,23 @@ def cmd_list(args, overrides) -> int:
   return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench": cmd_bench, "list": cmd_list}
+def cmd_import(args, overrides) -> int:
+  from zoo.interop import import_checkpoint
+  path = import_checkpoint(args.file, args.config, args.workdir, fmt=args.fmt, layout=args.layout,
+                           key=args.key, overrides=overrides)
+  print(f"imported {args.file} into {path} (step 0); sample with `zoo sample --workdir {args.workdir}`")
+  return 0
+
+
+def cmd_export(args, overrides) -> int:
+  from zoo.interop import export_checkpoint
+  path = export_checkpoint(args.workdir, args.out, fmt=args.fmt, layout=args.layout, step=args.step)
+  print(f"wrote {path}")
+  return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench": cmd_bench,
+            "import": cmd_import, "export": cmd_export, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    if overrides and args.command not in ("train", "bench"):
-      raise ZooError(f"--config.* overrides are for train and bench, not {args.command}")
+    if overrides and args.command not in ("train", "bench", "import"):
+      raise ZooError(f"--config.* overrides are for train, bench and import, not {args.command}")
     _quiet_logs()
     _compilation_cache()
     return COMMANDS[args.command](args, overrides)
