@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -76,6 +77,7 @@ def main():
   p.add_argument("--workdir", default=None, help="take the RBM from this zoo run")
   p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--out", default=None, help="write the results as JSON here")
+  p.add_argument("--note", default="", help="a remark kept in the JSON (e.g. what else the machine ran)")
   args = p.parse_args()
   params, base = _rbm(args.workdir, args.hidden)
   betas = ais.temperature_schedule(args.temperatures)
@@ -105,6 +107,7 @@ def main():
       "numpy_log_z": round(np_log_z, 3), "numpy_log_z_std_err": round(np_err, 4),
       "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "device_kind": d.device_kind,
       "platform": d.platform, "jax": jax.__version__, "numpy": np.__version__,
+      "cpu_count": os.cpu_count(), **({"note": args.note} if args.note else {}),
   }
   print(json.dumps(result), flush=True)
   if args.out:

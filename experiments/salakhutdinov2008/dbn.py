@@ -63,7 +63,7 @@ def get_config(variant=None):
     # Greedy training reuses the first layer: it is the CD25(500) RBM of rbm_cd25.py, as in the paper,
     # copied with its data statistics from that run's last checkpoint; only layer 1 trains here.
     c.steps = layer1
-    c.eval_every = 25 * EPOCH        # the figure is the final checkpoint's test evaluation
+    c.eval_every = 50 * EPOCH        # twice; the figure is the final checkpoint's test evaluation
     c.model.layer_steps = (0,)
     c.init_from = ml_collections.ConfigDict(dict(workdir="runs/salakhutdinov2008_rbm_cd25", step=-1,
                                                  players={"layer0": "model"}))
