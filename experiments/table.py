@@ -64,6 +64,7 @@ def table() -> str:
     e = json.loads(f.read_text())
     ref = e["reference"]
     best = f"; evaluated at step {e['ours']['step']:,}" if e["ours"]["step"] != e["steps"] else ""
+    best += f"; {e['steps_note']}" if e.get("steps_note") else ""     # e.g. a layer taken from another run
     also = "".join(f"; {e['test_eval'][k]:.2f} {label}" for k, label in ref.get("also", {}).items()
                    if k in e["test_eval"])
     rows.append(
