@@ -23,7 +23,7 @@ import ml_collections
 from zoo.errors import CheckpointError
 from zoo.interop import formats
 from zoo.interop.formats import read, write
-from zoo.interop.layout import Layout, Rule, from_foreign, leaf_paths, to_foreign
+from zoo.interop.layout import Layout, Rule, from_foreign, leaf_paths, path_str, to_foreign
 from zoo.interop.layouts import LAYOUTS, get_layout
 
 __all__ = ["LAYOUTS", "Layout", "Rule", "export_checkpoint", "from_foreign", "get_layout", "import_checkpoint",
@@ -41,7 +41,7 @@ def _sha256(path: Path) -> str:
 def _with_leaves(tree: Any, prefix: str, new: dict) -> Any:
   """``tree`` with the leaves whose path (``prefix/...``) is in ``new`` replaced, on the old leaf's devices."""
   def put(path, leaf):
-    key = "/".join([prefix] + [str(getattr(k, "key", getattr(k, "idx", k))) for k in path])
+    key = f"{prefix}/{path_str(path)}"
     return jax.device_put(new[key], leaf.sharding) if key in new else leaf
   return jax.tree_util.tree_map_with_path(put, tree)
 

@@ -102,12 +102,14 @@ def _their_shape(shape: tuple[int, ...], rule: Rule) -> tuple[int, ...]:
   return _ours_to_theirs(np.empty(shape, np.uint8), dataclasses.replace(rule, scale=1.0)).shape
 
 
+def path_str(path) -> str:
+  """A pytree key path as 'a/b/c', the form rules match against."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
 def leaf_paths(variables: Mapping[str, Any]) -> dict[str, Any]:
   """{'collection/player/.../leaf': leaf} over a variables dict."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
-    out["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = leaf
-  return out
+  return {path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]}
 
 
 def _mapping(layout: Layout, variables: Mapping[str, Any]) -> dict[str, tuple[str, Rule, Any]]:
