@@ -128,6 +128,14 @@ class Family:
     """Per-example log-likelihood (or the bound/estimate that ``likelihood_kind`` names) in nats, (B,)."""
     raise ZooError(f"the {self.name} family has no likelihood: it is not a density model")
 
+  def complete(self, variables: Variables, batch: Batch, mask: Array, rng: Array, **options) -> Array:
+    """Fills in the missing pixels of ``batch['image']`` (inpainting, imputation), (B, H, W, C) in [0, 1].
+
+    ``mask`` broadcasts to (B, H, W, C) and is true (or 1) where a pixel is observed; observed pixels
+    come back as given. Families that can condition on part of an image override this and say how.
+    """
+    raise ZooError(f"the {self.name} family cannot complete partly observed images")
+
   def eval_context(self, variables: Variables, rng: Array, **estimator) -> dict[str, Any]:
     """Work an evaluation needs once, not per batch (e.g. an AIS estimate of log Z), as collections.
 

@@ -115,6 +115,75 @@ class Decoder(nn.Module):
     return x.reshape(z.shape[0], h, w, out_c)
 
 
+def feature_groups(num_features: int, channels: int, repeat: int = 1) -> np.ndarray:
+  """The data channel (0 .. channels-1) that each of ``num_features`` features belongs to.
+
+  Features are split into ``channels`` contiguous groups (PixelCNN's R, G, B groups); with ``repeat``
+  r > 1, runs of r neighbouring features share a group (a gated layer's interleaved (tanh, sigmoid)
+  pairs). With ``num_features == channels`` feature i is data channel i.
+  """
+  f = np.arange(num_features) // repeat
+  return (f * channels) // max(num_features // repeat, 1)
+
+
+def causal_mask(kernel_size: Sequence[int], in_groups: np.ndarray, out_groups: np.ndarray,
+                mask_type: str, center: Sequence[int] | None = None) -> np.ndarray:
+  """The (kh, kw, in, out) 0/1 mask of a PixelCNN convolution in raster order.
+
+  Taps in rows above the centre and to its left in the centre row are open; taps after it are closed;
+  at the centre tap an output feature of group g sees input groups < g (mask 'A', the first layer: a
+  value never sees itself) or <= g (mask 'B', every later layer). ``center`` defaults to the middle of
+  the kernel; a kernel whose centre is its last row or column (Gated PixelCNN's stacks) names it.
+  """
+  if mask_type not in ("A", "B"):
+    raise ConfigError(f"mask type must be 'A' or 'B', got {mask_type!r}")
+  kh, kw = kernel_size
+  ch, cw = center if center is not None else (kh // 2, kw // 2)
+  rows = np.arange(kh)[:, None]
+  cols = np.arange(kw)[None, :]
+  spatial = (rows < ch) | ((rows == ch) & (cols < cw))
+  g_in, g_out = np.asarray(in_groups)[:, None], np.asarray(out_groups)[None, :]
+  at_center = (g_in < g_out) if mask_type == "A" else (g_in <= g_out)
+  m = np.broadcast_to(spatial[:, :, None, None], (kh, kw, len(g_in), g_out.shape[1])).astype(np.float32)
+  m = m.copy()
+  m[ch, cw] = at_center.astype(np.float32)
+  return m
+
+
+class MaskedConv(nn.Module):
+  """A PixelCNN masked convolution ('SAME' spatial size, stride 1): the kernel times ``causal_mask``.
+
+  Attributes:
+    features: output features.
+    kernel_size: (kh, kw), odd.
+    mask_type: 'A' (first layer) or 'B'.
+    channels: data channels C; features are split into C groups for the within-pixel channel order.
+    in_repeat, out_repeat: ``feature_groups`` repeats of the input and output features.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  mask_type: str = "B"
+  channels: int = 1
+  in_repeat: int = 1
+  out_repeat: int = 1
+  use_bias: bool = True
+
+  def mask(self, in_features: int) -> np.ndarray:
+    return causal_mask(self.kernel_size, feature_groups(in_features, self.channels, self.in_repeat),
+                       feature_groups(self.features, self.channels, self.out_repeat), self.mask_type)
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features))
+    kernel = kernel * jnp.asarray(self.mask(x.shape[-1]))
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(kh // 2, kh // 2), (kw // 2, kw // 2)],
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,))[None, None, None, :]
+    return y
+
+
 def gaussian_log_prob(x, mean, log_std):
   """Elementwise log N(x; mean, exp(log_std)^2)."""
   return -0.5 * jnp.square((x - mean) * jnp.exp(-log_std)) - log_std - 0.5 * np.log(2 * np.pi)

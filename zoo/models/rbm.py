@@ -465,6 +465,10 @@ class RBM(Family):
     _, mean = gibbs(variables["params"]["model"], v0, chain_rng, steps, self.visible)
     return self.from_model_space(mean, stats)
 
+  def complete(self, variables, batch, mask: Array, rng: Array, steps: int | None = None) -> Array:
+    """``zoo sample --complete``: ``impute`` (Gibbs sampling with the observed pixels clamped)."""
+    return self.impute(variables, batch, mask, rng, steps)
+
   def impute(self, variables, batch, mask: Array, rng: Array, steps: int | None = None) -> Array:
     """Fills the unobserved pixels by Gibbs sampling with the observed ones clamped.
 
