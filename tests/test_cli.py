@@ -118,3 +118,30 @@ def test_bench_prints_one_json_line(capsys):
   line = json.loads(out.strip().splitlines()[-1])
   assert line["examples_per_s"] > 0 and line["batch_size"] == 32 and line["device_count"] >= 1
   assert {"compile_s", "device_kind", "platform"} <= set(line)
+
+
+@pytest.mark.slow
+def test_sample_complete_keeps_the_observed_half_and_fails_clearly_where_it_cannot(capsys, tmp_path):
+  run_dir = tmp_path / "pixelcnn"
+  code, _, _ = run(capsys, "train", "--config", "experiments/vandenoord2016/pixelcnn.py:quick", "--workdir",
+                   str(run_dir), *TINY)
+  assert code == 0
+  grid, npy = tmp_path / "completed.png", tmp_path / "completed.npy"
+  code, out, _ = run(capsys, "sample", "--workdir", str(run_dir), "--complete", "bottom", "--num", "4",
+                     "--out", str(grid), "--npy", str(npy))
+  assert code == 0 and grid.is_file() and "exact conditional" in out, out
+  import zoo
+  from zoo import data as data_lib
+  originals = data_lib.load(zoo.load(run_dir).config.data).batch("test", 0, 4, seed=0)["image"]
+  filled = np.load(npy)
+  np.testing.assert_array_equal(filled[:, :14], originals[:, :14])
+  assert set(np.unique(filled)) <= {0.0, 1.0}
+  code, _, err = run(capsys, "sample", "--workdir", str(run_dir), "--complete", "diagonal", "--num", "2",
+                     "--out", str(grid))
+  one_line_error(code, err, "unknown completion mask")
+  vae_dir = tmp_path / "vae"
+  assert run(capsys, "train", "--config", QUICK, "--workdir", str(vae_dir), *TINY)[0] == 0
+  code, _, err = run(capsys, "sample", "--workdir", str(vae_dir), "--complete", "bottom", "--out", str(grid))
+  one_line_error(code, err, "cannot complete")
+  code, _, err = run(capsys, "sample", "--workdir", str(vae_dir), "--naive", "--out", str(grid))
+  one_line_error(code, err, "not autoregressive")
