@@ -134,7 +134,10 @@ class Autoregressive(Family):
                       f"got a batch of shape {tuple(x.shape)}")
 
   def log_likelihood(self, variables, batch, rng=None, **kw):
-    """Exact log p(x) per example, (B,), in nats."""
+    """Exact log p(x) per example, (B,), in nats. An exact likelihood takes no estimator options."""
+    if kw:
+      raise ConfigError(f"the {self.name} family's likelihood is exact: it takes no estimator options "
+                        f"(got {', '.join(sorted(kw))})")
     x = batch["image"]
     self.check_batch(x)
     lp = self.log_prob_from_logits(x, self.logits(variables, x, **self._logit_kw(batch, kw)))
