@@ -101,3 +101,19 @@ def test_bad_pixelcnn_configs_fail_clearly(bad):
     PixelCNN(image_shape=(4, 4, 1), **bad).validate()
   with pytest.raises(ConfigError, match="one group per channel"):
     PixelCNN(image_shape=(4, 4, 3), features=2).validate()
+
+
+@pytest.mark.parametrize("x_shape,k_shape,padding", [
+    ((2, 5, 7, 3), (3, 3, 3, 4), ((1, 1), (1, 1))),      # odd sizes
+    ((1, 4, 4, 2), (2, 3, 2, 5), ((1, 0), (1, 1))),      # batch 1, a vertical-stack kernel
+    ((3, 6, 6, 4), (1, 2, 4, 4), ((0, 0), (1, 0))),      # a horizontal-stack kernel
+    ((2, 8, 8, 1), (7, 7, 1, 6), ((3, 3), (3, 3)))])     # a first layer
+def test_conv2d_and_its_tap_weight_gradient_equal_xla(x_shape, k_shape, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape)
+  mask = (np.random.default_rng(0).random(k_shape[:2] + (1, 1)) > 0.4) * np.ones(k_shape, np.float32)
+  ours = lambda x, k: jnp.sum(jnp.sin(_layers.conv2d(x, k * mask, padding, mask)))
+  xla = lambda x, k: jnp.sum(jnp.sin(_layers._native_conv(x, k * mask, padding)))
+  np.testing.assert_allclose(ours(x, k), xla(x, k), rtol=1e-6)
+  for a, b in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(xla, (0, 1))(x, k)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))

@@ -1,6 +1,7 @@
 """Pieces that several families share: activations, MLP and convolutional encoders and decoders."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -150,6 +151,69 @@ def causal_mask(kernel_size: Sequence[int], in_groups: np.ndarray, out_groups: n
   return m
 
 
+def _native_conv(x, kernel, padding):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_tap_grad(x, kernel, padding, taps):
+  return _native_conv(x, kernel, padding)
+
+
+def _conv_tap_grad_fwd(x, kernel, padding, taps):
+  return _native_conv(x, kernel, padding), (x, kernel)
+
+
+def _conv_tap_grad_bwd(padding, taps, residuals, dy):
+  """XLA's input gradient; the weight gradient as one (C_in, N) @ (N, C_out) matmul per open tap."""
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _native_conv(x, kernel, padding), x)[1](dy)[0]
+  kh, kw, c_in, c_out = kernel.shape
+  h, w = dy.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  dy2 = dy.reshape(-1, c_out)
+  zero = jnp.zeros((c_in, c_out), kernel.dtype)
+  rows = []
+  for i in range(kh):
+    row = []
+    for j in range(kw):
+      if (i, j) in taps:
+        row.append(jnp.dot(xp[:, i:i + h, j:j + w, :].reshape(-1, c_in).T, dy2))
+      else:
+        row.append(zero)
+    rows.append(jnp.stack(row))
+  return dx, jnp.stack(rows).astype(kernel.dtype)
+
+
+_conv_tap_grad.defvjp(_conv_tap_grad_fwd, _conv_tap_grad_bwd)
+
+
+def conv2d(x, kernel, padding, mask: np.ndarray | None = None):
+  """A stride-1 NHWC/HWIO convolution, ``lax.conv_general_dilated``'s function exactly.
+
+  On the CPU backend its weight gradient is a matmul per kernel tap (skipping the taps that ``mask``, a
+  (kh, kw, ...) 0/1 array, closes: their gradient is zero), which XLA:CPU runs about 8x faster than its
+  own weight gradient of a convolution (issue 7); the input gradient is XLA's. On GPU and TPU it is
+  XLA's convolution, forward and backward, unchanged.
+
+  Args:
+    x: (B, H, W, C_in).
+    kernel: (kh, kw, C_in, C_out), already masked if it is masked.
+    padding: ((top, bottom), (left, right)).
+    mask: the kernel's mask, for the taps it closes.
+  """
+  padding = tuple(tuple(int(v) for v in p) for p in padding)
+  if jax.default_backend() != "cpu":
+    return _native_conv(x, kernel, padding)
+  kh, kw = kernel.shape[:2]
+  if mask is None:
+    taps = tuple((i, j) for i in range(kh) for j in range(kw))
+  else:
+    open_ = np.asarray(mask).reshape(kh, kw, -1).any(axis=-1)
+    taps = tuple((i, j) for i in range(kh) for j in range(kw) if open_[i, j])
+  return _conv_tap_grad(x, kernel, padding, taps)
+
+
 class MaskedConv(nn.Module):
   """A PixelCNN masked convolution ('SAME' spatial size, stride 1): the kernel times ``causal_mask``.
 
@@ -176,9 +240,8 @@ class MaskedConv(nn.Module):
   def __call__(self, x):
     kh, kw = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features))
-    kernel = kernel * jnp.asarray(self.mask(x.shape[-1]))
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(kh // 2, kh // 2), (kw // 2, kw // 2)],
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    mask = self.mask(x.shape[-1])
+    y = conv2d(x, kernel * jnp.asarray(mask), ((kh // 2, kh // 2), (kw // 2, kw // 2)), mask)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))[None, None, None, :]
     return y

@@ -157,8 +157,8 @@ def _gate(pre):
   return jnp.tanh(pre[..., 0::2]) * nn.sigmoid(pre[..., 1::2])
 
 
-def _conv(x, kernel, padding):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _conv(x, kernel, padding, mask=None):
+  return _layers.conv2d(x, kernel, padding, mask)
 
 
 class _GatedLayer(nn.Module):
@@ -183,7 +183,7 @@ class _GatedLayer(nn.Module):
     mask = _layers.causal_mask((1, n // 2 + 1), _layers.feature_groups(h.shape[-1], c),
                                _layers.feature_groups(f2, c, repeat=2), "A" if self.first else "B",
                                center=(0, n // 2))
-    h_pre = _conv(h, kh * jnp.asarray(mask), [(0, 0), (n // 2, 0)])
+    h_pre = _conv(h, kh * jnp.asarray(mask), [(0, 0), (n // 2, 0)], mask)
     # the vertical stack's view of the rows strictly above, shifted down a row, feeds the horizontal one
     shifted = jnp.pad(v_pre, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
     h_pre = h_pre + nn.Dense(f2, name="link")(shifted)
