@@ -28,7 +28,8 @@ def tiny(name: str, image_shape, **changes) -> Autoregressive:
 
 def _init(family):
   x = jnp.zeros((1, *family.image_shape), jnp.float32)
-  return family.init(jax.random.PRNGKey(0), {"image": x, "label": jnp.zeros((1,), jnp.int32)})
+  batch = {"image": x, "label": jnp.zeros((1,), jnp.int32)}
+  return jax.jit(family.init)(jax.random.PRNGKey(0), batch)     # one compile, not one per initializer
 
 
 def _kw(family, ordering):

@@ -41,7 +41,10 @@ class Harness:
     return state, metrics
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+# One xdist group per family (`--dist loadgroup` in setup.cfg): a family's tests share one worker and
+# its module-scoped harness, instead of each worker compiling every family's harness again.
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.xdist_group(f"family-{n}"))
+                                        for n in FAMILIES])
 def harness(request):
   return Harness(request.param)
 
@@ -99,10 +102,10 @@ def test_same_seed_same_result(harness):
   assert tree_equal(jax.device_get(a.nontrainable), jax.device_get(b.nontrainable))
 
 
-def test_different_seed_different_init():
-  for name in FAMILIES:
-    h0, h1 = Harness(name, num_devices=1), Harness(name, num_devices=1, seed=1)
-    assert not tree_equal(jax.device_get(h0.run.init_state().params), jax.device_get(h1.run.init_state().params))
+def test_different_seed_different_init(harness):
+  run, ema = harness.run, harness.config.ema.to_dict()
+  init = jax.jit(lambda seed: step_lib.init_state(run.family, run.txs, seed, run.example, ema))
+  assert not tree_equal(jax.device_get(init(0).params), jax.device_get(init(1).params))
 
 
 def test_one_device_and_eight_devices_agree(harness):
