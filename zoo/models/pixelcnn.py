@@ -56,6 +56,33 @@ def _masked(params, conv: _layers.MaskedConv, in_features: int):
   return params["kernel"] * jnp.asarray(conv.mask(in_features)), params["bias"]
 
 
+def _head_kernels(params, output_features, width: int, channels: int, num_classes: int):
+  """The masked (kernel, bias) of the 1x1 output layers ``out_j`` and ``logits``, as matrices."""
+  heads = []
+  names = [f"out_{j}" for j in range(len(output_features))] + ["logits"]
+  for name, w in zip(names, (*output_features, channels * num_classes)):
+    kern, bias = _masked(params[name], _layers.MaskedConv(w, (1, 1), "B", channels), width)
+    heads.append((kern[0, 0], bias))
+    width = w
+  return heads
+
+
+def _head_logits(h, heads, channels: int, num_classes: int, ch):
+  """The output layers at one pixel, (B, F) -> channel ``ch``'s logits (B, K)."""
+  for kern, bias in heads:
+    h = nn.relu(h) @ kern + bias[None]
+  logits = h.reshape(h.shape[0], channels, num_classes)
+  return jax.lax.dynamic_index_in_dim(logits, ch, 1, keepdims=False)
+
+
+def _horizontal_mask(n: int, in_features: int, features2: int, channels: int, first: bool) -> np.ndarray:
+  """The Gated PixelCNN's 1 x (n//2 + 1) horizontal kernel mask: the centre tap (its last) masked by
+  channel group, mask A in the first layer (a value never sees itself), B after."""
+  return _layers.causal_mask((1, n // 2 + 1), _layers.feature_groups(in_features, channels),
+                             _layers.feature_groups(features2, channels, repeat=2), "A" if first else "B",
+                             center=(0, n // 2))
+
+
 @register("pixelcnn")
 @dataclasses.dataclass(frozen=True)
 class PixelCNN(Autoregressive):
@@ -106,13 +133,7 @@ class PixelCNN(Autoregressive):
     f = self.features
     conv_a = _masked(p["conv_a"], _layers.MaskedConv(f, (k, k), "A", c), c)
     blocks = [_masked(p[f"block_{i}"], _layers.MaskedConv(f, (3, 3), "B", c), f) for i in range(self.blocks)]
-    outs, width = [], f
-    for j, w in enumerate(self.output_features):
-      kern, bias = _masked(p[f"out_{j}"], _layers.MaskedConv(w, (1, 1), "B", c), width)
-      outs.append((kern[0, 0], bias))
-      width = w
-    kern, bias = _masked(p["logits"], _layers.MaskedConv(c * n_k, (1, 1), "B", c), width)
-    last = (kern[0, 0], bias)
+    heads = _head_kernels(p, self.output_features, f, c, n_k)
 
     def at(cache, r, col, size, kernel, bias):
       """The masked conv of ``cache`` (padded) at output pixel (r, col): (B, out)."""
@@ -129,14 +150,10 @@ class PixelCNN(Autoregressive):
         cache = jax.lax.dynamic_update_slice(cache, nn.relu(h)[:, None, None, :], (0, r + 1, col + 1, 0))
         h = h + at(cache, r, col, 3, kernel, bias)
         new_caches.append(cache)
-      for kernel, bias in outs:
-        h = nn.relu(h) @ kernel + bias[None]
-      logits = (nn.relu(h) @ last[0] + last[1][None]).reshape(b, c, n_k)
-      logits = jax.lax.dynamic_index_in_dim(logits, ch, 1, keepdims=False)
-      new = self.draw(position_key(rng, i), logits)
+      new = self.draw(position_key(rng, i), _head_logits(h, heads, c, n_k, ch))
       value = jnp.where(observed[:, i], v[:, i], new)
       v = v.at[:, i].set(value)
-      canvas = canvas.at[:, r + pk, col + pk, ch].set(self._input_value(value))
+      canvas = canvas.at[:, r + pk, col + pk, ch].set(self.network_input(self.to_data(value)))
       return v, canvas, tuple(new_caches)
 
     if not np.array_equal(np.asarray(order), np.arange(v0.shape[1])):
@@ -146,10 +163,6 @@ class PixelCNN(Autoregressive):
     caches = tuple(jnp.zeros((b, hh + 2, ww + 2, f), jnp.float32) for _ in blocks)
     v, _, _ = jax.lax.fori_loop(0, v0.shape[1], body, (v0, canvas, caches))
     return v
-
-  def _input_value(self, v):
-    """``network_input`` of discrete values v (B,)."""
-    return self.network_input(self.to_data(v))
 
 
 def _gate(pre):
@@ -180,9 +193,7 @@ class _GatedLayer(nn.Module):
     # horizontal stack: a 1 x (n//2 + 1) kernel over the pixels at and left of each pixel, the centre
     # tap masked by channel group (mask A in the first layer: a value never sees itself)
     kh = self.param("horizontal", init, (1, n // 2 + 1, h.shape[-1], f2))
-    mask = _layers.causal_mask((1, n // 2 + 1), _layers.feature_groups(h.shape[-1], c),
-                               _layers.feature_groups(f2, c, repeat=2), "A" if self.first else "B",
-                               center=(0, n // 2))
+    mask = _horizontal_mask(n, h.shape[-1], f2, c, self.first)
     h_pre = _conv(h, kh * jnp.asarray(mask), [(0, 0), (n // 2, 0)], mask)
     # the vertical stack's view of the rows strictly above, shifted down a row, feeds the horizontal one
     shifted = jnp.pad(v_pre, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
@@ -301,21 +312,13 @@ class GatedPixelCNN(Autoregressive):
       q = p[f"layer_{i}"]
       n = self.first_kernel if i == 0 else self.kernel
       in_f = c if i == 0 else self.features
-      mask = _layers.causal_mask((1, n // 2 + 1), _layers.feature_groups(in_f, c),
-                                 _layers.feature_groups(f2, c, repeat=2), "A" if i == 0 else "B",
-                                 center=(0, n // 2))
+      mask = _horizontal_mask(n, in_f, f2, c, i == 0)
       out_kernel, out_bias = _masked(q["horizontal_out"], _layers.MaskedConv(self.features, (1, 1), "B", c), f2 // 2)
       lab_v = onehot @ q["label_vertical"]["kernel"] if onehot is not None else 0.0
       lab_h = onehot @ q["label_horizontal"]["kernel"] if onehot is not None else 0.0
       layers.append(dict(n=n, kv=q["vertical"], bv=q["vertical_bias"], kh=(q["horizontal"] * jnp.asarray(mask))[0],
                          link=q["link"], out=(out_kernel[0, 0], out_bias), lab_v=lab_v, lab_h=lab_h))
-    heads, width = [], self.features
-    for j, w in enumerate(self.output_features):
-      kern, bias = _masked(p[f"out_{j}"], _layers.MaskedConv(w, (1, 1), "B", c), width)
-      heads.append((kern[0, 0], bias))
-      width = w
-    kern, bias = _masked(p["logits"], _layers.MaskedConv(c * n_k, (1, 1), "B", c), width)
-    heads.append((kern[0, 0], bias))
+    heads = _head_kernels(p, self.output_features, self.features, c, n_k)
 
     pv = [l["n"] // 2 for l in layers]                       # vertical/horizontal padding per layer
     canvas = jnp.pad(self.network_input(self.to_data(v0).reshape(b, hh, ww, c)),
@@ -356,11 +359,7 @@ class GatedPixelCNN(Autoregressive):
         h = out if li == 0 else h + out
         if li + 1 < self.layers:
           hs[li] = jax.lax.dynamic_update_slice(hs[li], h[:, None, None, :], (0, r, col + pv[li + 1], 0))
-      for kern, bias in heads[:-1]:
-        h = nn.relu(h) @ kern + bias[None]
-      logits = (nn.relu(h) @ heads[-1][0] + heads[-1][1][None]).reshape(b, c, n_k)
-      logits = jax.lax.dynamic_index_in_dim(logits, ch, 1, keepdims=False)
-      new = self.draw(position_key(rng, i), logits)
+      new = self.draw(position_key(rng, i), _head_logits(h, heads, c, n_k, ch))
       value = jnp.where(observed[:, i], v[:, i], new)
       v = v.at[:, i].set(value)
       canvas = canvas.at[:, r + pv[0], col + pv[0], ch].set(self.network_input(self.to_data(value)))
