@@ -111,27 +111,6 @@ def test_recurrences_match_pixel_by_pixel_loops():
   assert np.array_equal(np.asarray(back), gates)
 
 
-def test_masked_conv_as_a_matmul_is_layers_masked_conv():
-  from zoo.models import _layers
-  x = np.random.default_rng(0).normal(size=(2, 5, 4, 6)).astype(np.float32)
-  convs = [(pixelrnn._MaskedConv(12, k, m, channels=3, out_repeat=r),
-            _layers.MaskedConv(12, k, m, channels=3, out_repeat=r))
-           for k, m, r in (((7, 7), "A", 1), ((1, 3), "B", 4), ((1, 1), "B", 1))]
-
-  params = [random_variables(theirs.init, x) for _, theirs in convs]
-
-  @jax.jit
-  def both(params, x):
-    out = []
-    for (ours, theirs), p in zip(convs, params):
-      with jax.numpy_rank_promotion("allow"):                   # _layers.MaskedConv adds its bias by it
-        out.append((ours.apply(p, x), theirs.apply(p, x)))
-    return out
-
-  for ours, theirs in both(params, x):
-    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
-
-
 def test_recurrent_layers_receptive_fields():
   """Sec. 3: the Row LSTM layer sees a triangle above the pixel; the Diagonal BiLSTM layer sees every
   position before it in raster order, and itself (its input at a position holds only earlier pixels)."""

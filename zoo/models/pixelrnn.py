@@ -59,35 +59,6 @@ from zoo.registry import register
 CELLS = ("row_lstm", "diagonal_bilstm")
 
 
-class _MaskedConv(_layers.MaskedConv):
-  """``_layers.MaskedConv`` (the same parameters, mask and function), computed as one matmul over the
-  kernel's open taps (im2col) instead of by ``lax.conv``.
-
-  On CPU, XLA's convolution weight gradient is several times slower than the matmul's (a 1x1 of 32 -> 64
-  features at batch 64, 28x28: 322 ms against 49 ms), and PixelRNN's layers are mostly 1x1 and 1x3
-  convolutions. Closed taps are skipped; their kernel entries get zero gradients, as under the mask.
-  """
-
-  @nn.compact
-  def __call__(self, x):
-    kh, kw = self.kernel_size
-    _, h, w, f_in = x.shape
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, f_in, self.features))
-    mask = self.mask(f_in)
-    taps = [(a, b) for a in range(kh) for b in range(kw) if mask[a, b].any()]
-    kernel = kernel * jnp.asarray(mask)
-    if (kh, kw) != (1, 1):
-      x = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    if taps:
-      cols = jnp.concatenate([x[:, a:a + h, b:b + w] for a, b in taps], axis=-1)
-      y = cols @ jnp.concatenate([kernel[a, b] for a, b in taps], axis=0)
-    else:                                    # every tap closed (a 1x1 of mask A on one channel)
-      y = jnp.zeros((x.shape[0], h, w, self.features), x.dtype)
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).reshape(1, 1, 1, -1)
-    return y
-
-
 def _lstm(z, c):
   """One LSTM update. z: (..., 4n) pre-activations, unit u's gates (o, f, i, g) at 4u .. 4u+3; c: (..., n).
 
@@ -187,7 +158,7 @@ class _RowLSTM(nn.Module):
 
   def setup(self):
     n = self.features
-    self.input_to_state = _MaskedConv(4 * n, (1, 3), "B", channels=self.channels, out_repeat=4)
+    self.input_to_state = _layers.MaskedConv(4 * n, (1, 3), "B", channels=self.channels, out_repeat=4)
     self.state_to_state = self.param("state_to_state", nn.initializers.lecun_normal(), (1, 3, n, 4 * n))
 
   def __call__(self, x):
@@ -231,7 +202,7 @@ class _DiagonalBiLSTM(nn.Module):
 
   def setup(self):
     n = self.features
-    conv = lambda: _MaskedConv(4 * n, (1, 1), "B", channels=self.channels, out_repeat=4)
+    conv = lambda: _layers.MaskedConv(4 * n, (1, 1), "B", channels=self.channels, out_repeat=4)
     self.input_to_state_fwd, self.input_to_state_bwd = conv(), conv()
     init = nn.initializers.lecun_normal()
     self.state_to_state_fwd = self.param("state_to_state_fwd", init, (2, 1, n, 4 * n))
@@ -290,11 +261,11 @@ class _PixelRNNNet(nn.Module):
     f = self.family
     c = f.image_shape[2]
     layer = _RowLSTM if f.cell == "row_lstm" else _DiagonalBiLSTM
-    self.conv_in = _MaskedConv(2 * f.features, (7, 7), "A", channels=c)
+    self.conv_in = _layers.MaskedConv(2 * f.features, (7, 7), "A", channels=c)
     self.lstm = [layer(f.features, c, f.unroll) for _ in range(f.layers)]
-    self.up = [_MaskedConv(2 * f.features, (1, 1), "B", channels=c) for _ in range(f.layers)]
-    self.out_hidden = _MaskedConv(f.output_features, (1, 1), "B", channels=c)
-    self.out = _MaskedConv(c * f.num_classes, (1, 1), "B", channels=c)
+    self.up = [_layers.MaskedConv(2 * f.features, (1, 1), "B", channels=c) for _ in range(f.layers)]
+    self.out_hidden = _layers.MaskedConv(f.output_features, (1, 1), "B", channels=c)
+    self.out = _layers.MaskedConv(c * f.num_classes, (1, 1), "B", channels=c)
 
   def _layers(self, x, recurrent):
     for lstm, up in zip(self.lstm, self.up):
