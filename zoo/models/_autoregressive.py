@@ -92,6 +92,12 @@ class Autoregressive(Family):
     if self.output == "categorical" and not 2 <= int(self.levels) <= 65536:
       raise ConfigError(f"model.levels must be in [2, 65536], got {self.levels}")
 
+  def validate_group_widths(self, *widths: int):
+    """Hidden widths split into one feature group per data channel (masked convolutions) need >= C."""
+    c = self.image_shape[-1]
+    if c > 1 and any(int(w) < c for w in widths):
+      raise ConfigError(f"with {c} data channels every hidden width must be >= {c} (one group per channel)")
+
   def validate(self):
     self.validate_output()
 

@@ -106,9 +106,7 @@ class PixelCNN(Autoregressive):
       raise ConfigError("model.features and model.output_features must be >= 1, model.blocks >= 0")
     if self.first_kernel < 1 or self.first_kernel % 2 == 0:
       raise ConfigError(f"model.first_kernel must be odd and >= 1, got {self.first_kernel}")
-    c = self.image_shape[-1]
-    if c > 1 and any(w < c for w in (self.features, *self.output_features)):
-      raise ConfigError(f"with {c} data channels every hidden width must be >= {c} (one group per channel)")
+    self.validate_group_widths(self.features, *self.output_features)
 
   @property
   def net(self) -> _PixelCNNNet:
@@ -254,9 +252,7 @@ class GatedPixelCNN(Autoregressive):
         raise ConfigError(f"model.{name} must be odd and >= 1, got {k}")
     if self.num_labels < 0:
       raise ConfigError(f"model.num_labels must be >= 0, got {self.num_labels}")
-    c = self.image_shape[-1]
-    if c > 1 and any(w < c for w in (self.features, *self.output_features)):
-      raise ConfigError(f"with {c} data channels every hidden width must be >= {c} (one group per channel)")
+    self.validate_group_widths(self.features, *self.output_features)
 
   @property
   def net(self) -> _GatedNet:
