@@ -152,10 +152,20 @@ def test_sampling_and_completion_per_ordering(made):
   assert not family.completion_is_exact(1.0 - first_half.reshape(SHAPE), ordering=2)
 
 
+def test_orthogonal_init_gives_orthonormal_unmasked_kernels():
+  family = registry.build("made", {"hidden": (12, 12), "kernel_init": "orthogonal", "direct": True}, SHAPE)
+  params = family.init(jax.random.PRNGKey(0), {"image": jnp.zeros((1, *SHAPE))})["params"]["model"]
+  square = np.asarray(params["dense_1"]["kernel"])            # 12 x 12: an orthogonal matrix
+  np.testing.assert_allclose(square.T @ square, np.eye(12), atol=1e-5)
+  wide = np.asarray(params["dense_0"]["kernel"])              # 9 x 12: orthonormal rows
+  np.testing.assert_allclose(wide @ wide.T, np.eye(9), atol=1e-5)
+
+
 def test_bad_configs_and_options_fail_clearly(made):
   for config, match in [({"hidden": (0,)}, "hidden"), ({"hidden": ()}, "direct"),
                         ({"num_masks": 0}, "num_masks"), ({"num_masks": 2, "test_masks": 3}, "test_masks"),
-                        ({"activation": "relux"}, "activation"), ({"output": "poisson"}, "output")]:
+                        ({"activation": "relux"}, "activation"), ({"output": "poisson"}, "output"),
+                        ({"kernel_init": "glorot"}, "kernel_init")]:
     with pytest.raises(ConfigError, match=match):
       registry.build("made", config, SHAPE)
   family, variables = made

@@ -87,6 +87,13 @@ def test_optimizer_config():
   assert float(u["w"]) == pytest.approx(-0.1)
   sched = optim.schedule(optim.options({"lr": 1.0, "schedule": "warmup_cosine", "warmup_steps": 10}, "m"), 110)
   assert float(sched(0)) == 0.0 and float(sched(10)) == pytest.approx(1.0) and float(sched(110)) < 1e-3
+  # Adagrad: lr * g / sqrt(initial + sum of g^2): 0.1 * 2 / sqrt(0.1 + 4), then 0.1 * 1 / sqrt(0.1 + 5).
+  ada = optim.build({"name": "adagrad", "lr": 0.1, "eps": 0.0}, "model", 10)
+  s = ada.init(p)
+  u, s = ada.update({"w": jnp.full((), 2.0)}, s, p)
+  assert float(u["w"]) == pytest.approx(-0.2 / np.sqrt(4.1), rel=1e-6)
+  u, s = ada.update({"w": jnp.ones(())}, s, p)
+  assert float(u["w"]) == pytest.approx(-0.1 / np.sqrt(5.1), rel=1e-6)
   wd = optim.build({"name": "adamw", "lr": 0.0, "weight_decay": 0.5}, "model", 10)
   with pytest.raises(ConfigError, match="did you mean: lr"):
     optim.build({"lrr": 1.0}, "model", 10)

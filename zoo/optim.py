@@ -13,7 +13,7 @@ import optax
 from zoo.errors import ConfigError, nearest
 
 DEFAULT = dict(
-    name="adam",          # adam | adamw | sgd | rmsprop | adamax
+    name="adam",          # adam | adamw | sgd | rmsprop | adamax | adagrad
     lr=1e-3,
     b1=0.9,
     b2=0.999,
@@ -21,6 +21,7 @@ DEFAULT = dict(
     momentum=0.0,         # sgd and rmsprop
     nesterov=False,
     decay=0.9,            # rmsprop's moving-average decay
+    initial_accumulator=0.1,  # adagrad's starting sum of squared gradients
     weight_decay=0.0,     # decoupled weight decay
     decay_mask="all",     # all | matrices: decay every param, or only those of 2+ dimensions (not biases)
     clip_norm=0.0,        # global-norm gradient clipping; 0 for none
@@ -31,7 +32,7 @@ DEFAULT = dict(
     end_lr=0.0,
 )
 
-_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adamax")
+_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adamax", "adagrad")
 _SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "linear")
 
 
@@ -85,6 +86,9 @@ def build(section: Mapping[str, Any] | None, player: str, total_steps: int
     parts.append(optax.scale_by_adam(b1=float(o["b1"]), b2=float(o["b2"]), eps=float(o["eps"])))
   elif name == "adamax":
     parts.append(optax.scale_by_adamax(b1=float(o["b1"]), b2=float(o["b2"]), eps=float(o["eps"])))
+  elif name == "adagrad":     # lr / sqrt(initial + sum of squared gradients + eps)
+    parts.append(optax.scale_by_rss(initial_accumulator_value=float(o["initial_accumulator"]),
+                                    eps=float(o["eps"])))
   elif name == "rmsprop":
     parts.append(optax.scale_by_rms(decay=float(o["decay"]), eps=float(o["eps"])))
     if float(o["momentum"]):

@@ -59,14 +59,18 @@ def connectivity(num_dims: int, hidden: tuple[int, ...], num_masks: int, order_a
   return as_int(orders), tuple(as_int(d) for d in degrees)
 
 
+_INITS = {"lecun_normal": nn.initializers.lecun_normal, "orthogonal": nn.initializers.orthogonal}
+
+
 class _MaskedDense(nn.Module):
   """Dense layer whose (in, out) kernel is multiplied by a 0/1 mask given at call time."""
   features: int
   use_bias: bool = True
+  kernel_init: str = "lecun_normal"
 
   @nn.compact
   def __call__(self, x, mask):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    kernel = self.param("kernel", _INITS[self.kernel_init](), (x.shape[-1], self.features))
     y = x @ (kernel * mask.astype(kernel.dtype))
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))[None]
@@ -79,18 +83,20 @@ class _MADENet(nn.Module):
   outputs: int
   activation: str
   direct: bool
+  kernel_init: str = "lecun_normal"
 
   @nn.compact
   def __call__(self, x, hidden_masks, out_mask, direct_mask):
     act = _layers.activation(self.activation)
+    dense = functools.partial(_MaskedDense, kernel_init=self.kernel_init)
     h = x
     for i, (width, mask) in enumerate(zip(self.hidden, hidden_masks)):
-      h = act(_MaskedDense(width, name=f"dense_{i}")(h, mask))
+      h = act(dense(width, name=f"dense_{i}")(h, mask))
     if not self.hidden:                     # a linear autoregressive model: the direct weights only
-      return _MaskedDense(self.outputs, name="out")(x, direct_mask)
-    out = _MaskedDense(self.outputs, name="out")(h, out_mask)
+      return dense(self.outputs, name="out")(x, direct_mask)
+    out = dense(self.outputs, name="out")(h, out_mask)
     if self.direct:
-      out = out + _MaskedDense(self.outputs, use_bias=False, name="direct")(x, direct_mask)
+      out = out + dense(self.outputs, use_bias=False, name="direct")(x, direct_mask)
     return out
 
 
@@ -113,6 +119,7 @@ class MADE(Autoregressive):
       differ in their hidden connectivity only.
     direct: masked direct connections from the inputs to the outputs, beside the hidden layers.
     test_masks: M, the mask sets in the likelihood's ensemble (0: all ``num_masks``).
+    kernel_init: the weights' initializer before masking, ``lecun_normal`` or ``orthogonal`` (the authors').
     mask_seed: the seed of the masks (independent of the run's seed, which initialises the weights).
     output, levels: see ``Autoregressive``.
   """
@@ -123,6 +130,7 @@ class MADE(Autoregressive):
   direct: bool = False
   test_masks: int = 0
   mask_seed: int = 0
+  kernel_init: str = "lecun_normal"
 
   @property
   def num_orderings(self) -> int:
@@ -137,6 +145,8 @@ class MADE(Autoregressive):
     if not self.hidden and not self.direct:
       raise ConfigError("model.hidden is empty and model.direct is False: the outputs would see no "
                         "input; give hidden widths or set model.direct=True")
+    if self.kernel_init not in _INITS:
+      raise ConfigError(f"model.kernel_init must be one of {', '.join(_INITS)}, got {self.kernel_init!r}")
     if int(self.num_masks) < 1:
       raise ConfigError(f"model.num_masks must be >= 1, got {self.num_masks}")
     if not 0 <= int(self.test_masks) <= int(self.num_masks):
@@ -183,7 +193,7 @@ class MADE(Autoregressive):
   @property
   def net(self) -> _MADENet:
     return _MADENet(tuple(int(w) for w in self.hidden), self.num_dims * self.num_classes,
-                    self.activation, bool(self.direct))
+                    self.activation, bool(self.direct), self.kernel_init)
 
   def init(self, rng, batch):
     return {"params": {"model": _init(self, rng)["params"]}}
