@@ -34,10 +34,35 @@ def _machine() -> str:
   return f"{platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def record(config: Path, workdir: Path, eval_json: Path) -> Path:
-  run = json.loads((workdir / "results.json").read_text())
+def _stopped_run(workdir: Path, test: dict, wall_s: float | None) -> dict:
+  """What results.json would say of a run stopped before its end (killed at a time budget's deadline).
+
+  The steps are those of the evaluated checkpoint; the training time is that checkpoint's (from its
+  metadata) or, where the checkpoints did not come back from the machine that ran it, ``wall_s``.
+  """
+  config = json.loads((workdir / "config.json").read_text())
+  meta_file = workdir / "checkpoints" / str(test["step"]) / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+  if "elapsed_s" not in meta and wall_s is None:
+    raise SystemExit(f"{meta_file} is missing: give --wall-s, the run's training time to step {test['step']}")
+  from zoo import data as data_lib
+  train_size = data_lib.load(config["data"]).num_examples(config.get("train_split", "train"))
+  return {"family": config["family"], "steps": test["step"], "wall_time_s": meta.get("elapsed_s", wall_s),
+          "epochs": test["step"] * config["batch_size"] / train_size, "best": meta.get("best"),
+          "steps_note": f"stopped at a time budget (planned {config['steps']:,})"}
+
+
+def record(config: Path, workdir: Path, eval_json: Path, machine: str | None = None,
+           wall_s: float | None = None) -> Path:
+  """Writes ``<config>.results.json``; ``machine`` names where the run ran when that was not here."""
   lines = [l for l in eval_json.read_text().splitlines() if l.strip().startswith("{")]
   test = json.loads(lines[-1])
+  if (workdir / "results.json").is_file():
+    run = json.loads((workdir / "results.json").read_text())
+  elif machine is None:
+    raise SystemExit(f"{workdir} has no results.json (a stopped run): give --machine, where it ran")
+  else:
+    run = _stopped_run(workdir, test, wall_s)
   ref = _reference(config)
   out = config.with_suffix(".results.json")
   rel = config.resolve().relative_to(ROOT)
@@ -46,8 +71,9 @@ def record(config: Path, workdir: Path, eval_json: Path) -> Path:
       "ours": {"value": test[ref["key"]], "split": test["split"], "step": test["step"],
                **({"k": test["k"]} if "k" in test else {})},
       "test_eval": {k: v for k, v in test.items() if k != "workdir"}, "steps": run["steps"], "epochs": round(run["epochs"], 1),
-      "wall_time_s": round(run["wall_time_s"]), "machine": f"{_machine()} ({run['device_kind']})",
+      "wall_time_s": round(run["wall_time_s"]), "machine": machine or f"{_machine()} ({run['device_kind']})",
       "best": run.get("best"),
+      **({"steps_note": run["steps_note"]} if run.get("steps_note") else {}),
       "command": f"zoo train --config experiments/{rel} --workdir runs/{rel.parent.name}_{rel.stem}",
   }
   out.write_text(json.dumps(entry, indent=2) + "\n")
@@ -55,6 +81,10 @@ def record(config: Path, workdir: Path, eval_json: Path) -> Path:
   if grid.is_file():
     shutil.copy(grid, config.with_suffix(".samples.png"))
   return out
+
+
+def _duration(seconds: float) -> str:
+  return f"{seconds / 3600:.1f} h" if seconds >= 3000 else f"{seconds / 60:.0f} min"
 
 
 def table() -> str:
@@ -69,7 +99,7 @@ def table() -> str:
                    if k in e["test_eval"])
     rows.append(
         f"| `{e['family']}` | {ref['paper']} | {ref['data']} | **{e['ours']['value']:.2f}** {ref['metric']}{also} | "
-        f"{ref['value']} | {e['steps']:,} ({e['epochs']:g}){best} | {e['wall_time_s'] / 3600:.1f} h, {e['machine']} | "
+        f"{ref['value']} | {e['steps']:,} ({e['epochs']:g}){best} | {_duration(e['wall_time_s'])}, {e['machine']} | "
         f"`{e['command']}` |")
   return "\n".join(rows)
 
@@ -87,11 +117,14 @@ def main():
   r.add_argument("--config", required=True, type=Path)
   r.add_argument("--workdir", required=True, type=Path)
   r.add_argument("--eval", required=True, type=Path)
+  r.add_argument("--machine", default=None, help="where the run ran, if not on this machine")
+  r.add_argument("--wall-s", type=float, default=None,
+                 help="training time of a stopped run whose checkpoint metadata did not come back")
   m = sub.add_parser("readme")
   m.add_argument("--path", type=Path, default=ROOT.parent / "README.md")
   args = p.parse_args()
   if args.cmd == "record":
-    print(record(args.config, args.workdir, args.eval))
+    print(record(args.config, args.workdir, args.eval, args.machine, args.wall_s))
   else:
     readme(args.path)
     print(table())

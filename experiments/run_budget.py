@@ -1,0 +1,153 @@
+"""Train several experiment configs side by side on one machine within a wall-clock budget.
+
+For a lent accelerator with a fixed time allowance: each config's train step is timed first, alone
+(``zoo bench``, one config after another), then all configs train at once, each for the steps that its
+share of the device fits into the budget (so a learning-rate schedule runs to its end instead of being
+cut), evaluating on the validation split ``--evals`` times and keeping the best checkpoint, and finally
+``zoo eval --best`` scores that checkpoint on the test split. Every training is killed at the budget's
+end whatever its rate promised; a killed run still has its best checkpoint so far.
+
+The share: N runs on one device each get about 1/N of their solo rate. Measured on one H200 with five
+runs (PixelCNN, MADE, Row LSTM, Diagonal BiLSTM, NADE): their rates during training were 0.22, 0.10,
+0.20, 0.22 and 0.25 of their solo rates, 0.99 in all (the GPU time-slices between processes).
+
+  python experiments/run_budget.py --minutes 8 --root runs/gpu \\
+      experiments/vandenoord2016/pixelcnn.py experiments/germain2015/made.py
+
+Writes ``<root>/summary.json``: per config the measured step rate, the steps planned and done, the wall
+time, the best validation figure and the test-split metrics, and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _last_json(text: str) -> dict | None:
+  for line in reversed(text.strip().splitlines()):
+    if line.startswith("{"):
+      try:
+        return json.loads(line)
+      except json.JSONDecodeError:
+        return None
+  return None
+
+
+def _name(config: str) -> str:
+  return config.replace("experiments/", "").replace(".py", "").replace("/", "_").replace(":", "_")
+
+
+def _zoo(*args: str) -> list[str]:
+  return [sys.executable, "-m", "zoo", *args]
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("configs", nargs="+", help="experiment configs (path[:variant])")
+  p.add_argument("--minutes", type=float, required=True, help="the whole budget, timing and tests included")
+  p.add_argument("--root", default="runs/budget", help="a folder for the runs (one workdir per config)")
+  p.add_argument("--bench-steps", type=int, default=100)
+  p.add_argument("--bench-timeout-s", type=float, default=150.0,
+                 help="a config whose timing (compilation included) takes longer is left out")
+  p.add_argument("--evals", type=int, default=5, help="validation evaluations per run")
+  p.add_argument("--eval-reserve-s", type=float, default=100.0,
+                 help="seconds kept at the end for the test-split evaluations")
+  p.add_argument("--safety", type=float, default=0.75,
+                 help="fraction of the measured rate to plan on (evaluations and checkpoints take time)")
+  args = p.parse_args(argv)
+
+  t0 = time.time()
+  deadline = t0 + 60 * args.minutes
+  root = Path(args.root)
+  root.mkdir(parents=True, exist_ok=True)
+  env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
+  runs = {_name(c): {"config": c} for c in args.configs}
+
+  def log(msg):
+    print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
+
+  # 1. The step rate of each config, alone on the device.
+  for n, r in runs.items():
+    proc = subprocess.Popen(_zoo("bench", "--config", r["config"], "--steps", str(args.bench_steps),
+                                 "--warmup", "10"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+      out, _ = proc.communicate(timeout=args.bench_timeout_s)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      out, _ = proc.communicate()
+      out += f"\ntiming took over {args.bench_timeout_s:.0f}s"
+    bench = _last_json(out)
+    if proc.returncode or bench is None:
+      runs[n]["error"] = f"bench failed: {out.strip().splitlines()[-1] if out.strip() else proc.returncode}"
+      log(f"{n}: {runs[n]['error']}")
+      continue
+    runs[n]["bench"] = bench
+    log(f"{n}: {bench['examples_per_s']:.1f} examples/s at batch {bench['batch_size']} "
+        f"(compile {bench['compile_s']:.1f}s, {bench.get('device_kind', '?')})")
+
+  # 2. Train each for the steps its share of the device fits into what is left, killed at the deadline.
+  train_s = deadline - time.time() - args.eval_reserve_s
+  sharing = sum("bench" in r for r in runs.values())
+  procs = {}
+  for n, r in runs.items():
+    if "bench" not in r:
+      continue
+    rate = r["bench"]["examples_per_s"] / r["bench"]["batch_size"] / sharing
+    steps = max(100, int(rate * train_s * args.safety) // 100 * 100)
+    every = max(100, steps // args.evals // 100 * 100)
+    r.update(steps_per_s_shared=rate, steps_planned=steps, workdir=str(root / n))
+    cmd = _zoo("train", "--config", r["config"], "--workdir", r["workdir"], "--no-progress",
+               f"--config.steps={steps}", f"--config.eval_every={every}",
+               f"--config.checkpoint_every={every}")
+    log(f"{n}: training {steps} steps, evaluating every {every}")
+    r["log"] = str(root / f"{n}.log")
+    procs[n] = (subprocess.Popen(cmd, env=env, stdout=open(r["log"], "w"), stderr=subprocess.STDOUT),
+                time.time())
+  for n, (proc, start) in procs.items():
+    try:
+      proc.wait(timeout=max(1.0, deadline - args.eval_reserve_s - time.time()))
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      runs[n]["killed_at_deadline"] = True
+    runs[n]["train_wall_s"] = round(time.time() - start, 1)
+    runs[n]["train_returncode"] = proc.returncode
+    metrics = Path(runs[n]["workdir"]) / "metrics.jsonl"
+    if metrics.exists():
+      lines = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+      train = [l for l in lines if l.get("split") == "train"]
+      valid = [l for l in lines if l.get("split") not in ("train", None)]
+      runs[n]["steps_done"] = max((l["step"] for l in lines), default=0)
+      runs[n]["valid_curve"] = [(l["step"], l.get("nll")) for l in valid]
+      if train:
+        runs[n]["last_train"] = train[-1]
+    log(f"{n}: stopped after {runs[n]['train_wall_s']}s (rc {proc.returncode}), "
+        f"{runs[n].get('steps_done', 0)} steps")
+
+  # 3. The best checkpoint of each on the test split.
+  procs = {n: subprocess.Popen(_zoo("eval", "--workdir", r["workdir"], "--split", "test", "--best"), env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for n, r in runs.items() if "workdir" in r}
+  for n, proc in procs.items():
+    try:
+      out, _ = proc.communicate(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      out = "test evaluation killed at the deadline"
+    runs[n]["test"] = _last_json(out) or {"error": out.strip().splitlines()[-1] if out.strip() else "none"}
+    log(f"{n}: test {runs[n]['test']}")
+
+  summary = {"wall_s": round(time.time() - t0, 1), "budget_s": 60 * args.minutes, "runs": runs}
+  (root / "summary.json").write_text(json.dumps(summary, indent=1))
+  log(f"wrote {root / 'summary.json'}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
