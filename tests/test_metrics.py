@@ -292,9 +292,10 @@ def test_zoo_eval_metrics_errors(vae_run, capsys, argv, needle):
 @pytest.mark.slow
 def test_zoo_eval_metrics_on_a_family_without_latent_space(tmp_path, capsys, caplog):
   """An RBM samples but has no latent space: ppl is skipped with a message, alone it is an error."""
-  small_ais = {"model.ais_chains": 2, "model.ais_temperatures": 10, "model.final_ais_temperatures": 10}
+  small = {"model.ais_chains": 2, "model.ais_temperatures": 10, "model.final_ais_temperatures": 10,
+           "model.sample_steps": 20, "model.num_hidden": 64}        # plumbing, not sample quality
   cfg = helpers.tiny_config("rbm", steps=4, batch_size=64, num_samples=0, num_devices=1,
-                            eval_split="test", **small_ais)
+                            eval_split="test", **small)
   cfg.data.name = "mnist_5k"
   zoo.train_and_evaluate(cfg, tmp_path / "rbm", progress=False)
   capsys.readouterr()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -137,17 +138,20 @@ def test_every_level_traces_the_step_once_and_a_resume_mid_fade_is_bit_identical
 
   monkeypatch.setattr(step_lib, "train_step_fn", counting)
   whole, part = tmp_path / "whole", tmp_path / "part"
-  zoo.train_and_evaluate(_settings(steps=6), whole, progress=False)
+  zoo.train_and_evaluate(_settings(steps=6, checkpoint_every=3), whole, progress=False)
   assert traces == [0, 1, 2], traces                         # one trace per level, in order
   traces.clear()
-  zoo.train_and_evaluate(_settings(steps=3), part, progress=False)
+  # The run as it was when its checkpoint at step 3 was the newest: a run stopped there, mid-fade.
+  shutil.copytree(whole, part)
+  shutil.rmtree(part / "checkpoints" / "6")
+  (part / "results.json").unlink()
   mid = zoo.load(part)
   assert mid.meta["step"] == 3 and mid.meta["stage"] == 1 and mid.family.level == 1
   # the level is the checkpoint's stage; the alpha of the last step taken (step 2: 1/2) is in the state
   assert float(mid.state.nontrainable["fade"]["alpha"]) == 0.5
   assert float(mid.family.alpha_at(3)) == 1.0
-  zoo.train_and_evaluate(_settings(steps=6), part, progress=False)      # resumes at step 3, mid-fade
-  assert traces == [0, 1, 1, 2], traces                      # the resumed run traces its level once
+  zoo.train_and_evaluate(_settings(steps=6, checkpoint_every=3), part, progress=False)   # resumes at 3
+  assert traces == [1, 2], traces                            # the resumed run traces its level once
   a, b = zoo.load(whole), zoo.load(part)
   assert a.meta["step"] == b.meta["step"] == 6 and a.meta["stage"] == b.meta["stage"] == 2
   assert tree_equal(jax.device_get(a.state), jax.device_get(b.state))

@@ -14,7 +14,7 @@ import pytest
 import zoo
 from helpers import REPO, tiny_config, tree_equal
 
-SETTINGS = dict(steps=600, checkpoint_every=25, log_every=25, eval_every=0, batch_size=16,
+SETTINGS = dict(steps=200, checkpoint_every=20, log_every=25, eval_every=0, batch_size=16, num_devices=1,
                 eval_examples=64, eval_batch_size=32, num_samples=4)
 
 
@@ -30,7 +30,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path):
   deadline = time.time() + 240
   ckpts = killed / "checkpoints"
   while time.time() < deadline and proc.poll() is None:
-    if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 50 for p in ckpts.iterdir()):
+    if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 40 for p in ckpts.iterdir()):
       break
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
