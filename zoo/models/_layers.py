@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+from flax.linen.linear import canonicalize_padding, default_kernel_init
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from zoo.errors import ConfigError, nearest
-
-# The zoo's convolution layers. Every convolutional family builds on these names, so that faster
-# formulations for a backend (issue 7: CPU weight gradients as one matmul, transposed convolutions by
-# phase decomposition) replace them here once, for all families, computing the same function.
-Conv = nn.Conv
-ConvTranspose = nn.ConvTranspose
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -151,67 +146,357 @@ def causal_mask(kernel_size: Sequence[int], in_groups: np.ndarray, out_groups: n
   return m
 
 
-def _native_conv(x, kernel, padding):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+# The zoo's convolutions (issue 7). XLA:CPU runs the weight gradient of a stride-1 convolution several
+# times below its matmul speed and a transposed convolution's 15-50x below, and its stride-2 input gradients
+# and transposed convolutions somewhat below; on the CPU backend conv2d and conv_transpose2d, and the Conv
+# and ConvTranspose modules on them, compute the same functions with weight gradients as tap matmuls and,
+# where that measures faster, transposed convolutions by phase decomposition. Every convolutional family
+# builds on these, so a faster formulation replaces them here once, for all families. On GPU and TPU they
+# are XLA's, unchanged. experiments/benchmarks/conv_layers.py times both paths per layer shape.
+_DN = ("NHWC", "HWIO", "NHWC")
+# Below this many output channels a phase's stride-1 convolution is a thin matmul that XLA:CPU runs slowly,
+# and XLA's own strided or transposed convolution is faster (a DCGAN's 3-channel first and last layers).
+_PHASE_MIN_FEATURES = 16
+# Up to this many channels on the sliced side, the weight gradient's per-tap matmuls are thin and slow;
+# they become one matmul over the taps' slices concatenated (4x faster for 3 channels).
+_CONCAT_MAX_FEATURES = 16
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_tap_grad(x, kernel, padding, taps):
-  return _native_conv(x, kernel, padding)
+def _on_cpu(fast, native, *args):
+  """``fast(*args)`` where the computation runs on CPU, ``native(*args)`` elsewhere (chosen when lowering)."""
+  return jax.lax.platform_dependent(*args, cpu=fast, default=native)
 
 
-def _conv_tap_grad_fwd(x, kernel, padding, taps):
-  return _native_conv(x, kernel, padding), (x, kernel)
+def _native_conv(x, kernel, padding, strides=(1, 1)):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
 
 
-def _conv_tap_grad_bwd(padding, taps, residuals, dy):
-  """XLA's input gradient; the weight gradient as one (C_in, N) @ (N, C_out) matmul per open tap."""
-  x, kernel = residuals
-  dx = jax.vjp(lambda x: _native_conv(x, kernel, padding), x)[1](dy)[0]
-  kh, kw, c_in, c_out = kernel.shape
-  h, w = dy.shape[1:3]
-  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  dy2 = dy.reshape(-1, c_out)
-  zero = jnp.zeros((c_in, c_out), kernel.dtype)
-  rows = []
-  for i in range(kh):
-    row = []
-    for j in range(kw):
-      if (i, j) in taps:
-        row.append(jnp.dot(xp[:, i:i + h, j:j + w, :].reshape(-1, c_in).T, dy2))
+def _native_dilated_conv(x, kernel, strides, padding):
+  """XLA's convolution of x dilated by ``strides``: ``lax.conv_transpose`` with explicit padding."""
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, strides, dimension_numbers=_DN)
+
+
+def _all_taps(kernel_shape):
+  return tuple((i, j) for i in range(kernel_shape[0]) for j in range(kernel_shape[1]))
+
+
+def _tap_slices(a, offsets, strides, size):
+  """Per (oi, oj) in ``offsets``: a[:, oi + s_h * u, oj + s_w * v, :] for u < size[0], v < size[1] (zero
+  outside a), as (N, C)."""
+  pads = []
+  for d in range(2 if offsets else 0):
+    first = min(o[d] for o in offsets)
+    last = max(o[d] for o in offsets) + strides[d] * (size[d] - 1)
+    pads.append((max(0, -first), max(0, last - a.shape[1 + d] + 1)))
+  a = jnp.pad(a, ((0, 0), *pads, (0, 0)))
+  out = []
+  for oi, oj in offsets:
+    i, j = oi + pads[0][0], oj + pads[1][0]
+    end = (a.shape[0], i + strides[0] * (size[0] - 1) + 1, j + strides[1] * (size[1] - 1) + 1, a.shape[3])
+    out.append(jax.lax.slice(a, (0, i, j, 0), end, (1, *strides, 1)).reshape(-1, a.shape[3]))
+  return out
+
+
+def _tap_weight_grad(slices, other, taps, kernel_shape, sliced_input: bool):
+  """A kernel's gradient from matmuls: tap t's is slices[t]^T @ other (a convolution: x's slices, dy) or
+  other^T @ slices[t] (a transposed one: x, dy's slices); zero for the taps not listed."""
+  kh, kw, c_in, c_out = kernel_shape
+  if not taps:
+    return jnp.zeros(kernel_shape, other.dtype)
+  if slices[0].shape[1] <= _CONCAT_MAX_FEATURES:
+    cat = jnp.concatenate(slices, axis=1)
+    if sliced_input:
+      grads = jnp.dot(cat.T, other).reshape(len(taps), c_in, c_out)
+    else:
+      grads = jnp.dot(other.T, cat).reshape(c_in, len(taps), c_out).transpose(1, 0, 2)
+  else:
+    grads = [jnp.dot(s.T, other) if sliced_input else jnp.dot(other.T, s) for s in slices]
+  by_tap = dict(zip(taps, grads))
+  zero = jnp.zeros((c_in, c_out), other.dtype)
+  return jnp.stack([jnp.stack([by_tap.get((i, j), zero) for j in range(kw)]) for i in range(kh)])
+
+
+def _phases(n, k, s, lo, hi):
+  """One spatial axis of a stride-1 convolution (kernel size k, padding (lo, hi)) of x (size n) dilated by s
+  (x[u] at row s * u, s - 1 zero rows between): how it splits into s stride-1 convolutions of x.
+
+  Output row o = s * a + p reads dilated row o + i - lo at tap i, a row of x only for the taps
+  i = r + s * m with r = (lo - p) mod s, and then it is x[a + m - L] with L = (lo - p - r) / s (exact): phase
+  p of the output is the stride-1 convolution of x padded by L before, with the taps r, r + s, ... Returns
+  the output size, the rows each phase computes (ceil(out / s): the later phases may compute one row past
+  the output, cropped after), and per phase (r, (L, R)) with R the padding after that gives that many rows;
+  L or R may be negative (a crop).
+  """
+  out = (n - 1) * s + 1 + lo + hi - k + 1
+  rows = -(-out // s)
+  phases = []
+  for p in range(s):
+    r = (lo - p) % s
+    left = (lo - p - r) // s
+    phases.append((r, (left, rows + len(range(r, k, s)) - 1 - n - left)))
+  return out, rows, phases
+
+
+def _phase_conv(x, kernel, strides, padding):
+  """``_native_dilated_conv`` as s_h * s_w stride-1 convolutions of x, one per output phase with the kernel
+  taps of its parity (``_phases``), interleaved by depth-to-space: no multiplications by the dilation's
+  zeros."""
+  b, h, w, _ = x.shape
+  kh, kw, _, c_out = kernel.shape
+  (sh, sw), (pad_h, pad_w) = strides, padding
+  out_h, rows_h, phases_h = _phases(h, kh, sh, *pad_h)
+  out_w, rows_w, phases_w = _phases(w, kw, sw, *pad_w)
+  ys = []
+  for r, ph in phases_h:
+    for c, pw in phases_w:
+      sub = kernel[r::sh, c::sw]
+      if sub.shape[0] == 0 or sub.shape[1] == 0:  # a stride above the kernel size: no tap meets this phase
+        ys.append(jnp.zeros((b, rows_h, rows_w, c_out), jnp.result_type(x, kernel)))
+      elif min(ph + pw) < 0:  # a crop: by lax.pad, as XLA:CPU miscomputes a convolution padded (-1, 1)
+        xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
+        ys.append(_native_conv(xp, sub, ((0, 0), (0, 0))))
       else:
-        row.append(zero)
-    rows.append(jnp.stack(row))
-  return dx, jnp.stack(rows).astype(kernel.dtype)
+        ys.append(_native_conv(x, sub, (ph, pw)))
+  # (sh, sw, B, rows_h, rows_w, C) -> (B, rows_h, sh, rows_w, sw, C): output row a * sh + p is phase p's
+  # row a.
+  y = jnp.stack(ys).reshape(sh, sw, b, rows_h, rows_w, c_out).transpose(2, 3, 0, 4, 1, 5)
+  return y.reshape(b, rows_h * sh, rows_w * sw, c_out)[:, :out_h, :out_w]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_tap_grad(x, kernel, padding, strides, taps):
+  return _native_conv(x, kernel, padding, strides)
+
+
+def _conv_tap_grad_fwd(x, kernel, padding, strides, taps):
+  return _native_conv(x, kernel, padding, strides), (x, kernel)
+
+
+def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
+  """The weight gradient as (C_in, N) @ (N, C_out) matmuls, one per open tap: tap (i, j) multiplies
+  x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b). The input gradient: XLA's, except at
+  larger strides into 16 or more channels, a transposed convolution by phases (``_strided_input_grad``)."""
+  x, kernel = residuals
+  if strides != (1, 1) and kernel.shape[2] >= _PHASE_MIN_FEATURES:
+    dx = _strided_input_grad(dy, kernel, x.shape, padding, strides)
+  else:
+    dx = jax.vjp(lambda x: _native_conv(x, kernel, padding, strides), x)[1](dy)[0]
+  offsets = [(i - padding[0][0], j - padding[1][0]) for i, j in taps]
+  slices = _tap_slices(x, offsets, strides, dy.shape[1:3])
+  dk = _tap_weight_grad(slices, dy.reshape(-1, dy.shape[3]), taps, kernel.shape, sliced_input=True)
+  return dx, dk.astype(kernel.dtype)
 
 
 _conv_tap_grad.defvjp(_conv_tap_grad_fwd, _conv_tap_grad_bwd)
 
 
-def conv2d(x, kernel, padding, mask: np.ndarray | None = None):
-  """A stride-1 NHWC/HWIO convolution, ``lax.conv_general_dilated``'s function exactly.
+def _strided_input_grad(dy, kernel, x_shape, padding, strides):
+  """The input gradient of a strided convolution: a transposed convolution of dy, by phases.
+
+  Row h of x meets dy[a] at tap i = h + lo - s * a, so dx[h] = sum_i z[h + lo - i] kernel[i]^T with z = dy
+  dilated by s: a stride-1 convolution of z, padded by k - 1 - lo before (and to x's n rows after), with the
+  kernel flipped and its channels swapped.
+  """
+  pads = []
+  for n, k, s, (lo, _), m in zip(x_shape[1:3], kernel.shape[:2], strides, padding, dy.shape[1:3]):
+    pads.append((k - 1 - lo, n + lo - (m - 1) * s - 1))
+  return _phase_conv(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), strides, tuple(pads))
+
+
+def _dilated_conv(x, kernel, strides, padding):
+  """``_native_dilated_conv``'s function: by phases into 16 or more channels, else XLA's (faster there)."""
+  if kernel.shape[3] >= _PHASE_MIN_FEATURES and tuple(strides) != (1, 1):
+    return _phase_conv(x, kernel, strides, padding)
+  return _native_dilated_conv(x, kernel, strides, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose_tap_grad(x, kernel, strides, padding):
+  return _dilated_conv(x, kernel, strides, padding)
+
+
+def _conv_transpose_tap_grad_fwd(x, kernel, strides, padding):
+  return _dilated_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_transpose_tap_grad_bwd(strides, padding, residuals, dy):
+  """The weight gradient as (C_in, N) @ (N, C_out) matmuls, one per tap: input pixel u meets output
+  s * u + top - i at tap i (``_phases``), so tap (i, j) multiplies x by dy[:, s_h * u + top - i,
+  s_w * v + left - j, :]; N is the input's pixels, and no products with the dilation's zeros. The input
+  gradient: XLA's (a strided convolution of dy)."""
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
+  taps = _all_taps(kernel.shape)
+  offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
+  slices = _tap_slices(dy, offsets, strides, x.shape[1:3])
+  dk = _tap_weight_grad(slices, x.reshape(-1, x.shape[3]), taps, kernel.shape, sliced_input=False)
+  return dx, dk.astype(kernel.dtype)
+
+
+_conv_transpose_tap_grad.defvjp(_conv_transpose_tap_grad_fwd, _conv_transpose_tap_grad_bwd)
+
+
+def _explicit_pads(padding, x_hw, kernel_hw, strides):
+  """'SAME', 'VALID' or (lo, hi) pairs -> ((top, bottom), (left, right)), as conv_general_dilated reads
+  them."""
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(x_hw, kernel_hw, strides, padding)
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence[int] = (1, 1)):
+  """An NHWC/HWIO convolution, ``lax.conv_general_dilated(x, kernel, strides, padding)``'s function exactly.
 
   On the CPU backend its weight gradient is a matmul per kernel tap (skipping the taps that ``mask``, a
-  (kh, kw, ...) 0/1 array, closes: their gradient is zero), which XLA:CPU runs about 8x faster than its
-  own weight gradient of a convolution (issue 7); the input gradient is XLA's. On GPU and TPU it is
-  XLA's convolution, forward and backward, unchanged.
+  (kh, kw, ...) 0/1 array, closes: their gradient is zero), which XLA:CPU runs several times faster than its
+  own weight gradient of a convolution (issue 7); the input gradient is XLA's, except at larger strides into
+  16 or more input channels, a transposed convolution by phases (``_strided_input_grad``). The forward pass
+  is XLA's. On GPU and TPU it is XLA's convolution, forward and backward, unchanged.
 
   Args:
     x: (B, H, W, C_in).
     kernel: (kh, kw, C_in, C_out), already masked if it is masked.
-    padding: ((top, bottom), (left, right)).
+    padding: ((top, bottom), (left, right)), 'SAME' or 'VALID'.
     mask: the kernel's mask, for the taps it closes.
+    strides: (s_h, s_w).
   """
-  padding = tuple(tuple(int(v) for v in p) for p in padding)
-  if jax.default_backend() != "cpu":
-    return _native_conv(x, kernel, padding)
+  strides = tuple(int(s) for s in strides)
   kh, kw = kernel.shape[:2]
+  padding = _explicit_pads(padding, x.shape[1:3], (kh, kw), strides)
   if mask is None:
-    taps = tuple((i, j) for i in range(kh) for j in range(kw))
+    taps = _all_taps((kh, kw))
   else:
     open_ = np.asarray(mask).reshape(kh, kw, -1).any(axis=-1)
     taps = tuple((i, j) for i in range(kh) for j in range(kw) if open_[i, j])
-  return _conv_tap_grad(x, kernel, padding, taps)
+  return _on_cpu(lambda x, k: _conv_tap_grad(x, k, padding, strides, taps),
+                 lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
+
+
+def _conv_transpose_pads(k, s, padding):
+  """lax.conv_transpose's padding of the dilated input for 'SAME' (output size n * s) or 'VALID' (output
+  size (n - 1) * s + max(k, s)), as jax._src.lax.convolution._conv_transpose_padding derives it."""
+  if padding == "SAME":
+    total = k + s - 2
+    before = k - 1 if s > k - 1 else -(-total // 2)
+  elif padding == "VALID":
+    total = k + s - 2 + max(k - s, 0)
+    before = k - 1
+  else:
+    raise ValueError(f"padding must be 'SAME', 'VALID' or (lo, hi) pairs, got {padding!r}")
+  return before, total - before
+
+
+def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
+  """``lax.conv_transpose(x, kernel, strides, padding)`` (NHWC/HWIO, ``transpose_kernel=False``) exactly,
+  what ``flax.linen.ConvTranspose`` computes: the stride-1 convolution of x dilated by ``strides``.
+
+  On the CPU backend the weight gradient is a matmul per kernel tap, 10-30x faster than XLA's, and with 16
+  or more output channels the forward pass is s_h * s_w stride-1 convolutions of x, one per output phase
+  (``_phase_conv``: no multiplications by the dilation's zeros); the input gradient is XLA's. On GPU and
+  TPU it is ``lax.conv_transpose``, forward and backward, unchanged.
+
+  Args:
+    x: (B, H, W, C_in).
+    kernel: (kh, kw, C_in, C_out).
+    strides: (s_h, s_w).
+    padding: 'SAME', 'VALID', or ((top, bottom), (left, right)), the padding of the dilated input (as
+      lax.conv_transpose reads explicit pairs).
+  """
+  strides = tuple(int(s) for s in strides)
+  if isinstance(padding, str):
+    pads = tuple(_conv_transpose_pads(k, s, padding) for k, s in zip(kernel.shape[:2], strides))
+  else:
+    pads = padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _on_cpu(lambda x, k: _conv_transpose_tap_grad(x, k, strides, pads),
+                 lambda x, k: jax.lax.conv_transpose(x, k, strides, padding, dimension_numbers=_DN),
+                 x, kernel)
+
+
+def _pair(v, what: str) -> tuple[int, int]:
+  v = 1 if v is None else v
+  v = (v, v) if isinstance(v, int) else tuple(v)
+  if len(v) != 2:
+    raise ValueError(f"{what}: the zoo's convolutions are 2-D, got {v!r}")
+  return tuple(int(a) for a in v)
+
+
+def _layer_args(m, what: str):
+  """Kernel size, strides and padding of a Conv or ConvTranspose, refusing what it does not compute."""
+  if isinstance(m.kernel_size, int) or len(m.kernel_size) != 2:
+    raise ValueError(f"{what}: the zoo's convolutions are 2-D; kernel_size must be (kh, kw), got "
+                     f"{m.kernel_size!r}")
+  for name in ("input_dilation", "kernel_dilation"):
+    if _pair(getattr(m, name, 1), what) != (1, 1):
+      raise NotImplementedError(f"{what}: {name} is not supported")
+  if getattr(m, "feature_group_count", 1) != 1:
+    raise NotImplementedError(f"{what}: feature_group_count is not supported")
+  padding = canonicalize_padding(m.padding, 2)
+  if isinstance(padding, str) and padding not in ("SAME", "VALID"):
+    raise NotImplementedError(f"{what}: padding {padding!r} is not supported (only 'SAME', 'VALID', pairs)")
+  return tuple(m.kernel_size), _pair(m.strides, what), padding
+
+
+def _flat_batch(x, f):
+  """Flax's convention: every axis before (H, W, C) is a batch axis (none: one example)."""
+  batch = x.shape[:-3]
+  y = f(x.reshape((-1,) + x.shape[-3:]))
+  return y.reshape(batch + y.shape[1:])
+
+
+class Conv(nn.Module):
+  """``flax.linen.Conv`` for images (..., H, W, C), on ``conv2d``: the same parameters ('kernel'
+  (kh, kw, C_in, features), 'bias' (features,)), initializers and function, with the fast CPU gradients.
+  Dilations, feature groups, 'CIRCULAR'/'REFLECT'/'CAUSAL' padding and 1-D or 3-D kernels raise."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: int | Sequence[int] | None = 1
+  padding: str | int | Sequence = "SAME"
+  input_dilation: int | Sequence[int] | None = 1
+  kernel_dilation: int | Sequence[int] | None = 1
+  feature_group_count: int = 1
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = default_kernel_init
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x):
+    ks, strides, padding = _layer_args(self, "Conv")
+    kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = _flat_batch(x, lambda x: conv2d(x, kernel, padding, strides=strides))
+    return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+
+
+class ConvTranspose(nn.Module):
+  """``flax.linen.ConvTranspose`` (``transpose_kernel=False``) for images (..., H, W, C), on
+  ``conv_transpose2d``: the same parameters ('kernel' (kh, kw, C_in, features), 'bias' (features,)),
+  initializers and function, with the fast CPU path. Kernel dilation, ``transpose_kernel``, 'CIRCULAR'
+  padding and 1-D or 3-D kernels raise."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | None = None
+  padding: str | int | Sequence = "SAME"
+  kernel_dilation: Sequence[int] | None = None
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = default_kernel_init
+  bias_init: Callable = nn.initializers.zeros_init()
+  transpose_kernel: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    ks, strides, padding = _layer_args(self, "ConvTranspose")
+    if self.transpose_kernel:
+      raise NotImplementedError("ConvTranspose: transpose_kernel=True is not supported")
+    kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = _flat_batch(x, lambda x: conv_transpose2d(x, kernel, strides, padding))
+    return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
 class MaskedConv(nn.Module):

@@ -1,0 +1,127 @@
+"""Convolution layers of the zoo's families on this machine: XLA's native path against ``_layers``' (issue 7).
+
+For each layer shape the families use, the forward pass, the input gradient and the weight gradient are
+timed separately (jit, a warm-up, the median of ``--repeats`` timings) for XLA's native convolution
+(``lax.conv_general_dilated`` / ``lax.conv_transpose``) and the zoo's ``conv2d`` / ``conv_transpose2d``,
+in GFLOP/s of useful work: 2 * N * Ho * Wo * kh * kw * C_in * C_out for a convolution, and for a
+transposed convolution the same count as the convolution it transposes (no multiplications by the
+dilation's zeros). Beside them, the float32 matmul ceiling (2048^3) measured in the same run.
+
+Shapes: the DCGAN 32x32 benchmark architecture (experiments/benchmarks/dcgan32.py) at batch 64 and 256,
+G's 4x4 stride-2 transposed convolutions 4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x3 and D's 4x4 stride-2
+convolutions 32x32x3 -> 16x16x64 -> 8x8x128 -> 4x4x256; and PixelCNN's 3x3 64 -> 64 convolution at 28x28,
+batch 64 (unmasked: all 9 taps).
+
+  python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--out FILE.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.models import _layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+# (name, kind, (H, W, C_in), kernel, stride, C_out, batches or None for --batches)
+LAYERS = [
+    ("G deconv_0", "convT", (4, 4, 256), 4, 2, 128, None),
+    ("G deconv_1", "convT", (8, 8, 128), 4, 2, 64, None),
+    ("G deconv_2", "convT", (16, 16, 64), 4, 2, 3, None),
+    ("D conv_0", "conv", (32, 32, 3), 4, 2, 64, None),
+    ("D conv_1", "conv", (16, 16, 64), 4, 2, 128, None),
+    ("D conv_2", "conv", (8, 8, 128), 4, 2, 256, None),
+    ("PixelCNN 3x3", "conv", (28, 28, 64), 3, 1, 64, (64,)),
+]
+
+
+def timed(fns: dict, *args, repeats: int) -> dict:
+  """Median seconds of one call of each jit(f) in ``fns`` (compiled and warmed up first), their timings
+  taken in turns so that a change in the machine's load falls on all of them alike."""
+  compiled, inner, times = {}, {}, {}
+  for name, f in fns.items():
+    compiled[name] = f = jax.jit(f)
+    jax.block_until_ready(f(*args))
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    inner[name] = max(1, int(0.05 / max(time.perf_counter() - t0, 1e-6)))   # calls per timing: ~50 ms
+    times[name] = []
+  for _ in range(repeats):
+    for name, f in compiled.items():
+      t0 = time.perf_counter()
+      for _ in range(inner[name]):
+        out = f(*args)
+      jax.block_until_ready(out)
+      times[name].append((time.perf_counter() - t0) / inner[name])
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def layer_fns(kind: str, k: int, s: int):
+  """{'native': f, 'zoo': f} with f(x, kernel) the layer ('SAME' padding, as the families use it)."""
+  if kind == "conv":
+    return {"native": lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN),
+            "zoo": lambda x, w: _layers.conv2d(x, w, "SAME", strides=(s, s))}
+  return {"native": lambda x, w: jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=DN),
+          "zoo": lambda x, w: _layers.conv_transpose2d(x, w, (s, s), "SAME")}
+
+
+def ops(f):
+  """Forward, input gradient and weight gradient of f(x, w) as separate functions (x, w, dy) -> array."""
+  return {"forward": lambda x, w, dy: f(x, w),
+          "input_grad": lambda x, w, dy: jax.vjp(lambda x: f(x, w), x)[1](dy)[0],
+          "weight_grad": lambda x, w, dy: jax.vjp(lambda w: f(x, w), w)[1](dy)[0]}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+  ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--out", help="write one JSON line per measurement here")
+  args = ap.parse_args()
+  a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
+  ceiling = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
+  env = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+         "jax": jax.__version__, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
+  print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
+        f"load {env['load_average_before']})")
+  print(f"{'layer':<13} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'zoo/nat':>7}"
+        "  GFLOP/s")
+  rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
+  for name, kind, (h, w, c_in), k, s, c_out, batches in LAYERS:
+    for b in batches or args.batches:
+      x = jax.random.normal(jax.random.PRNGKey(1), (b, h, w, c_in), jnp.float32)
+      kern = jax.random.normal(jax.random.PRNGKey(2), (k, k, c_in, c_out), jnp.float32) * 0.05
+      fns = layer_fns(kind, k, s)
+      y = jax.jit(fns["native"])(x, kern)
+      dy = jax.random.normal(jax.random.PRNGKey(3), y.shape, jnp.float32)
+      # useful FLOPs: every (input pixel, tap) pair of a transposed conv is one of the conv it transposes
+      pixels = b * h * w if kind == "convT" else b * y.shape[1] * y.shape[2]
+      flops = 2 * pixels * k * k * c_in * c_out
+      shape = f"{h}x{w}x{c_in}->{y.shape[1]}x{y.shape[2]}x{c_out}"
+      for op in ("forward", "input_grad", "weight_grad"):
+        secs = timed({impl: ops(f)[op] for impl, f in fns.items()}, x, kern, dy, repeats=args.repeats)
+        gf = {impl: flops / t / 1e9 for impl, t in secs.items()}
+        print(f"{name:<13} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
+              f"{gf['zoo'] / gf['native']:>6.2f}x", flush=True)
+        rows.append(dict(kind=kind, layer=name, batch=b, shape=shape, kernel=k, stride=s, op=op, flops=flops,
+                         native_gflops=round(gf["native"], 2), zoo_gflops=round(gf["zoo"], 2),
+                         matmul_gflops=round(ceiling, 2)))
+  after = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
+  rows[0].update(gflops_after=round(after, 2), load_average_after=[round(v, 2) for v in os.getloadavg()])
+  print(f"float32 matmul 2048^3 after: {after:.1f} GFLOP/s (load {rows[0]['load_average_after']})")
+  if args.out:
+    with open(args.out, "w") as f:
+      for r in rows:
+        f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+  main()

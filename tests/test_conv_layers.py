@@ -1,0 +1,147 @@
+"""The zoo's convolutions (_layers.conv2d, conv_transpose2d, Conv, ConvTranspose) compute XLA's functions.
+
+On CPU they run their own formulations (tap-matmul weight gradients, phase decomposition); every case
+here compares outputs and both gradients with lax.conv_general_dilated / lax.conv_transpose, the modules
+with flax's, and checks that what would run on GPU is XLA's convolution alone.
+"""
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo.models import _layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+ASYM = ((2, 0), (1, 3))
+
+
+def _use(path, monkeypatch):
+  """Make the small test channels take one CPU formulation: 'phases' (phase decomposition, one matmul per
+  tap) or 'native' (XLA's forward and input gradient, the taps' matmuls concatenated)."""
+  big = path == "native"
+  monkeypatch.setattr(_layers, "_PHASE_MIN_FEATURES", 10 ** 6 if big else 1)
+  monkeypatch.setattr(_layers, "_CONCAT_MAX_FEATURES", 10 ** 6 if big else 0)
+
+
+def _close(a, b):
+  scale = max(1.0, float(jnp.abs(b).max()))
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * scale)
+
+
+def _check(ours, ref, x_shape, k_shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape) / np.sqrt(np.prod(k_shape[:3]))
+  y = ref(x, k)
+  assert y.size, "an empty case tests nothing"
+  _close(jax.jit(ours)(x, k), y)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  for a, b in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(x, k), jax.jit(jax.grad(loss(ref), (0, 1)))(x, k)):
+    _close(a, b)
+
+
+# (batch, (H, W), kernel, strides, padding, C_in, C_out, CPU formulation): odd and even sizes, kernels
+# 1 to 5, a stride above the kernel size (phases that no tap meets), VALID with unused rows, an
+# asymmetric explicit padding, unequal strides.
+CASES = [
+    (1, (5, 7), 3, 1, "SAME", 2, 3, "phases"),
+    (3, (8, 8), 3, 2, "SAME", 3, 5, "native"),
+    (1, (5, 7), 4, 2, "SAME", 4, 2, "phases"),
+    (3, (8, 8), 4, 2, "VALID", 2, 4, "phases"),
+    (1, (5, 7), 5, 2, "VALID", 3, 3, "native"),
+    (3, (5, 7), 1, 2, "SAME", 5, 2, "phases"),
+    (1, (8, 8), 5, 1, ASYM, 2, 5, "native"),
+    (3, (5, 7), 4, 2, ASYM, 3, 4, "phases"),
+    (1, (5, 7), 3, (2, 1), ASYM, 2, 3, "phases"),
+    (3, (8, 8), 4, 2, "SAME", 4, 3, "native"),
+]
+
+
+@pytest.mark.parametrize("b,hw,k,s,padding,c_in,c_out,path", CASES, ids=[
+    f"b{c[0]}-{c[1][0]}x{c[1][1]}-k{c[2]}-s{c[3]}-{c[4] if isinstance(c[4], str) else 'asym'}-{c[7]}"
+    for c in CASES])
+@pytest.mark.parametrize("kind", ["conv", "conv_transpose"])
+def test_layers_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, path, monkeypatch):
+  _use(path, monkeypatch)
+  s = (s, s) if isinstance(s, int) else s
+  if kind == "conv":
+    ours = lambda x, w: _layers.conv2d(x, w, padding, strides=s)
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, s, padding, dimension_numbers=DN)
+  else:
+    ours = lambda x, w: _layers.conv_transpose2d(x, w, s, padding)
+    ref = lambda x, w: jax.lax.conv_transpose(x, w, s, padding, dimension_numbers=DN)
+  _check(ours, ref, (b, *hw, c_in), (k, k, c_in, c_out))
+
+
+@pytest.mark.parametrize("path", ["phases", "native"])
+def test_second_order_gradients_equal_xla(path, monkeypatch):
+  """A gradient penalty differentiates the input gradient again, through the custom backward passes."""
+  _use(path, monkeypatch)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
+  for ours, ref, k_shape in [
+      (lambda x, w: _layers.conv2d(x, w, "SAME", strides=(2, 2)),
+       lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=DN), (4, 4, 3, 4)),
+      (lambda x, w: _layers.conv_transpose2d(x, w, (2, 2), "SAME"),
+       lambda x, w: jax.lax.conv_transpose(x, w, (2, 2), "SAME", dimension_numbers=DN), (4, 4, 3, 4))]:
+    k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.3
+    penalty = lambda f: lambda w: jnp.sum(jnp.square(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w))))(x)))
+    _close(jax.jit(jax.grad(penalty(ours)))(k), jax.jit(jax.grad(penalty(ref)))(k))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(features=4, kernel_size=(4, 4), strides=(2, 2), padding="SAME"),
+    dict(features=3, kernel_size=(4, 4), strides=(2, 2), padding="SAME", use_bias=False,
+         kernel_init=nn.initializers.normal(0.02)),
+    dict(features=5, kernel_size=(3, 3), padding="VALID"),
+    dict(features=2, kernel_size=(3, 5), strides=2, padding=((1, 0), (2, 1))),
+    dict(features=2, kernel_size=(3, 3), padding=1),
+])
+@pytest.mark.parametrize("ours,theirs", [(_layers.Conv, nn.Conv), (_layers.ConvTranspose, nn.ConvTranspose)],
+                         ids=["Conv", "ConvTranspose"])
+def test_modules_are_flax_modules(ours, theirs, kw):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 3))
+  v_ours = ours(**kw).init(jax.random.PRNGKey(1), x)
+  v_theirs = theirs(**kw).init(jax.random.PRNGKey(1), x)
+  assert jax.tree_util.tree_structure(v_ours) == jax.tree_util.tree_structure(v_theirs)
+  for a, b in zip(jax.tree_util.tree_leaves(v_ours), jax.tree_util.tree_leaves(v_theirs)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+  _close(ours(**kw).apply(v_ours, x), theirs(**kw).apply(v_theirs, x))
+  x3 = x.reshape(1, *x.shape)       # flax treats every leading axis as a batch axis
+  _close(ours(**kw).apply(v_ours, x3), theirs(**kw).apply(v_theirs, x3))
+
+
+@pytest.mark.parametrize("module,kw,error", [
+    (_layers.Conv, dict(kernel_size=3), "2-D"),
+    (_layers.Conv, dict(kernel_size=(3, 3, 3)), "2-D"),
+    (_layers.Conv, dict(kernel_size=(3, 3), feature_group_count=3), "feature_group_count"),
+    (_layers.Conv, dict(kernel_size=(3, 3), kernel_dilation=2), "kernel_dilation"),
+    (_layers.Conv, dict(kernel_size=(3, 3), input_dilation=(1, 2)), "input_dilation"),
+    (_layers.Conv, dict(kernel_size=(3, 3), padding="CIRCULAR"), "CIRCULAR"),
+    (_layers.ConvTranspose, dict(kernel_size=(3, 3), transpose_kernel=True), "transpose_kernel"),
+    (_layers.ConvTranspose, dict(kernel_size=(3, 3), kernel_dilation=(2, 2)), "kernel_dilation"),
+])
+def test_modules_refuse_what_they_do_not_compute(module, kw, error):
+  with pytest.raises((ValueError, NotImplementedError), match=error):
+    module(features=2, **kw).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)))
+
+
+@pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
+def test_gpu_runs_xla_convolutions_and_cpu_the_tap_matmuls(layer):
+  """Lowered for CUDA (possible on a CPU-only machine), the layer's gradient is XLA's convolutions and no
+  dot_general; lowered for CPU, its weight gradient is the tap matmuls."""
+  module = (_layers.Conv if layer == "conv" else _layers.ConvTranspose)(16, (4, 4), strides=(2, 2))
+  x = jnp.ones((2, 8, 8, 16))
+  v = module.init(jax.random.PRNGKey(0), x)
+  grad = jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), (0, 1)))
+
+  def ops(platform):
+    text = jax.export.export(grad, platforms=[platform])(v, x).mlir_module()
+    return re.findall(r"stablehlo\.(convolution|dot_general)", text)
+  gpu, cpu = ops("cuda"), ops("cpu")
+  assert gpu.count("convolution") == 3 and "dot_general" not in gpu   # forward, input and weight gradients
+  assert "dot_general" in cpu                                          # the taps' matmuls
