@@ -16,7 +16,13 @@ from pathlib import Path
 os.environ["XLA_FLAGS"] = ("--xla_backend_optimization_level=0 " + os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_DATA_DIR = Path(tempfile.mkdtemp(prefix="zoo_tfds_"))
+# The controller process loads this file before it starts the xdist workers, which inherit its
+# environment: the workers share one data dir (prepared once, under the builders' file lock); only the
+# process that made it removes it.
+_OWNER = "ZOO_TEST_DATA_DIR" not in os.environ
+if _OWNER:
+  os.environ["ZOO_TEST_DATA_DIR"] = tempfile.mkdtemp(prefix="zoo_tfds_")
+_DATA_DIR = Path(os.environ["ZOO_TEST_DATA_DIR"])
 os.environ["TFDS_DATA_DIR"] = str(_DATA_DIR)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,6 +32,8 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Many tests compile the same small programs: a persistent cache turns the repeats into disk reads.
 # Subprocesses (the CLI, the multi-host and SIGKILL tests) read the same cache through the environment.
+# One cache per worker: JAX's cache entries are not written atomically, and a worker reading an entry
+# another is writing gets a truncated one (seen with a shared cache; it recompiles, with a warning).
 _CACHE_DIR = Path(tempfile.mkdtemp(prefix="zoo_jax_cache_"))
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_CACHE_DIR)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -51,5 +59,6 @@ def data_dir() -> Path:
 
 def pytest_sessionfinish(session, exitstatus):
   import shutil
-  shutil.rmtree(_DATA_DIR, ignore_errors=True)
   shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+  if _OWNER:
+    shutil.rmtree(_DATA_DIR, ignore_errors=True)

@@ -231,8 +231,8 @@ def test_reference_statistics_are_cached(tmp_path, monkeypatch):
 EARLY, LATE = 10, 800
 
 
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory):
+@pytest.fixture(scope="session")      # session: a module fixture is set up again whenever the worker
+def vae_run(tmp_path_factory):          # runs another module's test between the group's tests
   workdir = tmp_path_factory.mktemp("vae_metrics")
   for steps in (EARLY, LATE):      # the second run resumes the first: checkpoints at EARLY and LATE
     cfg = helpers.tiny_config("vae", steps=steps, batch_size=64, checkpoint_every=0, eval_every=0,
@@ -243,7 +243,11 @@ def vae_run(tmp_path_factory):
   return workdir
 
 
+VAE_RUN_GROUP = pytest.mark.xdist_group("vae_run")     # one worker trains the fixture's VAE once
+
+
 @pytest.mark.slow
+@VAE_RUN_GROUP
 def test_metrics_separate_real_digits_from_early_and_late_samples(vae_run, mnist5k):
   kw = dict(num_samples=1000, kid_subsets=20)
   early = evaluate_model(zoo.load(vae_run, step=EARLY), ("fid", "kid", "is", "pr"), **kw)
@@ -260,6 +264,7 @@ def test_metrics_separate_real_digits_from_early_and_late_samples(vae_run, mnist
 
 
 @pytest.mark.slow
+@VAE_RUN_GROUP
 def test_zoo_eval_metrics_prints_one_json(vae_run, capsys):
   code = main(["eval", "--workdir", str(vae_run), "--metrics", "fid,is,kid,pr,ppl", "--features", "digits",
                "--num-samples", "300"])
@@ -277,6 +282,7 @@ def test_zoo_eval_metrics_prints_one_json(vae_run, capsys):
 
 
 @pytest.mark.slow
+@VAE_RUN_GROUP
 @pytest.mark.parametrize("argv, needle", [
     (["--metrics", "fdi"], "unknown sample-quality metric 'fdi' (did you mean: fid?)"),
     (["--metrics", "fid", "--features", "inception", "--inception-weights", "/nowhere/w.pth"],
