@@ -38,6 +38,10 @@ def _last_json(text: str) -> dict | None:
   return None
 
 
+def _last_line(text: str) -> str:
+  return text.strip().splitlines()[-1] if text.strip() else "no output"
+
+
 def _name(config: str) -> str:
   return config.replace("experiments/", "").replace(".py", "").replace("/", "_").replace(":", "_")
 
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
       out += f"\ntiming took over {args.bench_timeout_s:.0f}s"
     bench = _last_json(out)
     if proc.returncode or bench is None:
-      runs[n]["error"] = f"bench failed: {out.strip().splitlines()[-1] if out.strip() else proc.returncode}"
+      runs[n]["error"] = f"bench failed (rc {proc.returncode}): {_last_line(out)}"
       log(f"{n}: {runs[n]['error']}")
       continue
     runs[n]["bench"] = bench
@@ -140,7 +144,7 @@ def main(argv=None) -> int:
     except subprocess.TimeoutExpired:
       proc.kill()
       out = "test evaluation killed at the deadline"
-    runs[n]["test"] = _last_json(out) or {"error": out.strip().splitlines()[-1] if out.strip() else "none"}
+    runs[n]["test"] = _last_json(out) or {"error": _last_line(out)}
     log(f"{n}: test {runs[n]['test']}")
 
   summary = {"wall_s": round(time.time() - t0, 1), "budget_s": 60 * args.minutes, "runs": runs}
