@@ -1,7 +1,13 @@
-"""Train-step throughput of the shared step on the current devices (``zoo bench``)."""
+"""Train-step throughput of the shared step on the current devices (``zoo bench``), and the timing
+helpers of the scripts that compare it with other implementations (experiments/benchmarks/compare_*.py).
+"""
 from __future__ import annotations
 
+import os
+import platform
+import statistics
 import time
+from typing import Callable, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -67,3 +73,150 @@ def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, 
       "device_kind": d.device_kind, "device_count": jax.device_count(),
       "process_count": jax.process_count(),
   }
+
+
+# ---- comparing implementations (experiments/benchmarks/compare_*.py) --------------------------------
+# A runner is ``run(n)``: it takes n train steps and returns when they are done.
+
+Runner = Callable[[int], None]
+
+
+def step_runner(config: ml_collections.ConfigDict, batch_size: int | None = None) -> tuple[Runner, dict]:
+  """The shared step as a runner on one real batch kept on the devices (what ``zoo bench`` times).
+
+  Returns:
+    (run, info): ``info`` is ``prepare``'s.
+  """
+  compiled, state, batch, info = prepare(config, batch_size)
+  box = [state]
+
+  def run(n):
+    state = box[0]
+    for _ in range(n):
+      state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+    box[0] = state
+  return run, info
+
+
+def torch_runner(step: Callable[[], None], threads: int = 0) -> Runner:
+  """A runner of a PyTorch ``step()`` on ``threads`` intra-op threads (0: PyTorch's default, one per
+  core); PyTorch's thread count is put back after each call, so runners of different counts interleave."""
+  import torch
+  default_threads = torch.get_num_threads()
+
+  def run(n):
+    torch.set_num_threads(threads or default_threads)
+    try:
+      for _ in range(n):
+        step()
+    finally:
+      torch.set_num_threads(default_threads)
+  return run
+
+
+def timed(run: Runner, n: int) -> float:
+  """Seconds that ``run(n)`` takes."""
+  t0 = time.perf_counter()
+  run(n)
+  return time.perf_counter() - t0
+
+
+def interleaved_rounds(runners: Mapping[str, Runner], examples_per_call: int, steps: int, repeats: int,
+                       warmup: int = 3) -> dict[str, list[float]]:
+  """Examples/s of each runner in ``repeats`` rounds of ``steps`` steps, after ``warmup`` steps each.
+
+  The machine's speed drifts (by about 10% over seconds on a shared CPU), so each round times every
+  runner back to back and comparisons should be taken within a round (``within_round_ratio``).
+
+  Returns:
+    {name: [examples/s of round 1, ...]}, ``examples_per_call`` examples per step (the batch size).
+  """
+  for run in runners.values():   # compile and warm up
+    run(warmup)
+  rounds = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run in runners.items():
+      rounds[name].append(examples_per_call * steps / timed(run, steps))
+  return rounds
+
+
+def within_round_ratio(rounds: Mapping[str, Sequence[float]], a: str, b: str | Sequence[str]) -> float:
+  """The median over rounds of a's throughput over b's in the same round; ``b`` a list of names: over
+  the fastest of them in each round."""
+  others = [b] if isinstance(b, str) else list(b)
+  return statistics.median(x / max(rounds[o][i] for o in others) for i, x in enumerate(rounds[a]))
+
+
+def load_average() -> list[float] | None:
+  """The 1, 5 and 15 minute load averages, or None where the OS has none."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def machine_info() -> dict:
+  """{machine, cpu_count, device_kind, platform, device_count, jax}: what a timing ran on."""
+  d = jax.devices()[0]
+  return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
+          "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
+          "jax": jax.__version__}
+
+
+def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: str, benchmark: str,
+                       pytorch_eager: Callable, examples: int = 2048) -> dict:
+  """The command line of a compare script: the shared step of ``config`` against its PyTorch eager twin.
+
+  ``pytorch_eager(cfg, batch_size, threads)`` gives ``(runner, torch)`` for a twin on ``threads``
+  intra-op threads (0: PyTorch's default), or None without torch. Each batch size is timed in
+  interleaved rounds; a row per batch size has the median examples/s of each runner, every round's
+  figure, and the within-round ratios zoo / twin (and zoo / the faster twin).
+  """
+  import argparse
+  import json
+  from pathlib import Path
+  from zoo import config as config_lib
+
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--examples", type=int, default=examples, help="examples per timed measurement")
+  p.add_argument("--torch-threads", type=int, nargs="+", default=[0, 1],
+                 help="PyTorch twins to time, by intra-op threads (0: its default, one per core)")
+  p.add_argument("--note", default="", help="a remark stored with the results (e.g. other load)")
+  p.add_argument("--out", default=None, help="write the results as JSON here")
+  args = p.parse_args(argv)
+  cfg = config_lib.with_defaults(config_lib.load(config))
+  rows = []
+  torch_version = torch_threads = None
+  load_before = load_average()
+  for b in args.batches:
+    steps = max(args.examples // b, 4)
+    zoo_run, info = step_runner(cfg, b)
+    runners = {"zoo": zoo_run}
+    for threads in args.torch_threads:
+      twin = pytorch_eager(cfg, b, threads)
+      if twin is not None:
+        runners["torch" if not threads else f"torch_{threads}thread"], torch = twin
+        torch_version, torch_threads = torch.__version__, torch.get_num_threads()
+    rounds = interleaved_rounds(runners, b, steps, args.repeats, warmup=3)
+    torches = [k for k in rounds if k.startswith("torch")]
+    row = {"batch_size": b, "steps_per_round": steps, "rounds": args.repeats, "zoo_compile_s": info["compile_s"],
+           **{f"{k}_examples_per_s": round(statistics.median(v), 1) for k, v in rounds.items()},
+           **{f"{k}_rounds": [round(x, 1) for x in v] for k, v in rounds.items()},
+           **{f"zoo_over_{k}": round(within_round_ratio(rounds, "zoo", k), 3) for k in torches}}
+    if torches:   # against the faster PyTorch configuration, round by round
+      row["zoo_over_best_torch"] = round(within_round_ratio(rounds, "zoo", torches), 3)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  repo = Path(__file__).resolve().parent.parent
+  where = Path(config).resolve()
+  result = {"benchmark": benchmark, "config": str(where.relative_to(repo) if where.is_relative_to(repo) else where),
+            **machine_info(),
+            "torch": torch_version, "torch_default_threads": torch_threads,
+            "load_average_before": load_before, "load_average_after": load_average(),
+            "note": args.note, "rows": rows}
+  if args.out:
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+  return result

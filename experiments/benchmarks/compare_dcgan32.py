@@ -13,34 +13,11 @@ PyTorch is optional (``pip install torch==2.13.0``); without it only the zoo's f
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
-import jax
-
-from zoo import config as config_lib
-from zoo.bench import prepare
+from zoo.bench import compare_with_torch, torch_runner
 
 CONFIG = str(Path(__file__).with_name("dcgan32.py"))
-
-
-def shared_step(cfg, batch_size: int):
-  """The zoo's shared step on the DCGAN (what ``zoo bench`` times), one real batch kept on the device."""
-  compiled, state, batch, info = prepare(cfg, batch_size)
-  box = [state]
-
-  def run(n):
-    state = box[0]
-    for _ in range(n):
-      state, _ = compiled(state, batch)
-    jax.block_until_ready(state)
-    box[0] = state
-  return run, info
 
 
 def pytorch_eager(cfg, batch_size: int, threads: int = 0):
@@ -104,86 +81,13 @@ def pytorch_eager(cfg, batch_size: int, threads: int = 0):
     for p in d.parameters():
       p.requires_grad_(True)
 
-  default_threads = torch.get_num_threads()
-
-  def run(n):
-    torch.set_num_threads(threads or default_threads)
-    try:
-      for _ in range(n):
-        step()
-    finally:
-      torch.set_num_threads(default_threads)
-  return run, torch
+  return torch_runner(step, threads), torch
 
 
-def _timed(run, n: int) -> float:
-  t0 = time.perf_counter()
-  run(n)
-  return time.perf_counter() - t0
-
-
-def _load_average() -> list[float] | None:
-  try:
-    return [round(x, 2) for x in os.getloadavg()]
-  except OSError:
-    return None
-
-
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--examples", type=int, default=2048, help="examples per timed measurement")
-  p.add_argument("--torch-threads", type=int, nargs="+", default=[0, 1],
-                 help="PyTorch twins to time, by intra-op threads (0: its default, one per core)")
-  p.add_argument("--note", default="", help="a remark stored with the results (e.g. other load)")
-  p.add_argument("--out", default=None, help="write the results as JSON here")
-  args = p.parse_args()
-  cfg = config_lib.with_defaults(config_lib.load(CONFIG))
-  rows = []
-  torch_version = torch_threads = None
-  load_before = _load_average()
-  for b in args.batches:
-    steps = max(args.examples // b, 4)
-    zoo_run, info = shared_step(cfg, b)
-    runners = {"zoo": zoo_run}
-    for threads in args.torch_threads:
-      twin = pytorch_eager(cfg, b, threads)
-      if twin is not None:
-        runners["torch" if not threads else f"torch_{threads}thread"], torch = twin
-        torch_version, torch_threads = torch.__version__, torch.get_num_threads()
-    for r in runners.values():   # compile and warm up
-      r(3)
-    # Interleaved rounds: the machine's speed drifts, so each round times the two back to back and
-    # the ratio is taken within a round.
-    rounds = {k: [] for k in runners}
-    for _ in range(args.repeats):
-      for k, r in runners.items():
-        rounds[k].append(b * steps / _timed(r, steps))
-    med = {k: statistics.median(v) for k, v in rounds.items()}
-    row = {"batch_size": b, "steps_per_round": steps, "rounds": args.repeats, "zoo_compile_s": info["compile_s"],
-           **{f"{k}_examples_per_s": round(v, 1) for k, v in med.items()},
-           **{f"{k}_rounds": [round(x, 1) for x in v] for k, v in rounds.items()}}
-    for k in med:
-      if k.startswith("torch"):
-        row[f"zoo_over_{k}"] = round(statistics.median(s / o for s, o in zip(rounds["zoo"], rounds[k])), 3)
-    torches = [k for k in med if k.startswith("torch")]
-    if torches:   # against the faster PyTorch configuration, round by round
-      row["zoo_over_best_torch"] = round(statistics.median(
-          s / max(rounds[k][i] for k in torches) for i, s in enumerate(rounds["zoo"])), 3)
-    rows.append(row)
-    print(json.dumps(row), flush=True)
-  d = jax.devices()[0]
-  result = {"benchmark": "DCGAN 32x32x3 train step (D update + G update), examples/s",
-            "config": "experiments/benchmarks/dcgan32.py",
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
-            "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
-            "jax": jax.__version__, "torch": torch_version, "torch_default_threads": torch_threads,
-            "load_average_before": load_before, "load_average_after": _load_average(),
-            "note": args.note, "rows": rows}
-  if args.out:
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-  return result
+def main(argv=None):
+  return compare_with_torch(argv, description=__doc__.splitlines()[0], config=CONFIG,
+                            benchmark="DCGAN 32x32x3 train step (D update + G update), examples/s",
+                            pytorch_eager=pytorch_eager, examples=2048)
 
 
 if __name__ == "__main__":

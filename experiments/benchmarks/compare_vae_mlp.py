@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -25,7 +23,7 @@ import optax
 
 from zoo import config as config_lib
 from zoo import data as data_lib
-from zoo.bench import prepare
+from zoo.bench import interleaved_rounds, machine_info, step_runner, torch_runner, within_round_ratio
 
 CONFIG = str(Path(__file__).with_name("vae_mlp.py"))
 D, H, L = 784, 500, 50
@@ -78,20 +76,6 @@ def hand_written_jax(x: np.ndarray):
   return run
 
 
-def shared_step(cfg, batch_size: int):
-  """The zoo's shared step on the same model (what ``zoo bench`` times)."""
-  compiled, state, batch, _ = prepare(cfg, batch_size)
-  box = [state]
-
-  def run(n):
-    state = box[0]
-    for _ in range(n):
-      state, _ = compiled(state, batch)
-    jax.block_until_ready(state)
-    box[0] = state
-  return run
-
-
 def pytorch_eager(x: np.ndarray):
   try:
     import torch
@@ -114,16 +98,7 @@ def pytorch_eager(x: np.ndarray):
     loss.backward()
     opt.step()
 
-  def run(n):
-    for _ in range(n):
-      step()
-  return run
-
-
-def _timed(run, n: int) -> float:
-  t0 = time.perf_counter()
-  run(n)
-  return time.perf_counter() - t0
+  return torch_runner(step)
 
 
 def main():
@@ -138,29 +113,19 @@ def main():
   for b in args.batches:
     steps = max(args.examples // b, 20)
     x = _batch(b)
-    runners = {"shared": shared_step(cfg, b), "hand": hand_written_jax(x), "torch": pytorch_eager(x)}
+    runners = {"shared": step_runner(cfg, b)[0], "hand": hand_written_jax(x), "torch": pytorch_eager(x)}
     runners = {k: r for k, r in runners.items() if r is not None}
-    for r in runners.values():   # compile and warm up
-      r(10)
-    # Interleaved rounds: the machine's speed drifts by +-10% over seconds, so each round times the
-    # three back to back and the ratios are taken within a round.
-    rounds = {k: [] for k in runners}
-    for _ in range(args.repeats):
-      for k, r in runners.items():
-        rounds[k].append(b * steps / _timed(r, steps))
-    med = {k: statistics.median(v) for k, v in rounds.items()}
-    ratio = lambda other: statistics.median(s / o for s, o in zip(rounds["shared"], rounds[other]))
+    rounds = interleaved_rounds(runners, b, steps, args.repeats, warmup=10)
     row = {"batch_size": b, "steps": steps, "rounds": args.repeats,
-           **{f"{k}_examples_per_s": round(v, 1) for k, v in med.items()},
-           "shared_over_hand": round(ratio("hand"), 3)}
-    if "torch" in med:
-      row["shared_over_torch"] = round(ratio("torch"), 3)
+           **{f"{k}_examples_per_s": round(statistics.median(v), 1) for k, v in rounds.items()},
+           "shared_over_hand": round(within_round_ratio(rounds, "shared", "hand"), 3)}
+    if "torch" in rounds:
+      row["shared_over_torch"] = round(within_round_ratio(rounds, "shared", "torch"), 3)
     rows.append(row)
     print(json.dumps(row), flush=True)
-  d = jax.devices()[0]
-  result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
-            "jax": jax.__version__, "rows": rows}
+  info = machine_info()
+  keys = ("machine", "device_kind", "platform", "device_count", "jax")   # those of results/vae_mlp_cpu2.json
+  result = {**{k: info[k] for k in keys}, "rows": rows}
   if args.out:
     Path(args.out).write_text(json.dumps(result, indent=2))
   return result
