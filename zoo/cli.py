@@ -87,14 +87,15 @@ def _parser() -> argparse.ArgumentParser:
   i.add_argument("file", help="the .pth/.pt or .safetensors file")
   i.add_argument("--config", required=True, help="the experiment whose family and architecture it fits")
   i.add_argument("--workdir", required=True, help="a new run folder")
-  i.add_argument("--layout", default="zoo", help="the foreign layout (default: the zoo's PyTorch twin)")
+  layouts = "zoo (the zoo's PyTorch twin, the default), gan_zoo_dcgan, gan_zoo_pgan (pytorch_GAN_zoo's)"
+  i.add_argument("--layout", default="zoo", help=f"the foreign layout: {layouts}")
   i.add_argument("--key", default=None, help="the state dict inside a training checkpoint, e.g. netG")
   x = sub.add_parser("export", help="a run's checkpoint -> a PyTorch or safetensors file")
   x.add_argument("--workdir", required=True)
   x.add_argument("--to", dest="fmt", choices=("pytorch", "safetensors"), default=None,
                  help="the format (default: from the suffix of --out)")
   x.add_argument("--out", required=True)
-  x.add_argument("--layout", default="zoo")
+  x.add_argument("--layout", default="zoo", help=f"the foreign layout: {layouts}")
   x.add_argument("--step", type=int, default=None, help="this checkpoint instead of the newest")
   sub.add_parser("list", help="families and experiments")
   return p

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import jax
 import ml_collections
+import numpy as np
 
 from zoo.errors import CheckpointError
 from zoo.interop import formats
@@ -56,6 +57,8 @@ def import_checkpoint(file: str | os.PathLike, config: str | ml_collections.Conf
     config: an experiment spec ('path.py[:variant]') or a ConfigDict: it gives the family and its
       architecture, which the file must fit.
     workdir: a new run folder (one that holds checkpoints already is refused).
+      The data set is read for one example's shape, unless the config's ``data.image_shape`` gives it
+      as (H, W, C): then no data is needed (a pretrained CelebA-HQ generator imports offline).
     fmt: 'safetensors' or 'pytorch'; by default from the suffix.
     layout: the name of the foreign layout (``zoo.interop.LAYOUTS``).
     key: for a PyTorch training checkpoint holding several state dicts, which one (e.g. 'netG').
@@ -72,19 +75,28 @@ def import_checkpoint(file: str | os.PathLike, config: str | ml_collections.Conf
   cfg = (config_lib.load(config, overrides) if isinstance(config, str)
          else config_lib.apply_overrides(ml_collections.ConfigDict(config.to_dict()), overrides))
   cfg = config_lib.with_defaults(cfg)
-  the_layout = get_layout(layout)
   fmt = formats.format_of(file, fmt)
-  tensors, _ = read(file, fmt, key)
-  dataset = data_lib.load(cfg.data)
-  example = dataset.batch(cfg.train_split, 0, 1, seed=int(cfg.seed))
-  run = build_run(cfg, example, dataset.image_shape)
+  shape = cfg.data.get("image_shape")
+  if shape is not None and len(shape) == 3:    # the config says the shape: no need for the data set
+    image_shape = tuple(int(d) for d in shape)
+    example = {"image": np.zeros((1, *image_shape), np.float32)}
+  else:
+    dataset = data_lib.load(cfg.data)
+    example = dataset.batch(cfg.train_split, 0, 1, seed=int(cfg.seed))
+    image_shape = dataset.image_shape
+  run = build_run(cfg, example, image_shape)
+  the_layout = get_layout(layout, run.family)
+  tensors, _ = read(file, fmt, key, nested=the_layout.nested, inert=the_layout.inert)
+  abstract = run.abstract_state
+  # checked in full against the shapes before anything is written
+  new = from_foreign(the_layout, tensors, {"params": abstract.params, **abstract.nontrainable},
+                     source=str(file))
   workdir = Path(workdir).absolute()
   ckpt = Checkpointer(workdir, keep=int(cfg.keep_checkpoints))
   try:
     if ckpt.steps():
       raise CheckpointError(f"{workdir} holds checkpoints already; import into a new workdir")
     state = run.init_state()
-    new = from_foreign(the_layout, tensors, {"params": state.params, **state.nontrainable}, source=str(file))
     params = _with_leaves(state.params, "params", new)
     nontrainable = {c: _with_leaves(t, c, new) for c, t in state.nontrainable.items()}
     ema = {p: params[p] for p in state.ema}
@@ -109,10 +121,10 @@ def export_checkpoint(workdir: str | os.PathLike, out: str | os.PathLike, *, fmt
   """Writes the variables of a run's checkpoint (its EMA params where the run keeps them: what it
   samples with) to ``out`` in ``layout``; returns the path."""
   from zoo.train import load
-  the_layout = get_layout(layout)
   loaded = load(workdir, step=step)
+  the_layout = get_layout(layout, loaded.family)
   tensors = to_foreign(the_layout, loaded.variables)
   fmt = formats.format_of(out, fmt)
   metadata = {"zoo_family": loaded.family.name, "zoo_layout": layout, "zoo_step": str(loaded.meta["step"]),
               "zoo_stage": str(loaded.family.stage)}
-  return write(out, tensors, fmt, metadata)
+  return write(out, tensors, fmt, metadata, nested=the_layout.nested)

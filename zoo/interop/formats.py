@@ -13,7 +13,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -51,23 +51,26 @@ def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
                         f"say it (one of {', '.join(FORMATS)})")
 
 
-def read(path: str | os.PathLike, fmt: str | None = None, key: str | None = None
-         ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """(tensors by name, string metadata) from a safetensors or PyTorch file."""
+def read(path: str | os.PathLike, fmt: str | None = None, key: str | None = None, *,
+         nested: Sequence[str] = (), inert: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """(tensors by name, string metadata) from a safetensors or PyTorch file.
+
+  ``nested``, ``inert``: see :class:`zoo.interop.layout.Layout` (PyTorch training checkpoints).
+  """
   fmt = format_of(path, fmt)
   if fmt == "safetensors":
     if key:
       raise CheckpointError("--key selects a part of a PyTorch checkpoint; a safetensors file is flat")
     return read_safetensors(path)
-  return read_torch(path, key), {}
+  return read_torch(path, key, nested=nested, inert=inert), {}
 
 
 def write(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], fmt: str | None = None,
-          metadata: Mapping[str, str] | None = None) -> Path:
+          metadata: Mapping[str, str] | None = None, *, nested: Sequence[str] = ()) -> Path:
   fmt = format_of(path, fmt)
   if fmt == "safetensors":
     return write_safetensors(path, tensors, metadata)
-  return write_torch(path, tensors)
+  return write_torch(path, tensors, nested=nested)
 
 
 # -- safetensors
@@ -182,18 +185,29 @@ def _is_state_dict(obj: Any, torch) -> bool:
   return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def read_torch(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+class _Inert:
+  """A foreign object in a checkpoint (a pickled config), kept as the plain fields the restricted
+  unpickler built; nothing of its class is imported or run."""
+
+  def __setstate__(self, state):
+    self.fields = state
+
+
+def read_torch(path: str | os.PathLike, key: str | None = None, *, nested: Sequence[str] = (),
+               inert: Sequence[str] = ()) -> dict[str, np.ndarray]:
   """A PyTorch state dict as NumPy arrays, read with ``torch.load(weights_only=True)``.
 
   ``key`` picks a nested state dict of a training checkpoint (e.g. ``netG``; dots go deeper). Without
-  it, the file must be a state dict, or hold exactly one.
+  it, the file must be a state dict, or hold exactly one, or (``nested``) hold state dicts under those
+  keys, whose tensors come back as ``<key>.<name>``. ``inert``: class names read as inert records.
   """
   torch = _torch()
   path = Path(path)
   if not path.is_file():
     raise CheckpointError(f"{path}: no such file")
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals([(_Inert, name) for name in inert]):
+      obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # the restricted unpickler refuses anything but tensors and containers
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise CheckpointError(f"{path}: not a PyTorch weights file that loads safely ({first[:200]})") from None
@@ -204,29 +218,44 @@ def read_torch(path: str | os.PathLike, key: str | None = None) -> dict[str, np.
         known = ", ".join(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(f"{path}: {where} has no key {part!r} (it has: {known})")
       obj, where = obj[part], f"{where}[{part!r}]"
+  elif nested:
+    present = [k for k in nested if k in obj] if isinstance(obj, Mapping) else []
+    if not present or not all(_is_state_dict(obj[k], torch) for k in present):
+      has = (f"a bare state dict of {len(obj)} tensors" if _is_state_dict(obj, torch) else
+             f"the keys {', '.join(map(str, obj))}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}")
+      raise CheckpointError(f"{path}: expected state dicts under {', '.join(nested)}; the file has {has} "
+                            f"(save a bare one as {{'{nested[-1]}': state_dict}})")
+    return {f"{k}.{name}": _to_numpy(t, torch) for k in present for name, t in obj[k].items()}
   if not _is_state_dict(obj, torch):
-    nested = [k for k, v in obj.items() if _is_state_dict(v, torch)] if isinstance(obj, Mapping) else []
-    if len(nested) == 1 and not key:
-      obj = obj[nested[0]]
-    elif nested:
-      raise CheckpointError(f"{path}: {where} holds several state dicts ({', '.join(map(str, nested))}); "
+    inner = [k for k, v in obj.items() if _is_state_dict(v, torch)] if isinstance(obj, Mapping) else []
+    if len(inner) == 1 and not key:
+      obj = obj[inner[0]]
+    elif inner:
+      raise CheckpointError(f"{path}: {where} holds several state dicts ({', '.join(map(str, inner))}); "
                             f"pick one with --key")
     else:
       raise CheckpointError(f"{path}: {where} is not a state dict of tensors")
-  out = {}
-  for name, t in obj.items():
-    t = t.detach().cpu().contiguous()
-    out[str(name)] = (t.view(torch.int16).numpy().view(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16
-                      else t.numpy().copy())
-  return out
+  return {str(name): _to_numpy(t, torch) for name, t in obj.items()}
 
 
-def write_torch(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) -> Path:
-  """Writes a PyTorch state dict (``torch.save`` of a dict of tensors) atomically."""
+def _to_numpy(t, torch) -> np.ndarray:
+  t = t.detach().cpu().contiguous()
+  return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy().copy()
+
+
+def write_torch(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], *,
+                nested: Sequence[str] = ()) -> Path:
+  """Writes a PyTorch state dict (``torch.save`` of a dict of tensors) atomically; with ``nested``,
+  the tensors named ``<key>.<name>`` go to a state dict under ``key`` (a training checkpoint)."""
   torch = _torch()
-  state = {}
+  state: dict[str, Any] = {}
   for name, a in tensors.items():
     a = np.asarray(a, order="C")
-    state[name] = (torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-                   if a.dtype == ml_dtypes.bfloat16 else torch.from_numpy(a.copy()))
+    t = (torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+         if a.dtype == ml_dtypes.bfloat16 else torch.from_numpy(a.copy()))
+    head, _, rest = name.partition(".")
+    if head in nested and rest:
+      state.setdefault(head, {})[rest] = t
+    else:
+      state[name] = t
   return _atomic_write(Path(path), lambda f: torch.save(state, f))

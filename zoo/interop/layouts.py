@@ -7,8 +7,19 @@ for batch norm), has exactly this state dict: ``<player>.<module>....<weight|bia
 Leaves that are not a layer's weight keep their path (``model.visible_bias`` of an RBM); non-trainable
 collections other than batch statistics are prefixed with their collection (``data_stats.model.mean``),
 so an export holds everything a sampler or an evaluation needs and export-then-import is the identity.
+
+``gan_zoo_dcgan``, ``gan_zoo_pgan``: the checkpoints of facebookresearch/pytorch_GAN_zoo (its
+``models/networks/DCGAN_nets.py`` and ``progressive_conv_net.py``), as its trainers save them and its
+``hubconf.py`` publishes them: ``{"config": <BaseConfig>, "netG": ..., "netD": ..., "avgG": ...}``.
+Our generator is read from ``avgG``, the moving average that project samples with (``netG``, the raw
+weights, is skipped; an export writes ``avgG``). The DCGAN layout maps both players; the PGAN layout maps
+the generator only: its discriminator's minibatch standard deviation differs from ours (unbiased
+variance over consecutive groups), so our discriminator starts fresh on import.
 """
 from __future__ import annotations
+
+import math
+from typing import Any, Callable
 
 from zoo.errors import CheckpointError, nearest
 from zoo.interop.layout import Layout, Rule
@@ -34,10 +45,76 @@ ZOO = Layout(
     ignore=(r".*\.num_batches_tracked",),
 )
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (ZOO,)}
+_GAN_ZOO = dict(ignore=(r"netG\..*", r".*\.num_batches_tracked"), nested=("netG", "netD", "avgG"),
+                inert=("models.utils.config.BaseConfig",))
 
 
-def get_layout(name: str) -> Layout:
+def _batch_norm(ours: str, theirs: str) -> tuple[Rule, ...]:
+  return (Rule(rf"params/{ours}/scale", f"{theirs}.weight"), Rule(rf"params/{ours}/bias", f"{theirs}.bias"),
+          Rule(rf"batch_stats/{ours}/mean", f"{theirs}.running_mean"),
+          Rule(rf"batch_stats/{ours}/var", f"{theirs}.running_var"))
+
+
+def gan_zoo_dcgan(family: Any) -> Layout:
+  """pytorch_GAN_zoo's DCGAN (``GNet``/``DNet`` of depth d: our dcgan with d + 1 entries in g_features
+  and d_features). Its layers have no biases where ours do (G's output, D's input and output layers):
+  those are zero on import."""
+  if getattr(family, "name", None) != "dcgan":
+    name = getattr(family, "name", family)
+    raise CheckpointError(f"layout 'gan_zoo_dcgan' is for the dcgan family, not {name!r}")
+  h, w, _ = family.model_shape
+  n, m = len(family.g_features), len(family.d_features)
+  g, d = "params/generator", "params/discriminator"
+  rules = [Rule(rf"{g}/project/kernel", "avgG.formatLayer.weight", "project", hw=(h >> n, w >> n))]
+  for i in range(n):
+    rules += _batch_norm(f"generator/bn_{i}", f"avgG.main.batchNorm{i}")
+    theirs = f"avgG.main.convTranspose{i + 1}" if i < n - 1 else "avgG.main.outlayer"
+    rules.append(Rule(rf"{g}/deconv_{i}/kernel", f"{theirs}.weight", "conv_transpose"))
+  rules += [Rule(rf"{g}/deconv_{n - 1}/bias", transform="zero"), Rule(rf"{d}/conv_0/bias", transform="zero")]
+  for i in range(m):
+    rules.append(Rule(rf"{d}/conv_{i}/kernel", f"netD.main.convTranspose{m - 1 - i}.weight", "conv"))
+    if i > 0:
+      rules += _batch_norm(f"discriminator/bn_{i}", f"netD.main.batchNorm{m - 1 - i}")
+  rules += [Rule(rf"{d}/out/kernel", "netD.decisionLayer.weight", "conv_head", hw=(h >> m, w >> m)),
+            Rule(rf"{d}/out/bias", transform="zero")]
+  return Layout("gan_zoo_dcgan", "pytorch_GAN_zoo's DCGAN checkpoints (netD, avgG)", tuple(rules), **_GAN_ZOO)
+
+
+def _equalized(ours: str, theirs: str, transform: str = "conv", kernel: str = "conv/kernel",
+               gain_ratio: float = 1.0, **kw) -> tuple[Rule, ...]:
+  """An equalized-learning-rate layer of ours (``<ours>/<kernel>``, ``<ours>/bias``) and pytorch_GAN_zoo's
+  ``ConstrainedLayer`` (``<theirs>.module.weight``, ``.bias``): same stored N(0, 1) weights up to our gain
+  over theirs (sqrt(2) in every layer), and their bias scaled at run time."""
+  bias_transform = "vector_chw" if transform == "linear_chw_out" else "none"
+  return (Rule(rf"params/{ours}/{kernel}", f"{theirs}.module.weight", transform, scale=gain_ratio, **kw),
+          Rule(rf"params/{ours}/bias", f"{theirs}.module.bias", bias_transform,
+               eq_bias_of=f"params/{ours}/{kernel}".replace("(\\d+)", "\\1"), **kw))
+
+
+GAN_ZOO_PGAN = Layout(
+    name="gan_zoo_pgan",
+    description="pytorch_GAN_zoo's PGAN checkpoints (the generator, from avgG)",
+    rules=(
+        *_equalized("generator/first", "avgG.formatLayer", "linear_chw_out", kernel="kernel", hw=(4, 4)),
+        *_equalized("generator/first_conv", "avgG.groupScale0.0"),
+        *_equalized(r"generator/conv_a_(\d+)", r"avgG.scaleLayers.\1.0"),
+        *_equalized(r"generator/conv_b_(\d+)", r"avgG.scaleLayers.\1.1"),
+        # our toRGB layers have gain 1 (Karras et al.'s code); theirs sqrt(2) like every other layer
+        *_equalized(r"generator/to_rgb_(\d+)", r"avgG.toRGBLayers.\1", gain_ratio=1 / math.sqrt(2.0)),
+    ),
+    ignore=_GAN_ZOO["ignore"] + (r"netD\..*",), nested=_GAN_ZOO["nested"], inert=_GAN_ZOO["inert"])
+
+LAYOUTS: dict[str, Layout | Callable[[Any], Layout]] = {"zoo": ZOO, "gan_zoo_dcgan": gan_zoo_dcgan,
+                                                        "gan_zoo_pgan": GAN_ZOO_PGAN}
+
+
+def get_layout(name: str, family: Any = None) -> Layout:
+  """The layout ``name``; ``family`` (a Family) for the layouts whose names depend on the architecture."""
   if name not in LAYOUTS:
     raise CheckpointError(f"unknown layout {name!r}{nearest(name, LAYOUTS)}; known: {', '.join(LAYOUTS)}")
-  return LAYOUTS[name]
+  layout = LAYOUTS[name]
+  if isinstance(layout, Layout):
+    return layout
+  if family is None:
+    raise CheckpointError(f"layout {name!r} depends on the model; give the family")
+  return layout(family)
