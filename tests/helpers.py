@@ -37,15 +37,15 @@ def tiny_config(family: str, **overrides):
   spec = quick_experiments()[family]
   base = {"steps": 4, "log_every": 2, "eval_every": 0, "checkpoint_every": 0, "eval_examples": 64,
           "eval_batch_size": 32, "batch_size": 16, "num_samples": 4}
-  # Annealed importance sampling (RBM, DBN) with a handful of temperatures: the tests check shapes,
-  # finiteness and plumbing, not the estimate, and each temperature is a step of a scan.
+  # Annealed importance sampling (RBM, DBN) with a handful of temperatures and Parzen windows (GANs) on
+  # few samples: the tests check shapes, finiteness and plumbing, not the estimates.
   model = config_lib.load(spec).model
-  base.update({f"model.{k}": v for k, v in AIS_FOR_TESTS.items() if k in model})
+  base.update({f"model.{k}": v for k, v in SMALL_ESTIMATES.items() if k in model})
   base.update(overrides)
   return config_lib.load(spec, [f"{k}={v!r}" for k, v in base.items()])
 
 
-AIS_FOR_TESTS = {"ais_chains": 4, "ais_temperatures": 20, "final_ais_temperatures": 40}
+SMALL_ESTIMATES = {"ais_chains": 4, "ais_temperatures": 20, "final_ais_temperatures": 40, "parzen_samples": 64}
 
 
 def tree_equal(a, b) -> bool:

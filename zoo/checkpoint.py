@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -79,6 +80,18 @@ def describe_mismatch(expected: Mapping[str, tuple], stored: Mapping[str, tuple]
   return "; ".join(bits)
 
 
+def _on_host(state: Any) -> Any:
+  """In a single process, the state's arrays as NumPy arrays (restore puts them back on the devices).
+
+  Orbax saves a device array replica by replica, compiling a slice for each shape on each device: the
+  first save of a small state replicated over 8 CPU devices took 7 s, 240 compilations (0.4 s as
+  NumPy). Across processes the arrays stay as they are, so each process writes its own shards.
+  """
+  if jax.process_count() > 1:
+    return state
+  return jax.tree_util.tree_map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, state)
+
+
 class Checkpointer:
   """Saves and restores TrainStates under ``<workdir>/checkpoints`` with Orbax's CheckpointManager.
 
@@ -122,7 +135,7 @@ class Checkpointer:
     if metrics is not None and self.best_metric and self.best_metric not in metrics:
       metrics = None
     self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(_on_host(state)),
         meta=ocp.args.JsonSave(dict(meta)),
         config=ocp.args.JsonSave(json.loads(config_json))), metrics=metrics, force=True)
 
