@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +147,13 @@ def test_sample_complete_keeps_the_observed_half_and_fails_clearly_where_it_cann
   one_line_error(code, err, "cannot complete")
   code, _, err = run(capsys, "sample", "--workdir", str(vae_dir), "--naive", "--out", str(grid))
   one_line_error(code, err, "not autoregressive")
+
+
+def test_cpu_devices_splits_the_cpu(capsys):
+  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  done = subprocess.run([sys.executable, "-m", "zoo", "--cpu-devices", "3", "list"], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "devices: 3 x cpu (cpu)" in done.stdout
+  code, _, err = run(capsys, "--cpu-devices", "-1", "list")
+  assert code == 2 and "--cpu-devices must be >= 1" in err

@@ -186,7 +186,12 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
                  help="PyTorch twins to time, by intra-op threads (0: its default, one per core)")
   p.add_argument("--note", default="", help="a remark stored with the results (e.g. other load)")
   p.add_argument("--out", default=None, help="write the results as JSON here")
+  p.add_argument("--cpu-devices", type=int, default=0, metavar="N",
+                 help="split the CPU into N devices for the shared step (as `zoo --cpu-devices N`)")
   args = p.parse_args(argv)
+  if args.cpu_devices:
+    from zoo.cli import set_cpu_devices
+    set_cpu_devices(args.cpu_devices)
   cfg = config_lib.with_defaults(config_lib.load(config))
   rows = []
   torch_version = torch_threads = None

@@ -26,6 +26,9 @@ USAGE_EXAMPLES = """examples:
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="zoo", description="A JAX model zoo of generative models.",
                               epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--cpu-devices", type=int, default=0, metavar="N",
+                 help="on a CPU, split it into N XLA devices (one per core) that the shared step's data "
+                      "parallelism keeps busy; batch sizes must divide by N. Give it before the command")
   sub = p.add_subparsers(dest="command", required=True)
   t = sub.add_parser("train", help="train (or resume) an experiment config in a workdir")
   t.add_argument("--config", required=True, help="experiments/<paper>/<file>.py[:variant]")
@@ -132,6 +135,25 @@ def _quiet_logs() -> None:
     absl_logging.set_verbosity(absl_logging.ERROR)
   except ImportError:
     pass
+
+
+def set_cpu_devices(n: int) -> None:
+  """Makes the CPU backend show ``n`` devices (``jax_num_cpu_devices``), before JAX starts its backends.
+
+  Why: XLA runs many of a step's operations (convolutions of a few dozen channels, small matmuls) on
+  one core, so a 2-core machine gets little from its second core; with one device per core, the data
+  parallelism of the shared step gives each core half the batch. It pays off where those operations
+  dominate (PixelCNN 28x28: 28 -> 44 examples/s on 2 cores), not where XLA already spreads large
+  matmuls over the cores (DCGAN 32x32: slower, the batch-norm and gradient reductions between devices
+  cost more). Only the CPU platform is affected.
+  """
+  if n < 1:
+    raise ZooError(f"--cpu-devices must be >= 1, got {n}")
+  import jax
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError as e:
+    raise ZooError(f"--cpu-devices: {str(e).splitlines()[0]}") from None
 
 
 def _compilation_cache() -> None:
@@ -308,6 +330,8 @@ def cmd_list(args, overrides) -> int:
   for e in config_lib.list_experiments():
     print(f"  {e}")
   print("data sets (offline): " + ", ".join(data_lib.available()))
+  import jax
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})")
   return 0
 
 
@@ -315,7 +339,7 @@ def cmd_import(args, overrides) -> int:
   from zoo.interop import import_checkpoint
   path = import_checkpoint(args.file, args.config, args.workdir, fmt=args.fmt, layout=args.layout,
                            key=args.key, overrides=overrides)
-  print(f"imported {args.file} into {path} (step 0); sample with `zoo sample --workdir {args.workdir}`")
+  print(f"imported {args.file} into {path}; sample with `zoo sample --workdir {args.workdir}`")
   return 0
 
 
@@ -338,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     if overrides and args.command not in ("train", "bench", "import"):
       raise ZooError(f"--config.* overrides are for train, bench and import, not {args.command}")
     _quiet_logs()
+    if args.cpu_devices:
+      set_cpu_devices(args.cpu_devices)
     _compilation_cache()
     return COMMANDS[args.command](args, overrides)
   except ZooError as e:
