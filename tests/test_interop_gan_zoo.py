@@ -127,6 +127,18 @@ def test_dcgan_checkpoint_imports_with_one_command_and_gives_their_outputs(dcgan
   # the biases their layers lack are zero, and the sampler works on the imported run
   assert not np.any(np.asarray(variables["params"]["generator"]["deconv_1"]["bias"]))
   assert main(["sample", "--workdir", str(tmp_path / "run"), "--num", "4", "--out", str(tmp_path / "g.png")]) == 0
+  # fine-tuning: `zoo train` continues the imported run (step 0) on data of the same shape
+  images = np.random.default_rng(2).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+  np.savez(tmp_path / "data.npz", images=images)
+  tune = [f"--config.data.name=npz:{tmp_path / 'data.npz'}", "--config.steps=2", "--config.batch_size=8",
+          "--config.checkpoint_every=2", "--config.log_every=1", "--config.eval_split=train",
+          "--config.eval_examples=16", "--config.eval_batch_size=16", "--config.num_samples=4", "--config.model.parzen_samples=16"]
+  assert main(["train", "--config", DCGAN_SPEC, "--workdir", str(tmp_path / "run"), "--no-progress",
+               *DCGAN_SMALL, *tune]) == 0
+  tuned = zoo.load(tmp_path / "run")
+  assert tuned.meta["step"] == 2 and tuned.meta["imported"]["layout"] == "gan_zoo_dcgan"
+  moved = tuned.variables["params"]["generator"]["project"]["kernel"]
+  assert not np.array_equal(moved, variables["params"]["generator"]["project"]["kernel"])
 
 
 def test_dcgan_export_reproduces_their_tensors_in_their_nesting(dcgan_file, tmp_path):
@@ -240,7 +252,11 @@ def test_pgan_checkpoint_imports_and_gives_their_images_at_every_fade(tmp_path, 
                     overrides=_overrides(PGAN_SMALL))
   loaded = zoo.load(tmp_path / "run")
   family, variables = loaded.family, loaded.variables
-  assert family.level == 2
+  # the run stands at the last level after its fade-in, where `zoo train` would fine-tune
+  assert family.level == 2 and loaded.meta["step"] == family.level_start(2) + family.fade_steps
+  assert int(loaded.state.step) == loaded.meta["step"]
+  assert float(family.alpha_at(loaded.meta["step"])) == 1.0 == float(variables["fade"]["alpha"])
+  assert loaded.run.at_step(loaded.meta["step"]).level == 2
   z = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
   for their_alpha in (0.0, 0.3):               # theirs blends the old resolution in by alpha; ours by 1 - alpha
     avgG.alpha = their_alpha

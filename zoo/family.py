@@ -83,6 +83,12 @@ class Family:
       stage += 1
     return stage
 
+  @property
+  def whole_model_step(self) -> int:
+    """The first step at which the model is whole: where an imported (pretrained) model's run stands,
+    so that training it further (fine-tuning) continues in the last stage. 0 for one stage."""
+    return int(sum(self.stage_steps))
+
   def at_stage(self, stage: int) -> "Family":
     """This family at ``stage`` (a new hashable instance: the step is jitted once per stage)."""
     return self if stage == self.stage else dataclasses.replace(self, stage=int(stage))

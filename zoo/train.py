@@ -334,6 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   restored = ckpt.restore(run.abstract_state, run.meta)
   prior_elapsed = 0.0
   best = None
+  provenance = {}      # where an imported run's weights came from, kept in every later checkpoint
   if restored is None:
     state = run.init_state()
     if config.init_from.workdir:
@@ -344,6 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     data_position = int(meta["data_position"])
     prior_elapsed = float(meta.get("elapsed_s", 0.0))
     best = meta.get("best")
+    provenance = {"imported": meta["imported"]} if "imported" in meta else {}
     log.info("resuming %s from step %d in %s", family_name, int(meta["step"]), ckpt.directory)
   start_step = int(jax.device_get(state.step))
   total_steps = int(config.steps)
@@ -394,7 +396,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                if last_saved is not None else "no checkpoint was written")
       raise TrainingError(f"params became non-finite at step {step} (in its update); stopped, {where}")
     meta = {**run.meta, "step": step, "data_position": position, "seed": int(config.seed),
-            "stage": family.stage, "elapsed_s": prior_elapsed + time.time() - t_start, "best": best}
+            "stage": family.stage, "elapsed_s": prior_elapsed + time.time() - t_start, "best": best,
+            **provenance}
     metrics = {f"eval/{k}": v for k, v in last_eval.items()} if last_eval_step == step else None
     ckpt.save(step, state, meta, config_json, metrics=metrics)
     last_saved = step

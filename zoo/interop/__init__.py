@@ -6,7 +6,8 @@
 ``import_checkpoint`` reads a file (:mod:`zoo.interop.formats`; untrusted input, parsed without running
 any of it), maps its tensors onto the variables of the run the experiment config builds
 (:mod:`zoo.interop.layout`, layouts in :mod:`zoo.interop.layouts`), and writes an ordinary Orbax
-checkpoint at step 0 that ``zoo sample``, ``zoo eval`` and ``zoo train`` (fine-tuning) use like any
+checkpoint (at ``Family.whole_model_step``: 0, or where a staged family's last stage stands) that
+``zoo sample``, ``zoo eval`` and ``zoo train`` (fine-tuning, in that last stage) use like any
 other. Variables the layout does not cover (optimizer state, persistent chains) start fresh.
 ``export_checkpoint`` is the reverse, from a run's newest (or given) checkpoint.
 """
@@ -50,7 +51,8 @@ def _with_leaves(tree: Any, prefix: str, new: dict) -> Any:
 def import_checkpoint(file: str | os.PathLike, config: str | ml_collections.ConfigDict,
                       workdir: str | os.PathLike, *, fmt: str | None = None, layout: str = "zoo",
                       key: str | None = None, overrides: Iterable[str] = ()) -> Path:
-  """Writes the weights in ``file`` as step 0 of a new run of ``config`` in ``workdir``.
+  """Writes the weights in ``file`` as the first checkpoint of a new run of ``config`` in ``workdir``, at
+  the step where the model is whole (``Family.whole_model_step``: 0 for a family of one stage).
 
   Args:
     file: a .safetensors or PyTorch (.pt/.pth) file.
@@ -100,14 +102,17 @@ def import_checkpoint(file: str | os.PathLike, config: str | ml_collections.Conf
     params = _with_leaves(state.params, "params", new)
     nontrainable = {c: _with_leaves(t, c, new) for c, t in state.nontrainable.items()}
     ema = {p: params[p] for p in state.ema}
-    state = state.replace(params=params, nontrainable=nontrainable, ema=ema)
-    final_stage = len(run.family.stage_steps)      # an imported model is a whole model
-    meta = {**run.meta, "step": 0, "data_position": 0, "seed": int(cfg.seed), "stage": final_stage,
+    # an imported model is a whole model: its run stands at the last stage, where fine-tuning goes on
+    step = run.family.whole_model_step
+    state = state.replace(params=params, nontrainable=nontrainable, ema=ema,
+                          step=jax.device_put(np.asarray(step, np.asarray(state.step).dtype), state.step.sharding))
+    final_stage = len(run.family.stage_steps)
+    meta = {**run.meta, "step": step, "data_position": 0, "seed": int(cfg.seed), "stage": final_stage,
             "elapsed_s": 0.0, "best": None,
             "imported": {"file": str(file), "sha256": _sha256(file), "format": fmt, "layout": layout,
                          "key": key or "", "tensors": len(new)}}
     config_json = config_lib.to_json(cfg)
-    ckpt.save(0, state, meta, config_json)
+    ckpt.save(step, state, meta, config_json)
     ckpt.wait()
   finally:
     ckpt.close()

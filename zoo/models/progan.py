@@ -257,6 +257,12 @@ class ProGAN(Adversarial):
     """The first step of ``level``."""
     return sum(self.stage_steps[:level])
 
+  @property
+  def whole_model_step(self) -> int:
+    """The last level's first step after its fade-in (alpha 1)."""
+    start = self.level_start(self.num_levels - 1)
+    return start + int(self.fade_steps) if self.num_levels > 1 else start
+
   def alpha_at(self, step: Array) -> Array:
     """The fade-in of this level's new layers at ``step``, a float32 scalar in [0, 1]."""
     if self.level == 0 or self.fade_steps == 0:
