@@ -190,7 +190,7 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
                  help="split the CPU into N devices for the shared step (as `zoo --cpu-devices N`)")
   args = p.parse_args(argv)
   if args.cpu_devices:
-    from zoo.cli import set_cpu_devices
+    from zoo.sharding import set_cpu_devices
     set_cpu_devices(args.cpu_devices)
   cfg = config_lib.with_defaults(config_lib.load(config))
   rows = []

@@ -137,25 +137,6 @@ def _quiet_logs() -> None:
     pass
 
 
-def set_cpu_devices(n: int) -> None:
-  """Makes the CPU backend show ``n`` devices (``jax_num_cpu_devices``), before JAX starts its backends.
-
-  Why: XLA runs many of a step's operations (convolutions of a few dozen channels, small matmuls) on
-  one core, so a 2-core machine gets little from its second core; with one device per core, the data
-  parallelism of the shared step gives each core half the batch. It pays off where those operations
-  dominate (PixelCNN 28x28: 28 -> 44 examples/s on 2 cores), not where XLA already spreads large
-  matmuls over the cores (DCGAN 32x32: slower, the batch-norm and gradient reductions between devices
-  cost more). Only the CPU platform is affected.
-  """
-  if n < 1:
-    raise ZooError(f"--cpu-devices must be >= 1, got {n}")
-  import jax
-  try:
-    jax.config.update("jax_num_cpu_devices", n)
-  except RuntimeError as e:
-    raise ZooError(f"--cpu-devices: {str(e).splitlines()[0]}") from None
-
-
 def _compilation_cache() -> None:
   """A persistent XLA compilation cache, so a resumed run, an eval or a sample does not recompile.
 
@@ -363,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
       raise ZooError(f"--config.* overrides are for train, bench and import, not {args.command}")
     _quiet_logs()
     if args.cpu_devices:
+      from zoo.sharding import set_cpu_devices
       set_cpu_devices(args.cpu_devices)
     _compilation_cache()
     return COMMANDS[args.command](args, overrides)

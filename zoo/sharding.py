@@ -36,6 +36,24 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def set_cpu_devices(n: int) -> None:
+  """Makes the CPU backend show ``n`` devices (``jax_num_cpu_devices``), before JAX starts its backends.
+
+  Why: XLA runs many of a step's operations (convolutions of a few dozen channels, small matmuls) on
+  one core, so a 2-core machine gets little from its second core; with one device per core, the data
+  parallelism of the shared step gives each core half the batch. It pays off where those operations
+  dominate (PixelCNN 28x28: 28 -> 44 examples/s on 2 cores), not where XLA already spreads large
+  matmuls over the cores (DCGAN 32x32: slower, the batch-norm and gradient reductions between devices
+  cost more). Only the CPU platform is affected.
+  """
+  if n < 1:
+    raise ConfigError(f"--cpu-devices must be >= 1, got {n}")
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError as e:
+    raise ConfigError(f"--cpu-devices: {str(e).splitlines()[0]}") from None
+
+
 def make_mesh(num_devices: int = 0) -> Mesh:
   """A 1-D ``data`` mesh over every device, or over the first ``num_devices`` (single process only)."""
   devices = jax.devices()

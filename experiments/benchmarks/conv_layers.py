@@ -25,8 +25,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from zoo.bench import load_average
 from zoo.models import _layers
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -89,7 +89,7 @@ def main():
   a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
   ceiling = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
   env = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
-         "jax": jax.__version__, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
+         "jax": jax.__version__, "load_average_before": load_average()}
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
         f"load {env['load_average_before']})")
   print(f"{'layer':<13} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'zoo/nat':>7}"
@@ -115,7 +115,7 @@ def main():
                          native_gflops=round(gf["native"], 2), zoo_gflops=round(gf["zoo"], 2),
                          matmul_gflops=round(ceiling, 2)))
   after = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
-  rows[0].update(gflops_after=round(after, 2), load_average_after=[round(v, 2) for v in os.getloadavg()])
+  rows[0].update(gflops_after=round(after, 2), load_average_after=load_average())
   print(f"float32 matmul 2048^3 after: {after:.1f} GFLOP/s (load {rows[0]['load_average_after']})")
   if args.out:
     with open(args.out, "w") as f:

@@ -25,7 +25,7 @@ import numpy as np
 from zoo.errors import CheckpointError
 from zoo.interop import formats
 from zoo.interop.formats import read, write
-from zoo.interop.layout import Layout, Rule, from_foreign, leaf_paths, path_str, to_foreign
+from zoo.interop.layout import Layout, Rule, from_foreign, path_str, to_foreign
 from zoo.interop.layouts import LAYOUTS, get_layout
 
 __all__ = ["LAYOUTS", "Layout", "Rule", "export_checkpoint", "from_foreign", "get_layout", "import_checkpoint",
@@ -105,7 +105,7 @@ def import_checkpoint(file: str | os.PathLike, config: str | ml_collections.Conf
     # an imported model is a whole model: its run stands at the last stage, where fine-tuning goes on
     step = run.family.whole_model_step
     state = state.replace(params=params, nontrainable=nontrainable, ema=ema,
-                          step=jax.device_put(np.asarray(step, np.asarray(state.step).dtype), state.step.sharding))
+                          step=jax.device_put(np.asarray(step, state.step.dtype), state.step.sharding))
     final_stage = len(run.family.stage_steps)
     meta = {**run.meta, "step": step, "data_position": 0, "seed": int(cfg.seed), "stage": final_stage,
             "elapsed_s": 0.0, "best": None,

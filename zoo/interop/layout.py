@@ -29,8 +29,8 @@ transform           ours                                    foreign
 equalized-learning-rate layout that stores its weights with another gain); ``eq_bias_of`` marks the bias
 of an equalized-learning-rate layer in a layout that scales the bias with the weight at run time
 (pytorch_GAN_zoo's ``ConstrainedLayer``: ``(W x + b) * sqrt(2 / fan_in)``, where the zoo, like Karras et
-al.'s code, adds an unscaled bias): it is a template over the pattern's groups naming our kernel of
-that layer, whose fan-in gives the factor: theirs = ours * scale / sqrt(2 / fan_in).
+al.'s code, adds an unscaled bias): it names that layer's kernel beside the bias in our module
+(``kernel``, ``conv/kernel``), whose fan-in gives the factor: theirs = ours * scale / sqrt(2 / fan_in).
 A leaf no rule matches is not part of the layout (it keeps its fresh value on import and is not
 exported). Adding a layout is adding data: a tuple of rules in :mod:`zoo.interop.layouts` (or a
 function of the family giving one, for a layout whose names count layers, such as "the last one").
@@ -112,13 +112,13 @@ class Layout:
   nested: tuple[str, ...] = ()
   inert: tuple[str, ...] = ()
 
-  def match(self, path: str, ndim: int) -> tuple[str, Rule, re.Match] | None:
+  def match(self, path: str, ndim: int) -> tuple[str, Rule] | None:
     for rule in self.rules:
       if rule.ndim is not None and rule.ndim != ndim:
         continue
       m = re.fullmatch(rule.pattern, path)
       if m:
-        return m.expand(rule.name).replace("/", "."), rule, m
+        return m.expand(rule.name).replace("/", "."), rule
     return None
 
   def ignored(self, name: str) -> bool:
@@ -161,12 +161,12 @@ class _Entry:
   scale: float       # ours * scale = theirs
 
 
-def _scale(rule: Rule, m: re.Match, paths: Mapping[str, Any], layout: Layout) -> float:
+def _scale(rule: Rule, path: str, paths: Mapping[str, Any], layout: Layout) -> float:
   if rule.eq_bias_of is None:
     return float(rule.scale)
-  kernel = m.expand(rule.eq_bias_of)
+  kernel = f"{path.rpartition('/')[0]}/{rule.eq_bias_of}"
   if kernel not in paths:
-    raise CheckpointError(f"layout {layout.name!r}: {m.string} is the bias of {kernel}, which this "
+    raise CheckpointError(f"layout {layout.name!r}: {path} is the bias of {kernel}, which this "
                           f"model does not have")
   fan_in = int(np.prod(np.shape(paths[kernel])[:-1]))
   return float(rule.scale) / float(np.sqrt(2.0 / fan_in))
@@ -181,8 +181,8 @@ def _mapping(layout: Layout, variables: Mapping[str, Any]) -> tuple[dict[str, _E
     hit = layout.match(path, len(np.shape(leaf)))
     if hit is None:
       continue
-    name, rule, m = hit
-    entry = _Entry(path, rule, leaf, _scale(rule, m, paths, layout))
+    name, rule = hit
+    entry = _Entry(path, rule, leaf, _scale(rule, path, paths, layout))
     if rule.transform == "zero":
       zeros.append(entry)
       continue

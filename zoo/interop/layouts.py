@@ -87,8 +87,7 @@ def _equalized(ours: str, theirs: str, transform: str = "conv", kernel: str = "c
   over theirs (sqrt(2) in every layer), and their bias scaled at run time."""
   bias_transform = "vector_chw" if transform == "linear_chw_out" else "none"
   return (Rule(rf"params/{ours}/{kernel}", f"{theirs}.module.weight", transform, scale=gain_ratio, **kw),
-          Rule(rf"params/{ours}/bias", f"{theirs}.module.bias", bias_transform,
-               eq_bias_of=f"params/{ours}/{kernel}".replace("(\\d+)", "\\1"), **kw))
+          Rule(rf"params/{ours}/bias", f"{theirs}.module.bias", bias_transform, eq_bias_of=kernel, **kw))
 
 
 GAN_ZOO_PGAN = Layout(

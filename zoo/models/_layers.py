@@ -443,6 +443,16 @@ def _flat_batch(x, f):
   return y.reshape(batch + y.shape[1:])
 
 
+def _apply_layer(m, x, kernel_size, f):
+  """A Conv or ConvTranspose ``m`` on x: its 'kernel' (kh, kw, C_in, features) and 'bias' params as
+  flax's layers declare them, dtype promotion, then ``f(x, kernel)`` over flax's batch axes, plus bias."""
+  kernel = m.param("kernel", m.kernel_init, kernel_size + (x.shape[-1], m.features), m.param_dtype)
+  bias = m.param("bias", m.bias_init, (m.features,), m.param_dtype) if m.use_bias else None
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=m.dtype)
+  y = _flat_batch(x, lambda x: f(x, kernel))
+  return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+
+
 class Conv(nn.Module):
   """``flax.linen.Conv`` for images (..., H, W, C), on ``conv2d``: the same parameters ('kernel'
   (kh, kw, C_in, features), 'bias' (features,)), initializers and function, with the fast CPU gradients.
@@ -463,11 +473,7 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x):
     ks, strides, padding = _layer_args(self, "Conv")
-    kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features), self.param_dtype)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = _flat_batch(x, lambda x: conv2d(x, kernel, padding, strides=strides))
-    return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+    return _apply_layer(self, x, ks, lambda x, kernel: conv2d(x, kernel, padding, strides=strides))
 
 
 class ConvTranspose(nn.Module):
@@ -492,11 +498,7 @@ class ConvTranspose(nn.Module):
     ks, strides, padding = _layer_args(self, "ConvTranspose")
     if self.transpose_kernel:
       raise NotImplementedError("ConvTranspose: transpose_kernel=True is not supported")
-    kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features), self.param_dtype)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = _flat_batch(x, lambda x: conv_transpose2d(x, kernel, strides, padding))
-    return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+    return _apply_layer(self, x, ks, lambda x, kernel: conv_transpose2d(x, kernel, strides, padding))
 
 
 class MaskedConv(nn.Module):
