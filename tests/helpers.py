@@ -48,6 +48,13 @@ def tiny_config(family: str, **overrides):
 SMALL_ESTIMATES = {"ais_chains": 4, "ais_temperatures": 20, "final_ais_temperatures": 40, "parzen_samples": 64}
 
 
+def rel_error(a, b) -> float:
+  """max |a - b| / max |b|, in float64; a and b must have the same shape (b: the reference)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert a.shape == b.shape, (a.shape, b.shape)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
 def tree_equal(a, b) -> bool:
   la, ta = jax.tree_util.tree_flatten(a)
   lb, tb = jax.tree_util.tree_flatten(b)

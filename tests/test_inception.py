@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import rel_error
 from zoo.errors import CheckpointError, ZooError
 from zoo.metrics import inception
 
@@ -192,11 +193,6 @@ def twin(tmp_path_factory):
   return net, path
 
 
-def _rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
 def test_state_dict_spec_is_the_torch_layout(twin):
   net, _ = twin
   theirs = {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -228,9 +224,9 @@ def test_flax_inception_reproduces_the_pytorch_fid_network(twin):
     pool_t, logits_t = net(torch.from_numpy(images).permute(0, 3, 1, 2))
   bias = net.fc.bias.detach().numpy()[None]
   assert float(pool_t.abs().mean()) > 1e-2     # the random network did not collapse to zeros
-  assert _rel(out["features"], pool_t.numpy()) < 1e-4
-  assert _rel(out["logits"], logits_t.numpy() - bias) < 1e-4            # IS's logits: no bias
-  assert _rel(out["logits"] + ex.variables["params"]["fc"]["bias"][None], logits_t.numpy()) < 1e-4
+  assert rel_error(out["features"], pool_t.numpy()) < 1e-4
+  assert rel_error(out["logits"], logits_t.numpy() - bias) < 1e-4            # IS's logits: no bias
+  assert rel_error(out["logits"] + ex.variables["params"]["fc"]["bias"][None], logits_t.numpy()) < 1e-4
   # and the variables round-trip to the same state dict
   back = inception.to_state_dict(inception.load_fid_weights(path))
   sd = net.state_dict()

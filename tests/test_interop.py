@@ -11,17 +11,13 @@ import pytest
 import torch
 from torch import nn as tnn
 
+from helpers import rel_error
 import zoo
 from zoo import registry
 from zoo.interop import formats, from_foreign, get_layout, to_foreign
 from zoo.interop.layout import leaf_paths
 
 ZOO = get_layout("zoo")
-
-
-def _rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 def _variables(name, model, image_shape, seed=0):
@@ -143,8 +139,8 @@ def test_vae_twin_gives_the_same_outputs():
   with torch.no_grad():
     h = twin.model.encoder(torch.from_numpy(x.reshape(5, -1)))
     image = torch.sigmoid(twin.model.decoder(torch.from_numpy(z))).reshape(5, 28, 28, 1)
-  assert _rel(mean, h[:, :8]) < 1e-5 and _rel(log_std, h[:, 8:]) < 1e-5
-  assert _rel(family.decode(variables, jnp.asarray(z)), image) < 1e-5
+  assert rel_error(mean, h[:, :8]) < 1e-5 and rel_error(log_std, h[:, 8:]) < 1e-5
+  assert rel_error(family.decode(variables, jnp.asarray(z)), image) < 1e-5
 
 
 def test_rbm_twin_gives_the_same_free_energy():
@@ -160,7 +156,7 @@ def test_rbm_twin_gives_the_same_free_energy():
   tv = torch.from_numpy(v)
   want = -(tv @ sd["model.visible_bias"]) - torch.nn.functional.softplus(tv @ sd["model.weight"].T
                                                                             + sd["model.hidden_bias"]).sum(1)
-  assert _rel(free_energy(variables["params"]["model"], jnp.asarray(v)), want) < 1e-5
+  assert rel_error(free_energy(variables["params"]["model"], jnp.asarray(v)), want) < 1e-5
   assert np.array_equal(variables["data_stats"]["mean"], np.asarray(template["data_stats"]["mean"]) + 1.0)
 
 
@@ -238,8 +234,8 @@ def test_dcgan_twin_gives_the_same_images_and_logits():
   ours_d, _ = family.apply_net("discriminator", variables, jnp.asarray(x), train=False)
   with torch.no_grad():
     theirs_g, theirs_d = gen(torch.from_numpy(z)), disc(torch.from_numpy(x))
-  assert ours_g.shape == tuple(theirs_g.shape) and _rel(ours_g, theirs_g) < 1e-5
-  assert _rel(ours_d, theirs_d) < 1e-5
+  assert ours_g.shape == tuple(theirs_g.shape) and rel_error(ours_g, theirs_g) < 1e-5
+  assert rel_error(ours_d, theirs_d) < 1e-5
 
 
 # -- round trips and errors

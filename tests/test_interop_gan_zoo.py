@@ -13,17 +13,13 @@ import pytest
 import torch
 from torch import nn as tnn
 
+from helpers import rel_error
 import zoo
 from zoo.errors import CheckpointError
 from zoo.interop import export_checkpoint, import_checkpoint
 
 DCGAN_SPEC = "experiments/radford2015/dcgan_gan_zoo.py"
 PGAN_SPEC = "experiments/karras2017/pgan_celebahq_gan_zoo.py"
-
-
-def _rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 def _save_like_gan_zoo(path, monkeypatch, **state_dicts):
@@ -122,8 +118,8 @@ def test_dcgan_checkpoint_imports_with_one_command_and_gives_their_outputs(dcgan
   with torch.no_grad():
     theirs_g = avgG(torch.from_numpy(z)).permute(0, 2, 3, 1)          # the averaged generator
     theirs_d = netD(torch.from_numpy(x).permute(0, 3, 1, 2))[:, 0]
-  assert ours_g.shape == (4, 16, 16, 3) and _rel(ours_g, theirs_g) < 1e-5
-  assert _rel(ours_d, theirs_d) < 1e-5
+  assert ours_g.shape == (4, 16, 16, 3) and rel_error(ours_g, theirs_g) < 1e-5
+  assert rel_error(ours_d, theirs_d) < 1e-5
   # the biases their layers lack are zero, and the sampler works on the imported run
   assert not np.any(np.asarray(variables["params"]["generator"]["deconv_1"]["bias"]))
   assert main(["sample", "--workdir", str(tmp_path / "run"), "--num", "4", "--out", str(tmp_path / "g.png")]) == 0
@@ -264,7 +260,7 @@ def test_pgan_checkpoint_imports_and_gives_their_images_at_every_fade(tmp_path, 
                                alpha=jnp.float32(1.0 - their_alpha))
     with torch.no_grad():
       theirs = avgG(torch.from_numpy(z)).permute(0, 2, 3, 1)
-    assert ours.shape == (4, 16, 16, 3) and _rel(ours, theirs) < 1e-5, their_alpha
+    assert ours.shape == (4, 16, 16, 3) and rel_error(ours, theirs) < 1e-5, their_alpha
   # the imported run samples at the last level, fully faded in
   images = loaded.sample(4, seed=0)
   assert images.shape == (4, 16, 16, 3) and np.all(np.isfinite(images))

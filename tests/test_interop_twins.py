@@ -18,18 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn as tnn
 
+from helpers import rel_error
 from zoo import registry
 from zoo.interop import from_foreign, get_layout, to_foreign
 from zoo.interop.layout import leaf_paths, path_str
 
 ZOO = get_layout("zoo")
 TOL = 1e-5
-
-
-def _rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  assert a.shape == b.shape, (a.shape, b.shape)
-  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 def _variables(name, model, image_shape):
@@ -211,8 +206,8 @@ def test_nade_twin_gives_the_same_log_likelihood(output, levels, shape):
     v, u = _network_input(torch.from_numpy(x).reshape(3, -1), output, levels)
     logits = twin.logits(u)
     ll = _log_prob(v, logits, output).sum(1)
-  assert _rel(ours_logits.reshape(3, d, k), logits) < TOL
-  assert _rel(ours_ll, ll) < TOL
+  assert rel_error(ours_logits.reshape(3, d, k), logits) < TOL
+  assert rel_error(ours_ll, ll) < TOL
   assert np.all(np.asarray(ours_ll) < 0)
 
 
@@ -293,11 +288,11 @@ def test_made_twin_gives_the_same_log_likelihood_per_mask_and_as_ensemble(model,
     per_mask = []
     for m in masks:
       logits = twin.logits(u, orders[m], [g[m] for g in degrees])
-      assert _rel(ours_logits[m].reshape(3, d, k), logits) < TOL, m
+      assert rel_error(ours_logits[m].reshape(3, d, k), logits) < TOL, m
       per_mask.append(_log_prob(v, logits, output).sum(1))
-      assert _rel(ours_ll[m], per_mask[-1]) < TOL, m
+      assert rel_error(ours_ll[m], per_mask[-1]) < TOL, m
     ensemble = torch.logsumexp(torch.stack(per_mask), 0) - math.log(len(per_mask))
-  assert _rel(ours_ensemble, ensemble) < TOL
+  assert rel_error(ours_ensemble, ensemble) < TOL
   assert not np.allclose(_np(per_mask[0]), _np(per_mask[1]))      # the mask sets differ
 
 
@@ -376,8 +371,8 @@ def test_pixelcnn_twin_gives_the_same_log_likelihood(model, shape):
     v, u = _network_input(torch.from_numpy(x), output, levels)
     logits = twin.logits(u)
     ll = _log_prob(v, logits, output).sum((1, 2, 3))
-  assert _rel(ours_logits, logits) < TOL
-  assert _rel(ours_ll, ll) < TOL
+  assert rel_error(ours_logits, logits) < TOL
+  assert rel_error(ours_ll, ll) < TOL
 
 
 # The MLP GAN of Goodfellow et al.: G a ReLU (or other) MLP with a sigmoid/tanh output reshaped to NHWC;
@@ -460,11 +455,11 @@ def test_mlp_gan_twin_gives_the_same_images_and_logits(model):
   with torch.no_grad():
     theirs_g = twin.generator(torch.from_numpy(z))
     theirs_d = twin.discriminator(torch.from_numpy(x))
-  assert ours_g.shape == tuple(theirs_g.shape) and _rel(ours_g, theirs_g) < TOL
-  assert ours_d.shape == (4,) and _rel(ours_d, theirs_d) < TOL
+  assert ours_g.shape == tuple(theirs_g.shape) and rel_error(ours_g, theirs_g) < TOL
+  assert ours_d.shape == (4,) and rel_error(ours_d, theirs_d) < TOL
   # in data space: the sampler's images are the generator's in [0, 1]
   data = _np(theirs_g) if model["output"] == "sigmoid" else 0.5 * (_np(theirs_g) + 1)
-  assert _rel(ours_images, np.clip(data, 0, 1)) < TOL
+  assert rel_error(ours_images, np.clip(data, 0, 1)) < TOL
 
 
 # Progressive GAN: equalized learning rate (unscaled weights, He's constant applied at run time), pixel
@@ -575,7 +570,7 @@ def test_progan_twin_gives_the_same_images_and_outputs_at_the_last_level():
   with torch.no_grad():
     theirs_g, theirs_d = twin.generator(torch.from_numpy(z)), twin.discriminator(torch.from_numpy(x))
   assert ours_g.shape == tuple(theirs_g.shape) == (4, *shape)
-  assert _rel(ours_g, theirs_g) < TOL
-  assert _rel(ours_d, theirs_d) < TOL
+  assert rel_error(ours_g, theirs_g) < TOL
+  assert rel_error(ours_d, theirs_d) < TOL
   # the sampler at the last stage reads alpha from the imported 'fade' collection
-  assert _rel(ours_images, np.clip(0.5 * (_np(theirs_g) + 1), 0, 1)) < TOL
+  assert rel_error(ours_images, np.clip(0.5 * (_np(theirs_g) + 1), 0, 1)) < TOL
