@@ -64,6 +64,25 @@ def test_keeps_the_last_k_and_the_best(tmp_path):
   assert len(steps) <= 3
 
 
+def test_the_best_checkpoint_survives_a_resumed_run(tmp_path):
+  # A run killed after its best evaluation and resumed by a new process: the newer checkpoints, none of
+  # them better, must not push the best one out (its metric has to be on disk, not only in memory).
+  from zoo.checkpoint import Checkpointer
+
+  state = {"w": np.zeros(3, np.float32)}
+  first = Checkpointer(tmp_path, keep=2, best_metric="eval/nll")
+  for step, nll in ((1, 80.0), (2, None), (3, 90.0)):
+    first.save(step, state, {"step": step}, "{}", metrics=None if nll is None else {"eval/nll": nll})
+  first.wait()
+  first.close()
+  resumed = Checkpointer(tmp_path, keep=2, best_metric="eval/nll")
+  for step, nll in ((4, 95.0), (5, None), (6, None)):
+    resumed.save(step, state, {"step": step}, "{}", metrics=None if nll is None else {"eval/nll": nll})
+  resumed.wait()
+  assert resumed.steps() == [1, 5, 6]
+  resumed.close()
+
+
 def test_non_finite_loss_stops_and_names_the_step(tmp_path):
   # the rate grows 10x a step from 1e-3: the loss overflows after a few good checkpoints
   diverge = {"optim.model.schedule": "exponential", "optim.model.decay_steps": 1,
