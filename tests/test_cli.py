@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -111,6 +112,11 @@ def test_train_eval_sample_list(capsys, tmp_path):
   assert code == 0 and "vae" in out and "autoencoder" in out and "kingma2013/vae.py" in out
   code, _, err = run(capsys, "eval", "--workdir", str(tmp_path / "none"))
   one_line_error(code, err, "no checkpoint")
+  # a newer checkpoint whose meta names step 2 as the best, and step 2 gone (deleted by hand, say)
+  shutil.copytree(tmp_path / "checkpoints" / "2", tmp_path / "checkpoints" / "3")
+  shutil.rmtree(tmp_path / "checkpoints" / "2")
+  code, _, err = run(capsys, "eval", "--workdir", str(tmp_path), "--best")
+  one_line_error(code, err, "best checkpoint, step 2", "no longer on disk")
 
 
 def test_bench_prints_one_json_line(capsys):

@@ -179,6 +179,10 @@ def cmd_eval(args, overrides) -> int:
     if not best:
       raise ZooError(f"{args.workdir}: no evaluation has chosen a best checkpoint yet")
     step = int(best["step"])
+    kept = sorted(int(d.name) for d in (Path(args.workdir) / "checkpoints").glob("*") if d.name.isdigit())
+    if step not in kept:
+      raise ZooError(f"{args.workdir}: the best checkpoint, step {step} ({best['metric']} "
+                     f"{best['value']:.4f}), is no longer on disk (kept: {kept}); evaluate one with --step")
   metric_names = ["likelihood"]
   if args.metrics is not None:
     metric_names = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
