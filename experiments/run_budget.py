@@ -14,6 +14,14 @@ runs (PixelCNN, MADE, Row LSTM, Diagonal BiLSTM, NADE): their rates during train
   python experiments/run_budget.py --minutes 8 --root runs/gpu \\
       experiments/vandenoord2016/pixelcnn.py experiments/germain2015/made.py
 
+With ``--resume``, a config whose workdir under ``--root`` already holds a checkpoint (a run cut short at
+an earlier session's deadline, its workdir carried over) is not timed again: it continues to the step
+count its ``config.json`` planned, so its learning-rate schedule is the one it started with, evaluating
+``--evals`` times over the steps left; the others are planned as above, sharing the device with it.
+
+  python experiments/run_budget.py --minutes 7 --root runs/gpu --resume \\
+      experiments/vandenoord2016/pixelcnn.py experiments/vandenoord2016/diagonal_bilstm.py
+
 Writes ``<root>/summary.json``: per config the measured step rate, the steps planned and done, the wall
 time, the best validation figure and the test-split metrics, and the machine.
 """
@@ -46,6 +54,12 @@ def _name(config: str) -> str:
   return config.replace("experiments/", "").replace(".py", "").replace("/", "_").replace(":", "_")
 
 
+def _checkpointed_step(workdir: Path) -> int | None:
+  """The newest checkpoint step under a workdir, None when it has none."""
+  steps = [int(d.name) for d in (workdir / "checkpoints").glob("*") if d.name.isdigit()]
+  return max(steps) if steps else None
+
+
 def _zoo(*args: str) -> list[str]:
   return [sys.executable, "-m", "zoo", *args]
 
@@ -63,6 +77,8 @@ def main(argv=None) -> int:
                  help="seconds kept at the end for the test-split evaluations")
   p.add_argument("--safety", type=float, default=0.75,
                  help="fraction of the measured rate to plan on (evaluations and checkpoints take time)")
+  p.add_argument("--resume", action="store_true",
+                 help="continue the configs whose workdir under --root has a checkpoint, to their planned steps")
   args = p.parse_args(argv)
 
   t0 = time.time()
@@ -75,8 +91,18 @@ def main(argv=None) -> int:
   def log(msg):
     print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
+  if args.resume:
+    for n, r in runs.items():
+      done = _checkpointed_step(root / n)
+      if done is not None:
+        planned = int(json.loads((root / n / "config.json").read_text())["steps"])
+        r.update(resumed_from=done, steps_planned=planned)
+        log(f"{n}: resuming at step {done} of {planned}")
+
   # 1. The step rate of each config, alone on the device.
   for n, r in runs.items():
+    if "resumed_from" in r:
+      continue
     proc = subprocess.Popen(_zoo("bench", "--config", r["config"], "--steps", str(args.bench_steps),
                                  "--warmup", "10"), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -97,15 +123,20 @@ def main(argv=None) -> int:
 
   # 2. Train each for the steps its share of the device fits into what is left, killed at the deadline.
   train_s = deadline - time.time() - args.eval_reserve_s
-  sharing = sum("bench" in r for r in runs.values())
+  sharing = sum("bench" in r or "resumed_from" in r for r in runs.values())
   procs = {}
   for n, r in runs.items():
-    if "bench" not in r:
+    if "resumed_from" in r:
+      steps = r["steps_planned"]
+      every = max(100, (steps - r["resumed_from"]) // args.evals // 100 * 100)
+    elif "bench" in r:
+      rate = r["bench"]["examples_per_s"] / r["bench"]["batch_size"] / sharing
+      steps = max(100, int(rate * train_s * args.safety) // 100 * 100)
+      every = max(100, steps // args.evals // 100 * 100)
+      r["steps_per_s_shared"] = rate
+    else:
       continue
-    rate = r["bench"]["examples_per_s"] / r["bench"]["batch_size"] / sharing
-    steps = max(100, int(rate * train_s * args.safety) // 100 * 100)
-    every = max(100, steps // args.evals // 100 * 100)
-    r.update(steps_per_s_shared=rate, steps_planned=steps, workdir=str(root / n))
+    r.update(steps_planned=steps, workdir=str(root / n))
     cmd = _zoo("train", "--config", r["config"], "--workdir", r["workdir"], "--no-progress",
                f"--config.steps={steps}", f"--config.eval_every={every}",
                f"--config.checkpoint_every={every}")
@@ -127,12 +158,15 @@ def main(argv=None) -> int:
       lines = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
       train = [l for l in lines if l.get("split") == "train"]
       valid = [l for l in lines if l.get("split") not in ("train", None)]
-      runs[n]["steps_done"] = max((l["step"] for l in lines), default=0)
-      runs[n]["valid_curve"] = [(l["step"], l.get("nll")) for l in valid]
+      # A resumed workdir's log also holds the lines its killed run wrote past its last checkpoint: the
+      # steps done are the checkpoint's, and a step evaluated twice keeps its newest figure.
+      runs[n]["steps_logged"] = max((l["step"] for l in lines), default=0)
+      runs[n]["valid_curve"] = sorted({l["step"]: l.get("nll") for l in valid}.items())
       if train:
         runs[n]["last_train"] = train[-1]
+    runs[n]["steps_done"] = _checkpointed_step(Path(runs[n]["workdir"])) or 0
     log(f"{n}: stopped after {runs[n]['train_wall_s']}s (rc {proc.returncode}), "
-        f"{runs[n].get('steps_done', 0)} steps")
+        f"{runs[n]['steps_done']} steps checkpointed")
 
   # 3. The best checkpoint of each on the test split.
   procs = {n: subprocess.Popen(_zoo("eval", "--workdir", r["workdir"], "--split", "test", "--best"), env=env,
