@@ -65,24 +65,25 @@ class Run:
     """The family at the training stage of ``step``."""
     return self.family.at_stage(self.family.stage_at(int(step)))
 
-  def init_state(self) -> TrainState:
-    """A fresh state in its replicated layout.
+  def init_state(self, seed: int | None = None) -> TrainState:
+    """A fresh state in its replicated layout, from the config's seed or ``seed``.
 
     In one process it is computed once, on one device, and copied to the others: compiled with a
     replicated output, every device would compute all of it (8 times the work on a CPU split into 8
     devices). Across processes each computes it in place (the same values: the same seed).
     """
+    seed = jnp.asarray(int(self.config.seed) if seed is None else int(seed), jnp.uint32)
     if jax.process_count() == 1:
-      return jax.device_put(self._init_fns[0](), sharding.replicated(self.mesh))
-    return self._init_fns[1]()
+      return jax.device_put(self._init_fns[0](seed), sharding.replicated(self.mesh))
+    return self._init_fns[1](seed)
 
   @functools.cached_property
   def _init_fns(self):
-    # Jitted once per Run: a new function per call would trace and compile the init again each time
-    # (seconds for the MLP GAN on CPU; the conformance suite initialises each family a dozen times).
-    # [0]: on the default device; [1]: replicated over the mesh.
-    fn = lambda: step_lib.init_state(self.family, self.txs, self.config.seed, self.example,
-                                     self.config.ema.to_dict())
+    # Jitted once per Run, the seed an argument: a new function per call (or per seed) would trace and
+    # compile the init again (seconds for the MLP GAN on CPU; the conformance suite initialises each
+    # family a dozen times). [0]: on the default device; [1]: replicated over the mesh.
+    fn = lambda seed: step_lib.init_state(self.family, self.txs, seed, self.example,
+                                          self.config.ema.to_dict())
     return jax.jit(fn), jax.jit(fn, out_shardings=sharding.replicated(self.mesh))
 
 
