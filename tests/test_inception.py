@@ -248,24 +248,24 @@ def _bad_file(twin, tmp_path, name, edit):
 
 def test_weights_file_with_a_missing_key(twin, tmp_path):
   msg = _bad_file(twin, tmp_path, "missing.pth", lambda s: s.pop("Mixed_6b.branch7x7_2.bn.running_var"))
-  assert "1 missing key(s): Mixed_6b.branch7x7_2.bn.running_var" in msg
+  assert "missing 1: Mixed_6b.branch7x7_2.bn.running_var" in msg and "FID Inception weights" in msg
   assert "unexpected" not in msg and "wrong" not in msg
 
 
 def test_weights_file_with_an_unexpected_key(twin, tmp_path):
   msg = _bad_file(twin, tmp_path, "extra.pth",
                   lambda s: s.update({"AuxLogits.fc.weight": torch.zeros(1008, 768)}))
-  assert "1 unexpected key(s): AuxLogits.fc.weight" in msg
+  assert "unexpected 1: AuxLogits.fc.weight" in msg
   assert "missing" not in msg and "wrong" not in msg
 
 
 def test_weights_file_with_a_wrong_shape_and_dtype(twin, tmp_path):
   def edit(s):
     s["fc.weight"] = torch.zeros(1000, 2048)
-    s["fc.bias"] = torch.zeros(1008, dtype=torch.float64)
+    s["fc.bias"] = torch.zeros(1008, dtype=torch.int32)
   msg = _bad_file(twin, tmp_path, "shape.pth", edit)
-  assert "1 wrong shape(s): fc.weight (1000, 2048) (expected (1008, 2048))" in msg
-  assert "1 wrong dtype(s): fc.bias torch.float64 (expected torch.float32)" in msg
+  assert "wrong shape 1: fc.weight (1000, 2048) (expected (1008, 2048))" in msg
+  assert "wrong dtype 1: fc.bias int32 (expected floating)" in msg
   assert "missing" not in msg and "unexpected" not in msg
 
 
@@ -295,7 +295,7 @@ def test_weights_file_with_code_is_refused_without_running_it(twin, tmp_path):
   with pytest.raises(CheckpointError) as e:
     inception.load_fid_weights(evil)
   msg = str(e.value)
-  assert "does not load as a PyTorch state dict" in msg and "\n" not in msg
+  assert "not a PyTorch weights file that loads safely" in msg and "\n" not in msg
   assert not marker.exists()                      # weights_only: the payload was never called
   torch.load(evil, weights_only=False)            # (the file does carry the payload)
   assert marker.exists()
@@ -310,7 +310,7 @@ def test_missing_and_corrupt_weights_files(tmp_path, monkeypatch):
   assert str(tmp_path / "cache" / inception.FID_WEIGHTS_NAME) in msg
   junk = tmp_path / "junk.pth"
   junk.write_bytes(b"not a pickle")
-  with pytest.raises(CheckpointError, match="does not load as a PyTorch state dict"):
+  with pytest.raises(CheckpointError, match="not a PyTorch weights file that loads safely"):
     inception.load_fid_weights(junk)
   named = tmp_path / inception.FID_WEIGHTS_NAME     # the standard name with the wrong content
   named.write_bytes(b"truncated download")

@@ -50,7 +50,7 @@ import numpy as np
 
 from zoo.errors import CheckpointError
 
-__all__ = ["Layout", "Rule", "TRANSFORMS", "from_foreign", "leaf_paths", "to_foreign"]
+__all__ = ["Layout", "Rule", "TRANSFORMS", "foreign_shapes", "from_foreign", "leaf_paths", "to_foreign"]
 
 
 def _hwc(a: np.ndarray, hw, axis: int) -> np.ndarray:
@@ -204,6 +204,12 @@ def to_foreign(layout: Layout, variables: Mapping[str, Any]) -> dict[str, np.nda
                           f"holds nonzero; exporting would change the model")
   return {name: np.asarray(_ours_to_theirs(np.asarray(jax.device_get(e.leaf)), e.rule, e.scale), order="C")
           for name, e in named.items()}
+
+
+def foreign_shapes(layout: Layout, template: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  """{foreign name: foreign shape} of the tensors ``layout`` expects for ``template``'s variables."""
+  named, _ = _mapping(layout, template)
+  return {name: _their_shape(tuple(np.shape(e.leaf)), e.rule) for name, e in named.items()}
 
 
 def _listed(items: list[str], limit: int = 8) -> str:

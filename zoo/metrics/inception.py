@@ -47,6 +47,9 @@ import numpy as np
 from jax import lax
 
 from zoo.errors import CheckpointError, ZooError
+from zoo.interop.formats import read_torch
+from zoo.interop.layout import Layout, foreign_shapes, from_foreign, path_str, to_foreign
+from zoo.interop.layouts import ZOO
 
 __all__ = [
     "FID_WEIGHTS_NAME", "FID_WEIGHTS_URL", "FIDInceptionV3", "INPUT_SIZE", "NUM_CLASSES", "TAPS",
@@ -338,16 +341,11 @@ class FIDInceptionV3(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # The PyTorch state dict <-> Flax variables.
 
-# Flax leaf name -> (PyTorch leaf name, transpose from PyTorch's layout to Flax's, or None).
-_LEAVES = {
-    ("conv", "kernel"): ("weight", (2, 3, 1, 0)),     # (out, in, kh, kw) -> (kh, kw, in, out)
-    ("bn", "scale"): ("weight", None),
-    ("bn", "bias"): ("bias", None),
-    ("bn", "mean"): ("running_mean", None),
-    ("bn", "var"): ("running_var", None),
-    ("fc", "kernel"): ("weight", (1, 0)),             # (1008, 2048) -> (2048, 1008)
-    ("fc", "bias"): ("bias", None),
-}
+# pytorch-fid's state dict is what the zoo layout names (zoo.interop.layouts.ZOO): module paths joined
+# by dots, Conv2d weights OIHW, BatchNorm2d weight/bias/running_mean/running_var, Linear (out, in); the
+# same rules, so one importer checks every name, shape and dtype for families and for this network.
+FID_LAYOUT = Layout(name="fid_inception", description="pytorch-fid's FIDInceptionV3 state dict",
+                    rules=ZOO.rules, ignore=ZOO.ignore)
 
 
 @functools.lru_cache(maxsize=1)
@@ -357,33 +355,14 @@ def _abstract_variables() -> dict:
                                                       jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3))))
 
 
-def _torch_names(variables: Mapping[str, Any]):
-  """Yields (state-dict key, (collection, *path), PyTorch shape, transpose) for every variable."""
-  for collection in ("params", "batch_stats"):
-    flat = jax.tree_util.tree_flatten_with_path(variables[collection])[0]
-    for path, leaf in flat:
-      keys = tuple(k.key for k in path)
-      torch_leaf, perm = _LEAVES[keys[-2:]]
-      name = ".".join(keys[:-1] + (torch_leaf,))
-      shape = tuple(leaf.shape) if perm is None else tuple(leaf.shape[i] for i in np.argsort(perm))
-      yield name, (collection, *keys), shape, perm
-
-
 def state_dict_spec() -> dict[str, tuple[int, ...]]:
   """{state-dict key: PyTorch shape} of the FID Inception weights file (``num_batches_tracked`` aside)."""
-  return {name: shape for name, _, shape, _ in _torch_names(_abstract_variables())}
+  return foreign_shapes(FID_LAYOUT, _abstract_variables())
 
 
 def to_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """The PyTorch state dict (numpy arrays in PyTorch layouts) of Flax variables; inverse of the import."""
-  out = {}
-  for name, (collection, *keys), _, perm in _torch_names(variables):
-    leaf = variables[collection]
-    for k in keys:
-      leaf = leaf[k]
-    leaf = np.asarray(leaf)
-    out[name] = leaf if perm is None else np.transpose(leaf, np.argsort(perm))
-  return out
+  return to_foreign(FID_LAYOUT, variables)
 
 
 def default_weights_path() -> Path:
@@ -400,27 +379,6 @@ def _missing_message(path: Path) -> str:
           f"machine with internet and pass its path (zoo eval --inception-weights PATH; Python: "
           f"inception_weights=PATH), or put it at {default_weights_path()} "
           f"(or set $ZOO_INCEPTION_WEIGHTS); --features digits needs no download")
-
-
-def _read_state_dict(path: Path) -> dict[str, Any]:
-  try:
-    import torch
-  except ImportError:
-    raise ZooError(f"reading {path} needs PyTorch (pip install 'zoo[torch]'); it is only used to read "
-                   f"the file") from None
-  try:
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except  (a truncated or foreign file)
-    raise CheckpointError(f"{path} does not load as a PyTorch state dict: "
-                          f"{' '.join(str(e).split())[:200]}") from None
-  if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
-    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a PyTorch state dict")
-  return dict(obj)
-
-
-def _listed(items: list[str], limit: int = 6) -> str:
-  more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-  return ", ".join(items[:limit]) + more
 
 
 def _check_digest(path: Path, content: Path | None = None) -> None:
@@ -468,8 +426,10 @@ def download_fid_weights(dest: Path, url: str = FID_WEIGHTS_URL, timeout: float 
 def load_fid_weights(path: str | os.PathLike | None = None, download: bool = True) -> dict[str, Any]:
   """Reads the FID Inception weights (a PyTorch state dict) into variables of :class:`FIDInceptionV3`.
 
-  Every tensor's name, shape and dtype (float32) is checked against the network; a file that does not
-  match fails with one line naming the missing, unexpected and wrong-shaped (or wrong-dtype) keys.
+  Every tensor's name and shape is checked against the network, and its dtype is floating (read as
+  float32), through the layout importer the families use (:func:`zoo.interop.from_foreign`); a file
+  that does not match fails with one line naming the missing, unexpected, wrong-shaped and wrong-dtype
+  tensors, and nothing is returned.
   ``*.num_batches_tracked`` entries, which PyTorch adds to batch norms, are ignored. The file is read
   with ``torch.load(weights_only=True)``, which unpickles tensors and containers only.
 
@@ -487,38 +447,10 @@ def load_fid_weights(path: str | os.PathLike | None = None, download: bool = Tru
       raise ZooError(_missing_message(path))
     download_fid_weights(path)
   _check_digest(path)
-  state = _read_state_dict(path)
+  tensors = read_torch(path)
   abstract = _abstract_variables()
-  expected = {name: (where, shape, perm) for name, where, shape, perm in _torch_names(abstract)}
-  given = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
-  missing = sorted(set(expected) - set(given))
-  unexpected = sorted(set(given) - set(expected))
-  bad_shape, bad_dtype = [], []
-  for name in sorted(set(expected) & set(given)):
-    t = given[name]
-    shape = tuple(getattr(t, "shape", ()))
-    if shape != expected[name][1]:
-      bad_shape.append(f"{name} {shape} (expected {expected[name][1]})")
-    elif str(getattr(t, "dtype", type(t).__name__)) != "torch.float32":
-      bad_dtype.append(f"{name} {getattr(t, 'dtype', type(t).__name__)} (expected torch.float32)")
-  problems = []
-  if missing:
-    problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")
-  if unexpected:
-    problems.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
-  if bad_shape:
-    problems.append(f"{len(bad_shape)} wrong shape(s): {_listed(bad_shape, 3)}")
-  if bad_dtype:
-    problems.append(f"{len(bad_dtype)} wrong dtype(s): {_listed(bad_dtype, 3)}")
-  if problems:
-    raise CheckpointError(f"{path} is not the FID Inception weights ({FID_WEIGHTS_NAME}): "
-                          + "; ".join(problems))
-  variables: dict[str, Any] = {"params": {}, "batch_stats": {}}
-  for name, ((collection, *keys), _, perm) in expected.items():
-    value = given[name].detach().cpu().numpy()
-    value = np.ascontiguousarray(value if perm is None else np.transpose(value, perm), np.float32)
-    node = variables[collection]
-    for k in keys[:-1]:
-      node = node.setdefault(k, {})
-    node[keys[-1]] = value
+  arrays = from_foreign(FID_LAYOUT, tensors, abstract, source=f"{path} (expected the FID Inception weights, "
+                                                               f"{FID_WEIGHTS_NAME})")
+  variables = jax.tree_util.tree_map_with_path(lambda p, _: np.asarray(arrays[path_str(p)], np.float32),
+                                               abstract)
   return variables
