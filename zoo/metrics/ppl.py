@@ -22,8 +22,10 @@ after discarding the distances below the 1st and above the 99th percentile (``np
   figures are comparable between models measured with the same extractor, not with published PPLs.
 
 Families with a latent space are found by duck typing: a family with ``latent_dim`` and ``decode
-(variables, z)`` (images in [0, 1]). Latents come from the family's ``latents(rng, num)`` where it has
-one (the GANs: normal or uniform), else from N(0, I) (the VAE's prior). Images are not quantized.
+(variables, z)`` (images in [0, 1]). Latents come from the family's ``latent_prior(variables)`` where
+it has one (a distribution fitted in training: the autoencoder's Gaussian of its codes), else its
+``latents(rng, num)`` (the GANs: normal or uniform), else N(0, I) (the VAE's prior). Images are not
+quantized.
 """
 from __future__ import annotations
 
@@ -49,8 +51,10 @@ def has_latent_space(family) -> bool:
 
 def default_interpolation(family) -> str:
   """'lerp' for a family whose latents are uniform (``latent_dist == 'uniform'``: a box, which slerp
-  can leave), else 'slerp' (the paper's, for Gaussian latents)."""
-  return "lerp" if getattr(family, "latent_dist", None) == "uniform" else "slerp"
+  can leave) or fitted to its codes (``latent_prior(variables)``: a Gaussian away from the origin, which
+  slerp's arcs about the origin leave), else 'slerp' (the paper's, for centred Gaussian latents)."""
+  fitted = callable(getattr(family, "latent_prior", None))
+  return "lerp" if fitted or getattr(family, "latent_dist", None) == "uniform" else "slerp"
 
 
 def interpolate(a: jax.Array, b: jax.Array, t: jax.Array, kind: str = "slerp") -> jax.Array:

@@ -326,7 +326,8 @@ def evaluate_model(loaded, metrics: Iterable[str] = DEFAULT_METRICS, *, num_samp
     extractor.check((1, *family.image_shape))
     variables = jax.device_put(loaded.variables, extractor.device)
     ppl_interpolation = ppl_interpolation or default_interpolation(family)
-    prior = family.latents if callable(getattr(family, "latents", None)) else None
+    prior = (family.latent_prior(variables) if callable(getattr(family, "latent_prior", None)) else
+             family.latents if callable(getattr(family, "latents", None)) else None)
     res = perceptual_path_length(family.decode, lambda v, a, b: extractor.perceptual_distance(a, b, v),
                                  family.latent_dim, decode_variables=variables,
                                  distance_variables=extractor.variables, prior=prior,

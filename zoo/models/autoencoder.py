@@ -150,11 +150,18 @@ class Autoencoder(Family):
     mse = jnp.sum(jnp.square(jax.nn.sigmoid(out) - batch["image"]), axis=(1, 2, 3))
     return {"recon": self._per_example_error(out, batch["image"]), "sq_error": mse}
 
-  def sample(self, variables, rng, num):
-    """Decodes codes drawn from N(mean, cov) of the training codes: (num, H, W, C) in [0, 1]."""
+  def latent_prior(self, variables):
+    """``(rng, num) -> codes (num, latent_dim)``: draws from N(mean, cov) of the training codes (their
+    moments are in the variables; PPL walks this distribution)."""
     stats = variables["code_stats"]
     cov = stats["second"] - jnp.outer(stats["mean"], stats["mean"])
     chol = jnp.linalg.cholesky(cov + 1e-5 * jnp.eye(self.latent_dim))
-    z = stats["mean"][None] + jax.random.normal(rng, (num, self.latent_dim)) @ chol.T
-    out = self.net.apply({"params": variables["params"]["model"]}, z, method=_AENet.decode)
-    return jax.nn.sigmoid(out)
+    return lambda rng, num: stats["mean"][None] + jax.random.normal(rng, (num, self.latent_dim)) @ chol.T
+
+  def decode(self, variables, z):
+    """Codes (B, latent_dim) -> decoder means (B, H, W, C) in [0, 1]."""
+    return jax.nn.sigmoid(self.net.apply({"params": variables["params"]["model"]}, z, method=_AENet.decode))
+
+  def sample(self, variables, rng, num):
+    """Decodes codes drawn from N(mean, cov) of the training codes: (num, H, W, C) in [0, 1]."""
+    return self.decode(variables, self.latent_prior(variables)(rng, num))
