@@ -104,16 +104,16 @@ class Checkpointer:
     self.directory = Path(workdir).absolute() / "checkpoints"
     self.best_metric = best_metric
     keep_policies = [policies.LatestN(n=max(int(keep), 1))]
+    metric_of = (lambda m: m[best_metric]) if best_metric else None
     if best_metric:
       keep_policies.append(policies.BestN(
-          get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=1,
-          keep_checkpoints_without_metrics=False))
+          get_metric_fn=metric_of, reverse=(best_mode == "min"), n=1, keep_checkpoints_without_metrics=False))
     # The preservation policy alone decides what is deleted; ``best_fn`` is given as well because Orbax
     # writes a checkpoint's metrics to disk only when it is set. Without them a resumed run (a new
     # manager, reading the folder) saw its earlier best checkpoint as one without metrics and deleted it.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep_policies),
-        best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode=best_mode,
+        best_fn=metric_of, best_mode=best_mode,
         create=not read_only, read_only=read_only, enable_async_checkpointing=True)
     try:
       self.manager = ocp.CheckpointManager(
