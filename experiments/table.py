@@ -53,8 +53,11 @@ def _stopped_run(workdir: Path, test: dict, wall_s: float | None) -> dict:
 
 
 def record(config: Path, workdir: Path, eval_json: Path, machine: str | None = None,
-           wall_s: float | None = None) -> Path:
-  """Writes ``<config>.results.json``; ``machine`` names where the run ran when that was not here."""
+           wall_s: float | None = None, note: str | None = None) -> Path:
+  """Writes ``<config>.results.json``; ``machine`` names where the run ran when that was not here.
+
+  ``note`` goes beside the steps in the table (e.g. a run planned shorter than its config).
+  """
   lines = [l for l in eval_json.read_text().splitlines() if l.strip().startswith("{")]
   test = json.loads(lines[-1])
   if (workdir / "results.json").is_file():
@@ -63,6 +66,8 @@ def record(config: Path, workdir: Path, eval_json: Path, machine: str | None = N
     raise SystemExit(f"{workdir} has no results.json (a stopped run): give --machine, where it ran")
   else:
     run = _stopped_run(workdir, test, wall_s)
+  if note:
+    run["steps_note"] = "; ".join(filter(None, [run.get("steps_note"), note]))
   ref = _reference(config)
   out = config.with_suffix(".results.json")
   rel = config.resolve().relative_to(ROOT)
@@ -120,11 +125,12 @@ def main():
   r.add_argument("--machine", default=None, help="where the run ran, if not on this machine")
   r.add_argument("--wall-s", type=float, default=None,
                  help="training time of a stopped run whose checkpoint metadata did not come back")
+  r.add_argument("--note", default=None, help="said beside the run's steps in the table")
   m = sub.add_parser("readme")
   m.add_argument("--path", type=Path, default=ROOT.parent / "README.md")
   args = p.parse_args()
   if args.cmd == "record":
-    print(record(args.config, args.workdir, args.eval, args.machine, args.wall_s))
+    print(record(args.config, args.workdir, args.eval, args.machine, args.wall_s, args.note))
   else:
     readme(args.path)
     print(table())
