@@ -33,7 +33,9 @@ def test_two_processes_train_as_one_run(tmp_path):
          "--workdir", str(workdir), "--no-progress", *[f"--config.{k}={v}" for k, v in SETTINGS.items()]]
   procs = []
   for pid in range(2):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    # the suite's compile flags (conftest), with 2 devices a process instead of 8
+    flags = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=2")
+    env = {**os.environ, "XLA_FLAGS": flags,
            "ZOO_COORDINATOR": f"127.0.0.1:{port}", "ZOO_NUM_PROCESSES": "2", "ZOO_PROCESS_ID": str(pid),
            # a loaded CI machine can start one process well after the other
            "JAX_CPU_GET_LOCAL_TOPOLOGY_TIMEOUT_MINUTES": "8", "JAX_CPU_GET_GLOBAL_TOPOLOGY_TIMEOUT_MINUTES": "8"}
