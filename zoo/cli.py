@@ -167,7 +167,7 @@ def cmd_train(args, overrides) -> int:
 
 def cmd_eval(args, overrides) -> int:
   from zoo import sharding
-  from zoo.train import load
+  from zoo.train import load, read_meta
   if overrides:
     raise ZooError("eval takes no --config.* overrides; it uses the run's own config")
   sharding.maybe_initialize_distributed()
@@ -175,11 +175,11 @@ def cmd_eval(args, overrides) -> int:
   if args.best:
     if step is not None:
       raise ZooError("--best and --step name a checkpoint each; give one")
-    best = load(args.workdir).meta.get("best")
+    meta, kept = read_meta(args.workdir)
+    best = meta.get("best")
     if not best:
       raise ZooError(f"{args.workdir}: no evaluation has chosen a best checkpoint yet")
     step = int(best["step"])
-    kept = sorted(int(d.name) for d in (Path(args.workdir) / "checkpoints").glob("*") if d.name.isdigit())
     if step not in kept:
       raise ZooError(f"{args.workdir}: the best checkpoint, step {step} ({best['metric']} "
                      f"{best['value']:.4f}), is no longer on disk (kept: {kept}); evaluate one with --step")

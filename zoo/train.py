@@ -11,11 +11,10 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -527,29 +526,43 @@ class Loaded:
     return sample_images(self.run, self.variables, num, seed, **conditioning)
 
 
-def load(workdir: str | os.PathLike, step: int | None = None, num_devices: int = 0) -> Loaded:
-  """Loads the newest loadable checkpoint of the run in ``workdir`` (or the given ``step``)."""
-  workdir = Path(workdir).absolute()
-  ckpt = Checkpointer(workdir, read_only=True)
+def _read_meta(ckpt: Checkpointer, workdir: Path, step: int | None) -> tuple[dict, dict]:
+  """(meta, config) of checkpoint ``step``, or of the newest checkpoint whose metadata reads."""
   steps = ckpt.steps()
   if not steps:
     raise CheckpointError(f"no checkpoint under {workdir}/checkpoints; train first with "
                           f"`zoo train --config ... --workdir {workdir}`")
-  meta = config_dict = None
   for s in ([step] if step is not None else steps[::-1]):
     try:
-      meta, config_dict = ckpt.read_meta(s)
-      break
+      return ckpt.read_meta(s)
     except Exception as e:  # fall back to an older checkpoint, as restore does
       log.warning("checkpoint %s/%d does not load: %s", ckpt.directory, s, str(e).splitlines()[0])
-  if meta is None:
-    raise CheckpointError(f"no checkpoint under {workdir}/checkpoints loads")
-  config = config_lib.with_defaults(ml_collections.ConfigDict(config_dict))
-  config.num_devices = num_devices
-  run = build_run(config, example_from_spec(meta["example"]), meta["image_shape"])
-  restored = ckpt.restore(run.abstract_state, run.meta, step=step)
-  ckpt.close()
-  state, meta = restored
+  raise CheckpointError(f"no checkpoint under {workdir}/checkpoints loads")
+
+
+def read_meta(workdir: str | os.PathLike) -> tuple[dict, list[int]]:
+  """The newest checkpoint's metadata (its step, the best checkpoint so far, ...) and the steps on disk,
+  without restoring any state."""
+  workdir = Path(workdir).absolute()
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    return _read_meta(ckpt, workdir, None)[0], ckpt.steps()
+  finally:
+    ckpt.close()
+
+
+def load(workdir: str | os.PathLike, step: int | None = None, num_devices: int = 0) -> Loaded:
+  """Loads the newest loadable checkpoint of the run in ``workdir`` (or the given ``step``)."""
+  workdir = Path(workdir).absolute()
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    meta, config_dict = _read_meta(ckpt, workdir, step)
+    config = config_lib.with_defaults(ml_collections.ConfigDict(config_dict))
+    config.num_devices = num_devices
+    run = build_run(config, example_from_spec(meta["example"]), meta["image_shape"])
+    state, meta = ckpt.restore(run.abstract_state, run.meta, step=step)
+  finally:     # also on a failed load: an Orbax manager left open fails later, in its event loop
+    ckpt.close()
   # the stage the checkpoint was written in (at a stage boundary, the one just finished)
   family = run.family.at_stage(int(meta.get("stage", run.family.stage_at(int(meta["step"])))))
   run = dataclasses.replace(run, family=family)
