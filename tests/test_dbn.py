@@ -38,7 +38,7 @@ def _enumerate(params, x):
   states = [_bits(w.shape[1]) for w, _, _ in lower]           # every configuration of h^1 .. h^s
   exact, bound = [], []
   for xi in x:
-    log_joint, log_q, prob_q, entropy = [], [], [], []
+    log_joint, log_q = [], []
     for combo in itertools.product(*[range(len(s)) for s in states]):
       hs = [xi] + [states[l][i] for l, i in enumerate(combo)]
       lj, lq = 0.0, 0.0

@@ -1,7 +1,6 @@
 """A run killed with SIGKILL mid-training and resumed ends where an unbroken run ends, bit for bit."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -25,7 +23,7 @@ def test_a_run_leaves_checkpoints_samples_logs_and_results(tmp_path):
   assert (tmp_path / "samples.png").is_file() and (tmp_path / "samples" / "step_0000006.png").is_file()
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   on_disk = json.loads((tmp_path / "results.json").read_text())
-  assert on_disk["steps"] == 6 and on_disk["family"] == "vae"
+  assert on_disk["steps"] == res["steps"] == 6 and on_disk["family"] == res["family"] == "vae"
   ev = on_disk["eval"]["valid"]
   assert ev["num_examples"] == 64 and 0 < ev["nll"] < 784 * np.log(2) * 2
   assert on_disk["best"]["step"] in (3, 6)
