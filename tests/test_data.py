@@ -166,6 +166,33 @@ def test_mnist_5k(mnist5k):
   np.testing.assert_array_equal(np.rint(first["image"][0] * 255).reshape(784), npz["images"][4])
 
 
+def test_valid_from_train_holds_out_a_fixed_part_of_train(mnist5k, tfds_dir, bmnist):
+  held = data.load({"name": "mnist_5k", "data_dir": tfds_dir, "valid_from_train": 500})
+  assert held.splits == ("train", "valid", "test")
+  assert (held.num_examples("train"), held.num_examples("valid"), held.num_examples("test")) == (3500, 500, 1000)
+
+  def read(ds, split, key="image"):
+    return np.concatenate([b[key][b["mask"]] for b in ds.eval_batches(split, 1000)])
+
+  def rows(images):
+    return sorted(map(bytes, images.reshape(len(images), -1)))
+
+  # train and valid partition the original training digits; the test split is untouched
+  train, valid = read(held, "train"), read(held, "valid")
+  assert rows(np.concatenate([train, valid])) == rows(read(mnist5k, "train"))
+  assert not set(rows(train)) & set(rows(valid))
+  np.testing.assert_array_equal(read(held, "test"), read(mnist5k, "test"))
+  # every class is in the held-out part (the file is ordered by class), and the choice is fixed
+  assert set(read(held, "valid", "label").tolist()) == set(range(10))
+  again = data.load({"name": "mnist_5k", "data_dir": tfds_dir, "valid_from_train": 500})
+  np.testing.assert_array_equal(read(again, "valid"), valid)
+  with pytest.raises(DataError, match="has a validation split already"):
+    data.load({"name": "binarized_mnist", "data_dir": tfds_dir, "valid_from_train": 100})
+  for bad in (4000, -3, "10"):
+    with pytest.raises(DataError, match="valid_from_train"):
+      data.load({"name": "mnist_5k", "data_dir": tfds_dir, "valid_from_train": bad})
+
+
 def test_prepared_data_are_reused(tfds_dir, bmnist):
   import time
   t = time.time()

@@ -43,7 +43,7 @@ from zoo.errors import ConfigError, DataError, nearest
 __all__ = ["BatchIterator", "Dataset", "IN_MEMORY_BYTES", "CONFIG_KEYS", "load"]
 
 IN_MEMORY_BYTES = 1 << 30
-CONFIG_KEYS = ("name", "data_dir", "image_shape", "in_memory", "levels")
+CONFIG_KEYS = ("name", "data_dir", "image_shape", "in_memory", "levels", "valid_from_train")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SPLIT_ORDER = ("train", "valid", "validation", "test")
 _BINARY_CATALOG = ("binarized_mnist",)
@@ -93,6 +93,39 @@ class _ArraySplit:
     """Returns (images uint8 (n, H, W, C), labels int32 (n,) or None) at ``indices`` (n,)."""
     labels = self.labels[indices] if self.labels is not None else None
     return self.images[indices], labels
+
+
+class _SubsetSplit:
+  """The examples of another split at ``indices``, in that order."""
+
+  def __init__(self, parent: Any, indices: np.ndarray):
+    self.parent, self.indices = parent, indices
+    self.num_examples = len(indices)
+
+  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    return self.parent.read(self.indices[indices])
+
+
+def _valid_from_train(ds: "Dataset", n: int) -> "Dataset":
+  """``ds`` with ``n`` of its training examples held out as a ``valid`` split (a fixed random choice,
+  the same on every machine: a file ordered by class still gives every class), the rest as ``train``.
+
+  For data sets without a validation split (``mnist_5k``) where a protocol chooses something on held-out
+  data, e.g. the Parzen window's width (Goodfellow et al. 2014).
+  """
+  if any(s in ds.splits for s in ("valid", "validation")):
+    raise DataError(f"{ds.name} has a validation split already; data.valid_from_train is for data sets "
+                    f"without one")
+  total = ds.num_examples("train")
+  if not 0 < n < total:
+    raise DataError(f"data.valid_from_train must be between 1 and {total - 1} (the {total} training "
+                    f"examples of {ds.name}), got {n}")
+  order = np.random.default_rng(0).permutation(total)
+  splits = {**ds._splits, "train": _SubsetSplit(ds._splits["train"], np.sort(order[n:])),
+            "valid": _SubsetSplit(ds._splits["train"], np.sort(order[:n]))}
+  splits = {s: splits[s] for s in _SPLIT_ORDER if s in splits}
+  return Dataset(ds.name, splits, image_shape=ds.image_shape, levels=ds.levels,
+                 num_classes=ds.num_classes, class_names=ds.class_names)
 
 
 class _RecordSplit:
@@ -770,7 +803,9 @@ def load(cfg: Any) -> Dataset:
     cfg: an ml_collections ConfigDict or a dict (or just the name, a str) with ``name`` (see the
       module docstring) and optionally ``data_dir`` (str), ``image_shape`` ((H, W) or (H, W, C):
       needed for flat npz images, else checked), ``in_memory`` (bool: force reading splits into
-      memory or per batch; default by size) and ``levels`` (int: override the pixel levels).
+      memory or per batch; default by size), ``levels`` (int: override the pixel levels) and
+      ``valid_from_train`` (int: hold out that many training examples as a ``valid`` split, for data
+      without one).
 
   Returns:
     The Dataset.
@@ -799,6 +834,12 @@ def load(cfg: Any) -> Dataset:
   in_memory = _field(cfg, "in_memory")
   if in_memory is not None:
     in_memory = bool(in_memory)
+  ds = _load_by_name(cfg, name, image_shape, levels, in_memory)
+  held_out = _field(cfg, "valid_from_train")
+  return _valid_from_train(ds, _check_int(held_out, "data.valid_from_train", 1)) if held_out else ds
+
+
+def _load_by_name(cfg: Any, name: str, image_shape, levels, in_memory) -> Dataset:
   prefix, _, rest = name.partition(":")
   if prefix == "npz" and rest:
     return _load_npz(name, rest, image_shape, levels)
