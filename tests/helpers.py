@@ -80,7 +80,7 @@ def tree_close_but_for_a_few(a, b, rtol=1e-4, atol=1e-5, max_fraction=1e-3, outl
   """
   la, ta = jax.tree_util.tree_flatten_with_path(a)
   lb, tb = jax.tree_util.tree_flatten(b)
-  if jax.tree_util.tree_structure(a) != jax.tree_util.tree_structure(b):
+  if ta != tb:
     return f"different structures: {ta} and {tb}"
   total, off, worst = 0, 0, (0.0, "")
   for (path, x), y in zip(la, lb):
