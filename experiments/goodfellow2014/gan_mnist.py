@@ -30,8 +30,8 @@ Result (gan_mnist.results.json, the README's family table): see there; the final
 steps, 10,000 samples, against the paper's 225 +- 2. (An earlier run trained on all 4,000 training digits
 and chose the width on them, having no held-out digits: 185.4 +- 5.3 nats at sigma 0.198.)
 
-Command (15,000 steps take about 13 minutes on 2 idle CPU cores, about 19 steps/s; the final Parzen
-estimate, 10,000 samples x 30 widths x 500 + 1,000 digits, takes seconds):
+Command (15,000 steps took 12.0 minutes on 2 idle CPU cores, about 21 steps/s; the final Parzen
+estimate, 10,000 samples x 30 widths x 500 + 1,000 digits, 8 s):
   zoo train --config experiments/goodfellow2014/gan_mnist.py --workdir runs/goodfellow2014_gan_mnist
   python -m zoo.metrics.parzen --workdir runs/goodfellow2014_gan_mnist --split test > eval.json
   python experiments/table.py record --config experiments/goodfellow2014/gan_mnist.py \
