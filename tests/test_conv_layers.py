@@ -145,3 +145,47 @@ def test_gpu_runs_xla_convolutions_and_cpu_the_tap_matmuls(layer):
   gpu, cpu = ops("cuda"), ops("cpu")
   assert gpu.count("convolution") == 3 and "dot_general" not in gpu   # forward, input and weight gradients
   assert "dot_general" in cpu                                          # the taps' matmuls
+
+
+def _tap_mask(k, open_taps, c_in, c_out):
+  mask = np.zeros((*k, c_in, c_out), np.float32)
+  for i, j in open_taps:
+    mask[i, j] = 1
+  return mask
+
+
+# (kernel, open taps, strides, padding): the PixelCNN's 3x3 mask B and 7x7 mask A; a box inside the kernel
+# under 'VALID' (the cut rows and columns exceed the padding: x is cropped); a strided one; no tap open.
+MASKS = [
+    ((3, 3), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], (1, 1), "SAME"),
+    ((7, 7), [(i, j) for i in range(4) for j in range(7) if i < 3 or j < 3], (1, 1), "SAME"),
+    ((5, 5), [(1, 2), (2, 1), (3, 3)], (1, 1), "VALID"),
+    ((4, 3), [(1, 0), (2, 2)], (2, 2), ASYM),
+    ((1, 3), [(0, 0), (0, 1)], (1, 1), "SAME"),
+    ((3, 3), [], (1, 1), "SAME"),
+]
+
+
+@pytest.mark.parametrize("k,open_taps,s,padding", MASKS, ids=[f"{m[0][0]}x{m[0][1]}-{len(m[1])}taps-s{m[2][0]}"
+                                                             for m in MASKS])
+def test_masked_conv_equals_xla_on_the_masked_kernel(k, open_taps, s, padding):
+  """conv2d(x, kernel * mask, mask=mask) convolves over the box of open taps only (on CPU): the output
+  and both gradients are XLA's convolution of the masked kernel."""
+  mask = _tap_mask(k, open_taps, 3, 4)
+  ours = lambda x, w: _layers.conv2d(x, w * mask, padding, mask=mask, strides=s)
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w * mask, s, padding, dimension_numbers=DN)
+  _check(ours, ref, (2, 9, 8, 3), (*k, 3, 4))
+
+
+def test_masked_conv_lowers_on_cpu_to_the_open_box():
+  """A 3x3 mask-B convolution runs, forward and input gradient, as a 2x3 one on CPU, and as XLA's 3x3
+  convolution on GPU."""
+  mask = _tap_mask((3, 3), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], 4, 4)
+  x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_layers.conv2d(x, w * mask, "SAME", mask))), (0, 1)))
+
+  def kernels(platform):
+    text = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
+    return re.findall(r"stablehlo\.convolution.*?tensor<[^>]*>, tensor<(\d+x\d+)x4x4xf32>", text)
+  assert kernels("cpu") == ["2x3", "2x3"]    # forward, input gradient (the weight gradient: tap matmuls)
+  assert kernels("cuda") == ["3x3", "3x3"]   # and the weight gradient, a convolution with dy as its kernel

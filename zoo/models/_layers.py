@@ -183,8 +183,10 @@ def _all_taps(kernel_shape):
 def _tap_slices(a, offsets, strides, size):
   """Per (oi, oj) in ``offsets``: a[:, oi + s_h * u, oj + s_w * v, :] for u < size[0], v < size[1] (zero
   outside a), as (N, C)."""
+  if not offsets:
+    return []
   pads = []
-  for d in range(2 if offsets else 0):
+  for d in range(2):
     first = min(o[d] for o in offsets)
     last = max(o[d] for o in offsets) + strides[d] * (size[d] - 1)
     pads.append((max(0, -first), max(0, last - a.shape[1 + d] + 1)))
@@ -252,24 +254,47 @@ def _phase_conv(x, kernel, strides, padding):
       sub = kernel[r::sh, c::sw]
       if sub.shape[0] == 0 or sub.shape[1] == 0:  # a stride above the kernel size: no tap meets this phase
         ys.append(jnp.zeros((b, rows_h, rows_w, c_out), jnp.result_type(x, kernel)))
-      elif min(ph + pw) < 0:  # a crop: by lax.pad, as XLA:CPU miscomputes a convolution padded (-1, 1)
-        xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
-        ys.append(_native_conv(xp, sub, ((0, 0), (0, 0))))
       else:
-        ys.append(_native_conv(x, sub, (ph, pw)))
+        ys.append(_cropping_conv(x, sub, (ph, pw)))
   # (sh, sw, B, rows_h, rows_w, C) -> (B, rows_h, sh, rows_w, sw, C): output row a * sh + p is phase p's
   # row a.
   y = jnp.stack(ys).reshape(sh, sw, b, rows_h, rows_w, c_out).transpose(2, 3, 0, 4, 1, 5)
   return y.reshape(b, rows_h * sh, rows_w * sw, c_out)[:, :out_h, :out_w]
 
 
+def _cropping_conv(x, kernel, padding, strides=(1, 1)):
+  """``_native_conv`` where a padding may be negative (a crop): then x is padded and cropped by lax.pad
+  first, as XLA:CPU miscomputes a convolution padded (-1, 1)."""
+  if min(min(p) for p in padding) >= 0:
+    return _native_conv(x, kernel, padding, strides)
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)))
+  return _native_conv(x, kernel, ((0, 0), (0, 0)), strides)
+
+
+def _open_box_conv(x, kernel, padding, strides, taps):
+  """``_native_conv`` of a kernel whose taps outside ``taps`` are zero, over the smallest box of kernel rows
+  and columns holding the open taps: the padding shrinks by the rows and columns cut (a negative padding
+  crops x), so the output is the same. A PixelCNN's 3x3 mask-B kernel becomes 2x3 (6 taps, not 9), the 7x7
+  mask-A 4x7: XLA's convolution and its input gradient then take 2/3 and 4/7 of the time."""
+  kh, kw = kernel.shape[:2]
+  if not taps:
+    return _native_conv(x, jnp.zeros_like(kernel), padding, strides)
+  rows, cols = [t[0] for t in taps], [t[1] for t in taps]
+  box = ((min(rows), kh - 1 - max(rows)), (min(cols), kw - 1 - max(cols)))
+  if box == ((0, 0), (0, 0)):
+    return _native_conv(x, kernel, padding, strides)
+  (top, bottom), (left, right) = box
+  pads = tuple((lo - cut_lo, hi - cut_hi) for (lo, hi), (cut_lo, cut_hi) in zip(padding, box))
+  return _cropping_conv(x, kernel[top:kh - bottom, left:kw - right], pads, strides)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_tap_grad(x, kernel, padding, strides, taps):
-  return _native_conv(x, kernel, padding, strides)
+  return _open_box_conv(x, kernel, padding, strides, taps)
 
 
 def _conv_tap_grad_fwd(x, kernel, padding, strides, taps):
-  return _native_conv(x, kernel, padding, strides), (x, kernel)
+  return _open_box_conv(x, kernel, padding, strides, taps), (x, kernel)
 
 
 def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
@@ -280,7 +305,7 @@ def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
   if strides != (1, 1) and kernel.shape[2] >= _PHASE_MIN_FEATURES:
     dx = _strided_input_grad(dy, kernel, x.shape, padding, strides)
   else:
-    dx = jax.vjp(lambda x: _native_conv(x, kernel, padding, strides), x)[1](dy)[0]
+    dx = jax.vjp(lambda x: _open_box_conv(x, kernel, padding, strides, taps), x)[1](dy)[0]
   offsets = [(i - padding[0][0], j - padding[1][0]) for i, j in taps]
   slices = _tap_slices(x, offsets, strides, dy.shape[1:3])
   dk = _tap_weight_grad(slices, dy.reshape(-1, dy.shape[3]), taps, kernel.shape, sliced_input=True)
@@ -351,13 +376,16 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   (kh, kw, ...) 0/1 array, closes: their gradient is zero), which XLA:CPU runs several times faster than its
   own weight gradient of a convolution (issue 7); the input gradient is XLA's, except at larger strides into
   16 or more input channels, a transposed convolution by phases (``_strided_input_grad``). The forward pass
-  is XLA's. On GPU and TPU it is XLA's convolution, forward and backward, unchanged.
+  and the input gradient are XLA's, over the smallest box of kernel rows and columns that holds the taps
+  ``mask`` leaves open (``_open_box_conv``: a 3x3 mask B runs as 2x3). On GPU and TPU it is XLA's
+  convolution of the whole kernel, forward and backward, unchanged.
 
   Args:
     x: (B, H, W, C_in).
     kernel: (kh, kw, C_in, C_out), already masked if it is masked.
     padding: ((top, bottom), (left, right)), 'SAME' or 'VALID'.
-    mask: the kernel's mask, for the taps it closes.
+    mask: the kernel's mask, for the taps it closes (a tap is closed where mask[i, j] is zero throughout;
+      the kernel must be zero there).
     strides: (s_h, s_w).
   """
   strides = tuple(int(s) for s in strides)
