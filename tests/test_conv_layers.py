@@ -58,6 +58,7 @@ CASES = [
     (3, (5, 7), 4, 2, ASYM, 3, 4, "phases"),
     (1, (5, 7), 3, (2, 1), ASYM, 2, 3, "phases"),
     (3, (8, 8), 4, 2, "SAME", 4, 3, "native"),
+    (2, (5, 7), 1, 1, "VALID", 3, 4, "native"),   # 1x1, stride 1, unpadded: a matmul on CPU
 ]
 
 
@@ -189,3 +190,13 @@ def test_masked_conv_lowers_on_cpu_to_the_open_box():
     return re.findall(r"stablehlo\.convolution.*?tensor<[^>]*>, tensor<(\d+x\d+)x4x4xf32>", text)
   assert kernels("cpu") == ["2x3", "2x3"]    # forward, input gradient (the weight gradient: tap matmuls)
   assert kernels("cuda") == ["3x3", "3x3"]   # and the weight gradient, a convolution with dy as its kernel
+
+
+def test_a_1x1_convolution_is_a_matmul_on_cpu():
+  x, w = jnp.ones((2, 5, 5, 4)), jnp.ones((1, 1, 4, 3))
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_layers.conv2d(x, w, "SAME"))), (0, 1)))
+
+  def ops(platform):
+    text = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
+    return sorted(set(re.findall(r"stablehlo\.(convolution|dot_general)", text)))
+  assert ops("cpu") == ["dot_general"] and ops("cuda") == ["convolution"]

@@ -396,6 +396,11 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   else:
     open_ = np.asarray(mask).reshape(kh, kw, -1).any(axis=-1)
     taps = tuple((i, j) for i in range(kh) for j in range(kw) if open_[i, j])
+  if taps == ((0, 0),) and (kh, kw) == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
+    # a 1x1 convolution is a matmul over the pixels: XLA:CPU runs it as one 2.7x faster than as a
+    # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too
+    return _on_cpu(lambda x, k: jnp.dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
+                   lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
   return _on_cpu(lambda x, k: _conv_tap_grad(x, k, padding, strides, taps),
                  lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
 
