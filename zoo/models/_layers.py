@@ -242,17 +242,31 @@ def _phases(n, k, s, lo, hi):
 def _phase_conv(x, kernel, strides, padding):
   """``_native_dilated_conv`` as s_h * s_w stride-1 convolutions of x, one per output phase with the kernel
   taps of its parity (``_phases``), interleaved by depth-to-space: no multiplications by the dilation's
-  zeros."""
+  zeros.
+
+  Where every phase has as many taps as the others (a kernel size that the stride divides, as the DCGAN's
+  4x4 at stride 2), the phases are one convolution: their sub-kernels side by side on the output channels,
+  padded for the phase that reaches furthest each way, each phase cropping its own window of the output.
+  That costs one extra output row and column at most (9x9 for 8x8) but XLA:CPU runs the one larger
+  convolution faster than the s_h * s_w small ones (the DCGAN32 train step 6-7% faster).
+  """
   b, h, w, _ = x.shape
   kh, kw, _, c_out = kernel.shape
   (sh, sw), (pad_h, pad_w) = strides, padding
   out_h, rows_h, phases_h = _phases(h, kh, sh, *pad_h)
   out_w, rows_w, phases_w = _phases(w, kw, sw, *pad_w)
-  ys = []
-  for r, ph in phases_h:
-    for c, pw in phases_w:
-      sub = kernel[r::sh, c::sw]
-      if sub.shape[0] == 0 or sub.shape[1] == 0:  # a stride above the kernel size: no tap meets this phase
+  pairs = [(r, ph, c, pw) for r, ph in phases_h for c, pw in phases_w]
+  subs = [kernel[r::sh, c::sw] for r, _, c, _ in pairs]
+  if len({sub.shape for sub in subs}) == 1 and subs[0].size:
+    top, bottom = max(ph[0] for _, ph in phases_h), max(ph[1] for _, ph in phases_h)
+    left, right = max(pw[0] for _, pw in phases_w), max(pw[1] for _, pw in phases_w)
+    y = _cropping_conv(x, jnp.concatenate(subs, axis=3), ((top, bottom), (left, right)))
+    ys = [y[:, top - ph[0]:top - ph[0] + rows_h, left - pw[0]:left - pw[0] + rows_w, n * c_out:(n + 1) * c_out]
+          for n, (_, ph, _, pw) in enumerate(pairs)]
+  else:
+    ys = []
+    for (_, ph, _, pw), sub in zip(pairs, subs):
+      if sub.size == 0:  # a stride above the kernel size: no tap meets this phase
         ys.append(jnp.zeros((b, rows_h, rows_w, c_out), jnp.result_type(x, kernel)))
       else:
         ys.append(_cropping_conv(x, sub, (ph, pw)))
