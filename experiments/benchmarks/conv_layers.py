@@ -9,8 +9,10 @@ dilation's zeros). Beside them, the float32 matmul ceiling (2048^3) measured in 
 
 Shapes: the DCGAN 32x32 benchmark architecture (experiments/benchmarks/dcgan32.py) at batch 64 and 256,
 G's 4x4 stride-2 transposed convolutions 4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x3 and D's 4x4 stride-2
-convolutions 32x32x3 -> 16x16x64 -> 8x8x128 -> 4x4x256; and PixelCNN's 3x3 64 -> 64 convolution at 28x28,
-batch 64 (unmasked: all 9 taps).
+convolutions 32x32x3 -> 16x16x64 -> 8x8x128 -> 4x4x256; and PixelCNN's convolutions at 28x28, batch 64:
+a 3x3 64 -> 64 unmasked (all 9 taps), the same with mask B (5 open taps; useful work counts those, and XLA
+convolves the masked 3x3 kernel), the first layer's 7x7 mask A from 1 channel to 64 (24 open taps) and
+the 1x1 64 -> 64 of the output layers.
 
   python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--out FILE.jsonl]
 """
@@ -25,6 +27,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zoo.bench import load_average
 from zoo.models import _layers
@@ -40,7 +43,18 @@ LAYERS = [
     ("D conv_1", "conv", (16, 16, 64), 4, 2, 128, None),
     ("D conv_2", "conv", (8, 8, 128), 4, 2, 256, None),
     ("PixelCNN 3x3", "conv", (28, 28, 64), 3, 1, 64, (64,)),
+    ("PixelCNN 3x3 B", "maskB", (28, 28, 64), 3, 1, 64, (64,)),
+    ("PixelCNN 7x7 A", "maskA", (28, 28, 1), 7, 1, 64, (64,)),
+    ("PixelCNN 1x1", "conv", (28, 28, 64), 1, 1, 64, (64,)),
 ]
+
+
+def raster_mask(k: int, kind: str) -> np.ndarray:
+  """(k, k, 1, 1) 0/1: the rows above the centre and the taps left of it open; the centre open for mask B."""
+  mask = np.zeros((k, k, 1, 1), np.float32)
+  mask[:k // 2] = 1
+  mask[k // 2, :k // 2 + (kind == "maskB")] = 1
+  return mask
 
 
 def timed(fns: dict, *args, repeats: int) -> dict:
@@ -66,6 +80,10 @@ def timed(fns: dict, *args, repeats: int) -> dict:
 
 def layer_fns(kind: str, k: int, s: int):
   """{'native': f, 'zoo': f} with f(x, kernel) the layer ('SAME' padding, as the families use it)."""
+  if kind in ("maskA", "maskB"):
+    m = raster_mask(k, kind)
+    return {"native": lambda x, w: jax.lax.conv_general_dilated(x, w * m, (1, 1), "SAME", dimension_numbers=DN),
+            "zoo": lambda x, w: _layers.conv2d(x, w * m, "SAME", mask=m)}
   if kind == "conv":
     return {"native": lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN),
             "zoo": lambda x, w: _layers.conv2d(x, w, "SAME", strides=(s, s))}
@@ -92,7 +110,7 @@ def main():
          "jax": jax.__version__, "load_average_before": load_average()}
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
         f"load {env['load_average_before']})")
-  print(f"{'layer':<13} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'zoo/nat':>7}"
+  print(f"{'layer':<15} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'zoo/nat':>7}"
         "  GFLOP/s")
   rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
   for name, kind, (h, w, c_in), k, s, c_out, batches in LAYERS:
@@ -104,12 +122,13 @@ def main():
       dy = jax.random.normal(jax.random.PRNGKey(3), y.shape, jnp.float32)
       # useful FLOPs: every (input pixel, tap) pair of a transposed conv is one of the conv it transposes
       pixels = b * h * w if kind == "convT" else b * y.shape[1] * y.shape[2]
-      flops = 2 * pixels * k * k * c_in * c_out
+      taps = int(raster_mask(k, kind).sum()) if kind in ("maskA", "maskB") else k * k
+      flops = 2 * pixels * taps * c_in * c_out
       shape = f"{h}x{w}x{c_in}->{y.shape[1]}x{y.shape[2]}x{c_out}"
       for op in ("forward", "input_grad", "weight_grad"):
         secs = timed({impl: ops(f)[op] for impl, f in fns.items()}, x, kern, dy, repeats=args.repeats)
         gf = {impl: flops / t / 1e9 for impl, t in secs.items()}
-        print(f"{name:<13} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
+        print(f"{name:<15} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
               f"{gf['zoo'] / gf['native']:>6.2f}x", flush=True)
         rows.append(dict(kind=kind, layer=name, batch=b, shape=shape, kernel=k, stride=s, op=op, flops=flops,
                          native_gflops=round(gf["native"], 2), zoo_gflops=round(gf["zoo"], 2),
