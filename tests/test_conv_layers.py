@@ -28,6 +28,11 @@ def _use(path, monkeypatch):
   monkeypatch.setattr(_layers, "_CONCAT_MAX_FEATURES", 10 ** 6 if big else 0)
 
 
+def _lowered(f, platform, *args):
+  """The StableHLO text of jit(f)(*args) exported for ``platform`` (CUDA works on a CPU-only machine)."""
+  return jax.export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
+
+
 def _close(a, b):
   scale = max(1.0, float(jnp.abs(b).max()))
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * scale)
@@ -141,8 +146,7 @@ def test_gpu_runs_xla_convolutions_and_cpu_the_tap_matmuls(layer):
   grad = jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), (0, 1)))
 
   def ops(platform):
-    text = jax.export.export(grad, platforms=[platform])(v, x).mlir_module()
-    return re.findall(r"stablehlo\.(convolution|dot_general)", text)
+    return re.findall(r"stablehlo\.(convolution|dot_general)", _lowered(grad, platform, v, x))
   gpu, cpu = ops("cuda"), ops("cpu")
   assert gpu.count("convolution") == 3 and "dot_general" not in gpu   # forward, input and weight gradients
   assert "dot_general" in cpu                                          # the taps' matmuls
@@ -186,8 +190,8 @@ def test_masked_conv_lowers_on_cpu_to_the_open_box():
   grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_layers.conv2d(x, w * mask, "SAME", mask))), (0, 1)))
 
   def kernels(platform):
-    text = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
-    return re.findall(r"stablehlo\.convolution.*?tensor<[^>]*>, tensor<(\d+x\d+)x4x4xf32>", text)
+    return re.findall(r"stablehlo\.convolution.*?tensor<[^>]*>, tensor<(\d+x\d+)x4x4xf32>",
+                      _lowered(grad, platform, x, w))
   assert kernels("cpu") == ["2x3", "2x3"]    # forward, input gradient (the weight gradient: tap matmuls)
   assert kernels("cuda") == ["3x3", "3x3"]   # and the weight gradient, a convolution with dy as its kernel
 
@@ -197,6 +201,5 @@ def test_a_1x1_convolution_is_a_matmul_on_cpu():
   grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_layers.conv2d(x, w, "SAME"))), (0, 1)))
 
   def ops(platform):
-    text = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
-    return sorted(set(re.findall(r"stablehlo\.(convolution|dot_general)", text)))
+    return sorted(set(re.findall(r"stablehlo\.(convolution|dot_general)", _lowered(grad, platform, x, w))))
   assert ops("cpu") == ["dot_general"] and ops("cuda") == ["convolution"]
