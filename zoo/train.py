@@ -526,9 +526,9 @@ class Loaded:
     return sample_images(self.run, self.variables, num, seed, **conditioning)
 
 
-def _read_meta(ckpt: Checkpointer, workdir: Path, step: int | None) -> tuple[dict, dict]:
-  """(meta, config) of checkpoint ``step``, or of the newest checkpoint whose metadata reads."""
-  steps = ckpt.steps()
+def _read_meta(ckpt: Checkpointer, workdir: Path, step: int | None, steps: list[int]) -> tuple[dict, dict]:
+  """(meta, config) of checkpoint ``step``, or of the newest of ``steps`` (those on disk) whose metadata
+  reads."""
   if not steps:
     raise CheckpointError(f"no checkpoint under {workdir}/checkpoints; train first with "
                           f"`zoo train --config ... --workdir {workdir}`")
@@ -546,7 +546,8 @@ def read_meta(workdir: str | os.PathLike) -> tuple[dict, list[int]]:
   workdir = Path(workdir).absolute()
   ckpt = Checkpointer(workdir, read_only=True)
   try:
-    return _read_meta(ckpt, workdir, None)[0], ckpt.steps()
+    steps = ckpt.steps()
+    return _read_meta(ckpt, workdir, None, steps)[0], steps
   finally:
     ckpt.close()
 
@@ -556,7 +557,7 @@ def load(workdir: str | os.PathLike, step: int | None = None, num_devices: int =
   workdir = Path(workdir).absolute()
   ckpt = Checkpointer(workdir, read_only=True)
   try:
-    meta, config_dict = _read_meta(ckpt, workdir, step)
+    meta, config_dict = _read_meta(ckpt, workdir, step, ckpt.steps())
     config = config_lib.with_defaults(ml_collections.ConfigDict(config_dict))
     config.num_devices = num_devices
     run = build_run(config, example_from_spec(meta["example"]), meta["image_shape"])

@@ -13,10 +13,11 @@ dimension it is known to rank models poorly (Theis et al. 2016); it is here so t
 stand beside the paper's.
 
 Our protocol (the paper does not give all of it): N = 10,000 samples, ``sigma`` on a log-spaced grid of
-``DEFAULT_SIGMAS`` (0.02 to 1), chosen on ``--select-split`` (by default the run's validation split: binarized MNIST's ``valid``, or
-for ``mnist_5k``, which has none, the digits a run held out of its training split with
-``data.valid_from_train``; else its ``train`` split: training digits rather than held-out ones, which,
-if anything, favours a model that memorises; say so beside the figure), reported on ``--split``.
+``DEFAULT_SIGMAS`` (0.02 to 1), chosen on ``--select-split`` (by default the run's validation split:
+binarized MNIST's ``valid``, or for ``mnist_5k``, which has none, the digits a run held out of its
+training split with ``data.valid_from_train``; else its ``train`` split: training digits rather than
+held-out ones, which, if anything, favours a model that memorises; say so beside the figure), reported on
+``--split``.
 
 Python::
 

@@ -313,8 +313,9 @@ def _conv_tap_grad_fwd(x, kernel, padding, strides, taps):
 
 def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
   """The weight gradient as (C_in, N) @ (N, C_out) matmuls, one per open tap: tap (i, j) multiplies
-  x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b). The input gradient: XLA's, except at
-  larger strides into 16 or more channels, a transposed convolution by phases (``_strided_input_grad``)."""
+  x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b). The input gradient: XLA's over the box
+  of open taps (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed
+  convolution by phases (``_strided_input_grad``)."""
   x, kernel = residuals
   if strides != (1, 1) and kernel.shape[2] >= _PHASE_MIN_FEATURES:
     dx = _strided_input_grad(dy, kernel, x.shape, padding, strides)
