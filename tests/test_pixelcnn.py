@@ -1,6 +1,8 @@
 """What is particular to PixelCNN and Gated PixelCNN: the blind spot, the channel order, conditioning."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,6 +96,29 @@ def test_causal_mask_is_the_definition():
   np.testing.assert_array_equal(_layers.feature_groups(6, 3), [0, 0, 1, 1, 2, 2])
   np.testing.assert_array_equal(_layers.feature_groups(6, 3, repeat=2), [0, 0, 1, 1, 2, 2])
   np.testing.assert_array_equal(_layers.feature_groups(12, 3, repeat=2), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+
+
+@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN])
+def test_dropout_acts_in_training_only_and_keeps_the_network_causal(cls):
+  kw = dict(blocks=2) if cls is PixelCNN else dict(layers=3)
+  family = cls(image_shape=(4, 4, 1), features=8, first_kernel=3, output_features=(8,), dropout=0.5, **kw)
+  family.validate()
+  variables = _init(family)
+  x = (jax.random.uniform(jax.random.PRNGKey(1), (6, 4, 4, 1)) > 0.5).astype(jnp.float32)
+  batch = {"image": x}
+  losses = [float(family.loss("model", variables, batch, jax.random.PRNGKey(k), 0)[0]) for k in (0, 0, 1)]
+  assert losses[0] == losses[1] and losses[0] != losses[2]
+  # evaluation and sampling see the deterministic network: the dropout-free model's likelihood, whatever
+  # the key (dropout has no parameters, so the same variables serve both)
+  plain = dataclasses.replace(family, dropout=0.0)
+  ll = family.log_likelihood(variables, batch, jax.random.PRNGKey(3))
+  np.testing.assert_array_equal(np.asarray(ll), np.asarray(plain.log_likelihood(variables, batch)))
+  assert -float(jnp.mean(ll)) not in losses
+  # a dropped unit removes paths, never adds one: training logits stay causal
+  dep = _dependence(family, variables, dropout_rng=jax.random.PRNGKey(2))
+  assert not np.any(dep[np.triu(np.ones((16, 16), bool))])
+  with pytest.raises(ConfigError, match="dropout"):
+    dataclasses.replace(family, dropout=1.0).validate()
 
 
 @pytest.mark.parametrize("bad", [dict(first_kernel=4), dict(features=0), dict(blocks=-1)])

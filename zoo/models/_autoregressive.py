@@ -144,6 +144,9 @@ class Autoregressive(Family):
     if kw:
       raise ConfigError(f"the {self.name} family's likelihood is exact: it takes no estimator options "
                         f"(got {', '.join(sorted(kw))})")
+    return self._log_likelihood(variables, batch)
+
+  def _log_likelihood(self, variables, batch, **kw):
     x = batch["image"]
     self.check_batch(x)
     lp = self.log_prob_from_logits(x, self.logits(variables, x, **self._logit_kw(batch, kw)))
@@ -154,7 +157,9 @@ class Autoregressive(Family):
     return kw
 
   def loss(self, player, variables, batch, rng, step):
-    ll = self.log_likelihood(variables, batch, rng)
+    # A family with dropout (``dropout`` > 0) drops units in training only: the likelihood that
+    # evaluation and sampling use is the deterministic network's.
+    ll = self._log_likelihood(variables, batch, **({"dropout_rng": rng} if getattr(self, "dropout", 0) else {}))
     nll = -jnp.mean(ll)
     return nll, {"nll": nll, "bits_per_dim": bits_per_dim(nll, self.num_dims)}, {}
 

@@ -38,13 +38,14 @@ class _PixelCNNNet(nn.Module):
   family: "PixelCNN"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     f = self.family
     c = f.image_shape[-1]
     k = f.first_kernel
     h = _layers.MaskedConv(f.features, (k, k), "A", c, name="conv_a")(x)
     for i in range(f.blocks):
-      h = h + _layers.MaskedConv(f.features, (3, 3), "B", c, name=f"block_{i}")(nn.relu(h))
+      branch = _layers.MaskedConv(f.features, (3, 3), "B", c, name=f"block_{i}")(nn.relu(h))
+      h = h + nn.Dropout(f.dropout, deterministic=deterministic)(branch)
     for j, width in enumerate(f.output_features):
       h = _layers.MaskedConv(width, (1, 1), "B", c, name=f"out_{j}")(nn.relu(h))
     out = _layers.MaskedConv(c * f.num_classes, (1, 1), "B", c, name="logits")(nn.relu(h))
@@ -75,6 +76,17 @@ def _head_logits(h, heads, channels: int, num_classes: int, ch):
   return jax.lax.dynamic_index_in_dim(logits, ch, 1, keepdims=False)
 
 
+def _apply(family, variables, u, *args, dropout_rng=None):
+  """The family's network on ``u``; with ``dropout_rng`` (training) its dropout is on."""
+  return family.net.apply({"params": variables["params"]["model"]}, u, *args, dropout_rng is None,
+                          rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+
+
+def _validate_dropout(rate):
+  if not 0 <= rate < 1:
+    raise ConfigError(f"model.dropout must be in [0, 1), got {rate}")
+
+
 def _horizontal_mask(n: int, in_features: int, features2: int, channels: int, first: bool) -> np.ndarray:
   """The Gated PixelCNN's 1 x (n//2 + 1) horizontal kernel mask: the centre tap (its last) masked by
   channel group, mask A in the first layer (a value never sees itself), B after."""
@@ -93,12 +105,14 @@ class PixelCNN(Autoregressive):
     blocks: residual blocks h + conv3x3_maskB(relu(h)).
     first_kernel: size of the first (mask-A) convolution, odd.
     output_features: widths of the 1x1 ReLU layers before the output layer.
+    dropout: rate of dropout on each residual block's branch, in training only (0: none).
     output, levels: see ``Autoregressive``.
   """
   features: int = 64
   blocks: int = 10
   first_kernel: int = 7
   output_features: tuple[int, ...] = (64,)
+  dropout: float = 0.0
 
   def validate(self):
     self.validate_output()
@@ -107,6 +121,7 @@ class PixelCNN(Autoregressive):
     if self.first_kernel < 1 or self.first_kernel % 2 == 0:
       raise ConfigError(f"model.first_kernel must be odd and >= 1, got {self.first_kernel}")
     self.validate_group_widths(self.features, *self.output_features)
+    _validate_dropout(self.dropout)
 
   @property
   def net(self) -> _PixelCNNNet:
@@ -116,8 +131,8 @@ class PixelCNN(Autoregressive):
     x = self.network_input(batch["image"][:1])
     return {"params": {"model": self.net.init(rng, x)["params"]}}
 
-  def network_logits(self, variables, u, **kw):
-    return self.net.apply({"params": variables["params"]["model"]}, u)
+  def network_logits(self, variables, u, dropout_rng=None, **kw):
+    return _apply(self, variables, u, dropout_rng=dropout_rng)
 
   # ---- the fast sampler -------------------------------------------------------------------------
 
@@ -179,9 +194,10 @@ class _GatedLayer(nn.Module):
   channels: int
   first: bool
   num_labels: int
+  dropout: float
 
   @nn.compact
-  def __call__(self, v, h, label):
+  def __call__(self, v, h, label, deterministic: bool = True):
     f2, n, c = 2 * self.features, self.kernel, self.channels
     init = nn.initializers.lecun_normal()
     # vertical stack: an (n//2 + 1) x n kernel over the rows at and above each row
@@ -201,20 +217,20 @@ class _GatedLayer(nn.Module):
       v_pre = v_pre + nn.Dense(f2, use_bias=False, name="label_vertical")(onehot)[:, None, None, :]
       h_pre = h_pre + nn.Dense(f2, use_bias=False, name="label_horizontal")(onehot)[:, None, None, :]
     out = _layers.MaskedConv(self.features, (1, 1), "B", c, name="horizontal_out")(_gate(h_pre))
-    return _gate(v_pre), out if self.first else h + out
+    return _gate(v_pre), out if self.first else h + nn.Dropout(self.dropout, deterministic=deterministic)(out)
 
 
 class _GatedNet(nn.Module):
   family: "GatedPixelCNN"
 
   @nn.compact
-  def __call__(self, x, label):
+  def __call__(self, x, label, deterministic: bool = True):
     f = self.family
     c = f.image_shape[-1]
     v = h = x
     for i in range(f.layers):
       v, h = _GatedLayer(f.features, f.first_kernel if i == 0 else f.kernel, c, i == 0, f.num_labels,
-                         name=f"layer_{i}")(v, h, label)
+                         f.dropout, name=f"layer_{i}")(v, h, label, deterministic)
     for j, width in enumerate(f.output_features):
       h = _layers.MaskedConv(width, (1, 1), "B", c, name=f"out_{j}")(nn.relu(h))
     out = _layers.MaskedConv(c * f.num_classes, (1, 1), "B", c, name="logits")(nn.relu(h))
@@ -233,6 +249,7 @@ class GatedPixelCNN(Autoregressive):
     kernel: kernel size of the other layers, odd.
     output_features: widths of the 1x1 ReLU layers before the output layer.
     num_labels: classes to condition on (0: unconditional); the batch's ``label`` picks one.
+    dropout: rate of dropout on each residual update of the horizontal stack, in training only.
     output, levels: see ``Autoregressive``.
   """
   features: int = 64
@@ -241,6 +258,7 @@ class GatedPixelCNN(Autoregressive):
   kernel: int = 3
   output_features: tuple[int, ...] = (64,)
   num_labels: int = 0
+  dropout: float = 0.0
 
   def validate(self):
     self.validate_output()
@@ -253,6 +271,7 @@ class GatedPixelCNN(Autoregressive):
     if self.num_labels < 0:
       raise ConfigError(f"model.num_labels must be >= 0, got {self.num_labels}")
     self.validate_group_widths(self.features, *self.output_features)
+    _validate_dropout(self.dropout)
 
   @property
   def net(self) -> _GatedNet:
@@ -276,8 +295,8 @@ class GatedPixelCNN(Autoregressive):
       return {**kw, "label": batch["label"]}
     return kw
 
-  def network_logits(self, variables, u, label=None, **kw):
-    return self.net.apply({"params": variables["params"]["model"]}, u, self._labels(label, u.shape[0]))
+  def network_logits(self, variables, u, label=None, dropout_rng=None, **kw):
+    return _apply(self, variables, u, self._labels(label, u.shape[0]), dropout_rng=dropout_rng)
 
   def sample(self, variables, rng, num, fast: bool = True, ordering: int = 0, label=None, **conditioning):
     """As ``Autoregressive.sample``; a class-conditional model draws class ``label`` (an int or (num,)),
