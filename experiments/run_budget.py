@@ -14,6 +14,12 @@ runs (PixelCNN, MADE, Row LSTM, Diagonal BiLSTM, NADE): their rates during train
   python experiments/run_budget.py --minutes 8 --root runs/gpu \\
       experiments/vandenoord2016/pixelcnn.py experiments/germain2015/made.py
 
+A config may carry overrides after ``@`` (each a ``--config.key=value`` of ``zoo train``), so that one
+config's variants (a sweep on the validation split) train side by side, each in its own workdir:
+
+  python experiments/run_budget.py --minutes 7 --root runs/gpu --bench-together \\
+      experiments/vandenoord2016/pixelcnn.py@model.dropout=0.15 experiments/vandenoord2016/pixelcnn.py@model.dropout=0.3
+
 With ``--resume``, a config whose workdir under ``--root`` already holds a checkpoint (a run cut short at
 an earlier session's deadline, its workdir carried over) is not timed again: it continues to the step
 count its ``config.json`` planned, so its learning-rate schedule is the one it started with, evaluating
@@ -50,8 +56,19 @@ def _last_line(text: str) -> str:
   return text.strip().splitlines()[-1] if text.strip() else "no output"
 
 
-def _name(config: str) -> str:
-  return config.replace("experiments/", "").replace(".py", "").replace("/", "_").replace(":", "_")
+def _split(spec: str) -> tuple[str, list[str]]:
+  """``path[:variant][@key=value...]`` -> the config and its ``--config.key=value`` overrides."""
+  config, *sets = spec.split("@")
+  for s in sets:
+    if "=" not in s:
+      raise SystemExit(f"{spec}: an override after @ is key=value, got {s!r}")
+  return config, [f"--config.{s}" for s in sets]
+
+
+def _name(spec: str) -> str:
+  """A workdir name for a config spec: ``vandenoord2016_pixelcnn``, ``..._model.dropout=0.2``."""
+  return (spec.replace("experiments/", "").replace(".py", "").replace("/", "_").replace(":", "_")
+          .replace("@", "_"))
 
 
 def _checkpointed_step(workdir: Path) -> int | None:
@@ -66,10 +83,13 @@ def _zoo(*args: str) -> list[str]:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("configs", nargs="+", help="experiment configs (path[:variant])")
+  p.add_argument("configs", nargs="+",
+                 help="experiment configs, path[:variant][@key=value...] (each @ adds a --config override)")
   p.add_argument("--minutes", type=float, required=True, help="the whole budget, timing and tests included")
   p.add_argument("--root", default="runs/budget", help="a folder for the runs (one workdir per config)")
   p.add_argument("--bench-steps", type=int, default=100)
+  p.add_argument("--bench-together", action="store_true",
+                 help="time every config at once (saves the sequential timings' minutes; noisier rates)")
   p.add_argument("--bench-timeout-s", type=float, default=150.0,
                  help="a config whose timing (compilation included) takes longer is left out")
   p.add_argument("--evals", type=int, default=5, help="validation evaluations per run")
@@ -86,7 +106,10 @@ def main(argv=None) -> int:
   root = Path(args.root)
   root.mkdir(parents=True, exist_ok=True)
   env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
-  runs = {_name(c): {"config": c} for c in args.configs}
+  runs = {}
+  for spec in args.configs:
+    config, sets = _split(spec)
+    runs[_name(spec)] = {"config": config, "overrides": sets}
 
   def log(msg):
     print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
@@ -99,13 +122,16 @@ def main(argv=None) -> int:
         r.update(resumed_from=done, steps_planned=planned)
         log(f"{n}: resuming at step {done} of {planned}")
 
-  # 1. The step rate of each config, alone on the device.
-  for n, r in runs.items():
-    if "resumed_from" in r:
-      continue
-    proc = subprocess.Popen(_zoo("bench", "--config", r["config"], "--steps", str(args.bench_steps),
-                                 "--warmup", "10"), env=env, stdout=subprocess.PIPE,
+  # 1. The step rate of each config, alone on the device (or all at once with --bench-together).
+  def start_bench(r):
+    return subprocess.Popen(_zoo("bench", "--config", r["config"], *r["overrides"], "--steps",
+                                 str(args.bench_steps), "--warmup", "10"), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+  timing = {n: r for n, r in runs.items() if "resumed_from" not in r}
+  started = {n: start_bench(r) for n, r in timing.items()} if args.bench_together else {}
+  for n, r in timing.items():
+    proc = started.get(n) or start_bench(r)
     try:
       out, _ = proc.communicate(timeout=args.bench_timeout_s)
     except subprocess.TimeoutExpired:
@@ -123,6 +149,9 @@ def main(argv=None) -> int:
 
   # 2. Train each for the steps its share of the device fits into what is left, killed at the deadline.
   train_s = deadline - time.time() - args.eval_reserve_s
+  # Timed together, the rates are still about the solo ones (the timings overlap the others' compilation
+  # more than their steps: on an H100, four timed together gave 194 steps/s for the Gated PixelCNN, which
+  # then made 150 alone and 34 beside three others), so the share is 1/N either way.
   sharing = sum("bench" in r or "resumed_from" in r for r in runs.values())
   procs = {}
   for n, r in runs.items():
@@ -137,7 +166,7 @@ def main(argv=None) -> int:
     else:
       continue
     r.update(steps_planned=steps, workdir=str(root / n))
-    cmd = _zoo("train", "--config", r["config"], "--workdir", r["workdir"], "--no-progress",
+    cmd = _zoo("train", "--config", r["config"], *r["overrides"], "--workdir", r["workdir"], "--no-progress",
                f"--config.steps={steps}", f"--config.eval_every={every}",
                f"--config.checkpoint_every={every}")
     log(f"{n}: training {steps} steps, evaluating every {every}")
