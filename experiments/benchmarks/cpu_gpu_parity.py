@@ -1,0 +1,92 @@
+"""The zoo's CPU convolution paths against XLA's accelerator convolutions, in one process (issue 7).
+
+On a machine with an accelerator, each layer shape of ``conv_layers.py`` (batch 8) and the PixelCNN and
+Gated PixelCNN losses' parameter gradients (28x28 binary images, batch 8) are computed twice: with inputs
+on the CPU device, where ``_layers`` takes its CPU formulations (tap matmuls, phases, open boxes, 1x1 as
+matmuls), and on the accelerator, where it lowers to XLA's native convolutions. Both at
+``jax.default_matmul_precision("highest")`` (no TF32). The reference for the difference is XLA's own
+native convolution run on the two devices, so a ratio near 1 says the CPU formulations add no error of
+their own beyond what two backends' float32 arithmetic differ by anyway.
+
+  python experiments/benchmarks/cpu_gpu_parity.py [--out FILE.jsonl]
+
+Prints one line per (layer, op): the max |cpu - accelerator| over max |value| for the zoo's layer and for
+XLA's native convolution, and their ratio; exits 1 when a zoo difference exceeds 1e-4 (relative).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conv_layers import LAYERS, layer_fns, ops  # noqa: E402
+
+from zoo.models.pixelcnn import GatedPixelCNN, PixelCNN  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def on(device, f, *args):
+  """f(*args) jitted with the arguments committed to ``device``, as a float64 NumPy array (or a tree)."""
+  out = jax.jit(f)(*jax.device_put(args, device))
+  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), out)
+
+
+def rel_diff(a, b) -> float:
+  leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  scale = max(float(np.abs(x).max()) for x in leaves_a) or 1.0
+  return max(float(np.abs(x - y).max()) for x, y in zip(leaves_a, leaves_b)) / scale
+
+
+def family_grads(family):
+  x = (jax.random.uniform(jax.random.PRNGKey(4), (8, 28, 28, 1)) > 0.5).astype(jnp.float32)
+  variables = jax.jit(family.init)(jax.random.PRNGKey(0), {"image": x[:1]})
+
+  def grad(params, x):
+    return jax.grad(lambda p: family.loss("model", {"params": p}, {"image": x}, None, 0)[0])(params)
+  return grad, variables["params"], x
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", help="write one JSON line per comparison here")
+  args = ap.parse_args()
+  cpu = jax.devices("cpu")[0]
+  acc = jax.devices()[0]
+  if acc.platform == "cpu":
+    raise SystemExit("no accelerator here: this compares the CPU paths with an accelerator's convolutions")
+  rows, worst = [], 0.0
+  print(f"cpu vs {acc.device_kind}; max |cpu - {acc.platform}| / max |value|, zoo's and XLA's native")
+  with jax.default_matmul_precision("highest"):
+    for name, kind, (h, w, c_in), k, s, c_out, _ in LAYERS:
+      x = jax.random.normal(jax.random.PRNGKey(1), (8, h, w, c_in), jnp.float32)
+      kern = jax.random.normal(jax.random.PRNGKey(2), (k, k, c_in, c_out), jnp.float32) * 0.05
+      fns = layer_fns(kind, k, s)
+      dy = jax.random.normal(jax.random.PRNGKey(3), jax.eval_shape(fns["native"], x, kern).shape, jnp.float32)
+      for op in ("forward", "input_grad", "weight_grad"):
+        d = {impl: rel_diff(on(cpu, ops(f)[op], x, kern, dy), on(acc, ops(f)[op], x, kern, dy))
+             for impl, f in fns.items()}
+        worst = max(worst, d["zoo"])
+        rows.append(dict(layer=name, op=op, zoo=d["zoo"], native=d["native"], device=acc.device_kind))
+        print(f"{name:<15} {op:<11} zoo {d['zoo']:.2e}  native {d['native']:.2e}  "
+              f"ratio {d['zoo'] / max(d['native'], 1e-30):.2f}", flush=True)
+    for family in (PixelCNN(image_shape=(28, 28, 1)), GatedPixelCNN(image_shape=(28, 28, 1))):
+      grad, params, x = family_grads(family)
+      d = rel_diff(on(cpu, grad, params, x), on(acc, grad, params, x))
+      worst = max(worst, d)
+      rows.append(dict(layer=f"{family.name} loss", op="param_grad", zoo=d, device=acc.device_kind))
+      print(f"{family.name + ' loss':<15} param_grad  zoo {d:.2e}", flush=True)
+  if args.out:
+    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+  print(f"worst zoo difference {worst:.2e} (tolerance {TOLERANCE:.0e})")
+  return 0 if worst <= TOLERANCE else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
