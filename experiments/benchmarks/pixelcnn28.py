@@ -6,7 +6,7 @@ blocks h + conv3x3_maskB(relu(h)) of 64 channels (the centre tap open), then ReL
 is 28x28. The loss is the exact negative log-likelihood, Bernoulli over the 784 pixels summed and
 averaged over the batch; Adam 1e-3 (constant), batch 64. The data are the zoo's offline fixed
 binarization of MNIST (binarized_mnist). This is the network of experiments/vandenoord2016/pixelcnn.py
-(without its learning-rate decay).
+(without its learning-rate decay and dropout).
 
 Measured through the shared step with
   zoo bench --config experiments/benchmarks/pixelcnn28.py --batch 64 --steps 30

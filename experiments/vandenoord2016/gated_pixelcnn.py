@@ -6,7 +6,10 @@ gated tanh * sigmoid units. That paper reports CIFAR-10 and ImageNet, not MNIST;
 against is the PixelCNN row of van den Oord et al. 2016 ("Pixel Recurrent Neural Networks", Table 4,
 binarized MNIST: 81.30 nats), which the gated model should match or beat.
 Architecture: a 7x7 first layer, 9 more gated layers of 3x3 with 64 channels per stack, a 1x1 ReLU layer
-of 64 and a 1x1 output layer of Bernoulli logits. Adam 1e-3 decaying to 1e-4, batch 64.
+of 64 and a 1x1 output layer of Bernoulli logits. Adam 1e-3 decaying to 1e-4, batch 64. Dropout 0.2 on
+the horizontal stack's residual updates and 50,000 steps (64 epochs): both ours, chosen on the validation
+split, where the model overfits from about 12,000 steps on (without dropout it overfits sooner); the
+checkpoint best on the validation split is kept.
 
 Command:
   zoo train --config experiments/vandenoord2016/gated_pixelcnn.py --workdir runs/vandenoord2016_gated_pixelcnn
@@ -26,9 +29,9 @@ def get_config(variant=None):
   c.family = "gated_pixelcnn"
   c.seed = 0
   c.batch_size = 64
-  c.steps = 200_000
+  c.steps = 50_000
   c.log_every = 100
-  c.eval_every = 5_000
+  c.eval_every = 2_000
   c.checkpoint_every = 1_000
   c.keep_checkpoints = 3
   c.eval_batch_size = 250
@@ -36,7 +39,7 @@ def get_config(variant=None):
   c.data = ml_collections.ConfigDict({"name": "binarized_mnist"})
   c.model = ml_collections.ConfigDict(dict(
       features=64, layers=10, first_kernel=7, kernel=3, output_features=(64,), output="bernoulli",
-      num_labels=0))
+      num_labels=0, dropout=0.2))
   c.optim = ml_collections.ConfigDict({"model": dict(
       name="adam", lr=1e-3, schedule="exponential", decay_rate=0.1)})
   if variant in ("quick", "digits_quick"):
@@ -47,7 +50,7 @@ def get_config(variant=None):
     c.checkpoint_every = 100
     c.eval_examples = 500
     c.num_samples = 16
-    c.model.update(features=16, layers=3, output_features=(16,))
+    c.model.update(features=16, layers=3, output_features=(16,), dropout=0.0)
     c.optim.model.schedule = "constant"
   if variant in ("digits", "digits_quick"):
     c.data = ml_collections.ConfigDict({"name": "mnist_5k"})
