@@ -121,6 +121,20 @@ def test_dropout_acts_in_training_only_and_keeps_the_network_causal(cls):
     dataclasses.replace(family, dropout=1.0).validate()
 
 
+@pytest.mark.parametrize("rate,shape", [(0.15, (64, 7, 7, 64)), (0.5, (3, 5, 7))])   # odd size: an odd half
+def test_the_16_bit_dropout_drops_at_its_rate_and_keeps_the_mean(rate, shape):
+  x = jnp.ones(shape)
+  drop = _layers.Dropout(rate)
+  y = np.asarray(jax.jit(lambda k: drop.apply({}, x, False, rngs={"dropout": k}))(jax.random.PRNGKey(0)))
+  keep = round((1 - rate) * 65536)
+  assert set(np.unique(y)) <= {0.0, np.float32(65536 / keep)}
+  dropped = float(np.mean(y == 0))
+  assert abs(dropped - rate) < 4 * np.sqrt(rate * (1 - rate) / y.size) + 1e-9     # 4 standard errors
+  y2 = np.asarray(drop.apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(1)}))
+  assert not np.array_equal(y, y2)
+  np.testing.assert_array_equal(np.asarray(drop.apply({}, x, True)), np.asarray(x))
+
+
 @pytest.mark.parametrize("bad", [dict(first_kernel=4), dict(features=0), dict(blocks=-1)])
 def test_bad_pixelcnn_configs_fail_clearly(bad):
   with pytest.raises(ConfigError):

@@ -40,6 +40,29 @@ def check_conv_shape(image_shape: Sequence[int], num_strided: int, what: str) ->
                       f"by {f}; the data's images are {h}x{w}")
 
 
+class Dropout(nn.Module):
+  """Inverted dropout (units zeroed with probability ``rate``, the rest scaled by 1/keep) with 16 random
+  bits per unit: each 32-bit draw serves two units, halving the random numbers ``nn.Dropout`` draws.
+
+  Why: XLA:CPU makes random bits at about 60 M/s (threefry and rbg alike), so ``nn.Dropout`` on the
+  PixelCNN's ten 64x28x28x64 residual branches cost 36% of its training step on 2 cores (49.0 -> 31.3
+  examples/s); this mask takes 24 ms per branch instead of 60. The keep probability is quantised to
+  1/65536 (round((1 - rate) * 65536) / 65536) and the scale is its exact inverse, so the expectation is
+  unchanged. Draws from the module's ``dropout`` stream, as ``nn.Dropout`` does.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0:
+      return x
+    keep = round((1.0 - self.rate) * 65536)
+    n = x.size
+    bits = jax.random.bits(self.make_rng("dropout"), ((n + 1) // 2,), jnp.uint32)
+    u = jnp.stack([bits & 0xFFFF, bits >> 16], axis=-1).reshape(-1)[:n].reshape(x.shape)
+    return jnp.where(u < keep, x * (65536.0 / max(keep, 1)), jnp.zeros_like(x))
+
+
 class MLP(nn.Module):
   """Dense layers with an activation between them (none after the last)."""
   features: Sequence[int]

@@ -45,7 +45,7 @@ class _PixelCNNNet(nn.Module):
     h = _layers.MaskedConv(f.features, (k, k), "A", c, name="conv_a")(x)
     for i in range(f.blocks):
       branch = _layers.MaskedConv(f.features, (3, 3), "B", c, name=f"block_{i}")(nn.relu(h))
-      h = h + nn.Dropout(f.dropout, deterministic=deterministic)(branch)
+      h = h + _layers.Dropout(f.dropout)(branch, deterministic)
     for j, width in enumerate(f.output_features):
       h = _layers.MaskedConv(width, (1, 1), "B", c, name=f"out_{j}")(nn.relu(h))
     out = _layers.MaskedConv(c * f.num_classes, (1, 1), "B", c, name="logits")(nn.relu(h))
@@ -217,7 +217,7 @@ class _GatedLayer(nn.Module):
       v_pre = v_pre + nn.Dense(f2, use_bias=False, name="label_vertical")(onehot)[:, None, None, :]
       h_pre = h_pre + nn.Dense(f2, use_bias=False, name="label_horizontal")(onehot)[:, None, None, :]
     out = _layers.MaskedConv(self.features, (1, 1), "B", c, name="horizontal_out")(_gate(h_pre))
-    return _gate(v_pre), out if self.first else h + nn.Dropout(self.dropout, deterministic=deterministic)(out)
+    return _gate(v_pre), out if self.first else h + _layers.Dropout(self.dropout)(out, deterministic)
 
 
 class _GatedNet(nn.Module):
