@@ -156,10 +156,13 @@ class Autoregressive(Family):
     """Keyword arguments of ``logits`` that come from the batch (e.g. a class label); none by default."""
     return kw
 
+  def _training_kw(self, rng) -> dict:
+    """Keyword arguments of ``logits`` in training only (e.g. a dropout key); none by default: the
+    likelihood that evaluation and sampling use is the deterministic network's."""
+    return {}
+
   def loss(self, player, variables, batch, rng, step):
-    # A family with dropout (``dropout`` > 0) drops units in training only: the likelihood that
-    # evaluation and sampling use is the deterministic network's.
-    ll = self._log_likelihood(variables, batch, **({"dropout_rng": rng} if getattr(self, "dropout", 0) else {}))
+    ll = self._log_likelihood(variables, batch, **self._training_kw(rng))
     nll = -jnp.mean(ll)
     return nll, {"nll": nll, "bits_per_dim": bits_per_dim(nll, self.num_dims)}, {}
 

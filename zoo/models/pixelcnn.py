@@ -87,6 +87,11 @@ def _validate_dropout(rate):
     raise ConfigError(f"model.dropout must be in [0, 1), got {rate}")
 
 
+def _dropout_kw(family, rng) -> dict:
+  """``Autoregressive._training_kw`` of a family with a ``dropout`` rate: its key, when it drops."""
+  return {"dropout_rng": rng} if family.dropout else {}
+
+
 def _horizontal_mask(n: int, in_features: int, features2: int, channels: int, first: bool) -> np.ndarray:
   """The Gated PixelCNN's 1 x (n//2 + 1) horizontal kernel mask: the centre tap (its last) masked by
   channel group, mask A in the first layer (a value never sees itself), B after."""
@@ -133,6 +138,8 @@ class PixelCNN(Autoregressive):
 
   def network_logits(self, variables, u, dropout_rng=None, **kw):
     return _apply(self, variables, u, dropout_rng=dropout_rng)
+
+  _training_kw = _dropout_kw
 
   # ---- the fast sampler -------------------------------------------------------------------------
 
@@ -297,6 +304,8 @@ class GatedPixelCNN(Autoregressive):
 
   def network_logits(self, variables, u, label=None, dropout_rng=None, **kw):
     return _apply(self, variables, u, self._labels(label, u.shape[0]), dropout_rng=dropout_rng)
+
+  _training_kw = _dropout_kw
 
   def sample(self, variables, rng, num, fast: bool = True, ordering: int = 0, label=None, **conditioning):
     """As ``Autoregressive.sample``; a class-conditional model draws class ``label`` (an int or (num,)),
