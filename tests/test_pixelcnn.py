@@ -1,4 +1,4 @@
-"""What is particular to PixelCNN and Gated PixelCNN: the blind spot, the channel order, conditioning."""
+"""What is particular to PixelCNN and Gated PixelCNN: the blind spot, the channel order, conditioning, dropout."""
 from __future__ import annotations
 
 import dataclasses
