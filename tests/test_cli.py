@@ -107,6 +107,8 @@ def test_train_eval_sample_list(capsys, tmp_path):
   grid = tmp_path / "grid.png"
   code, out, _ = run(capsys, "sample", "--workdir", str(tmp_path), "--num", "9", "--out", str(grid))
   assert code == 0 and grid.is_file() and grid.stat().st_size > 100
+  code, _, err = run(capsys, "sample", "--workdir", str(tmp_path), "--best", "--step", "2")
+  one_line_error(code, err, "give one")
   code, out, _ = run(capsys, "list")
   assert code == 0 and "vae" in out and "autoencoder" in out and "kingma2013/vae.py" in out
   code, _, err = run(capsys, "eval", "--workdir", str(tmp_path / "none"))
@@ -115,6 +117,11 @@ def test_train_eval_sample_list(capsys, tmp_path):
   shutil.copytree(tmp_path / "checkpoints" / "2", tmp_path / "checkpoints" / "3")
   shutil.rmtree(tmp_path / "checkpoints" / "2")
   code, _, err = run(capsys, "eval", "--workdir", str(tmp_path), "--best")
+  one_line_error(code, err, "best checkpoint, step 2", "no longer on disk")
+  # sample takes the same choice: the newest loads, the best (gone) fails in one line
+  code, _, _ = run(capsys, "sample", "--workdir", str(tmp_path), "--num", "4", "--out", str(grid))
+  assert code == 0
+  code, _, err = run(capsys, "sample", "--workdir", str(tmp_path), "--num", "4", "--out", str(grid), "--best")
   one_line_error(code, err, "best checkpoint, step 2", "no longer on disk")
 
 

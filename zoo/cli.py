@@ -42,9 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="an option of the family's likelihood estimator (repeatable), e.g. temperatures=14500")
   e.add_argument("--examples", type=int, default=0, help="evaluate on the first N examples (0: all)")
   e.add_argument("--batch-size", type=int, default=None)
-  e.add_argument("--step", type=int, default=None, help="a given checkpoint step instead of the newest")
-  e.add_argument("--best", action="store_true",
-                 help="the checkpoint that was best on the validation metric instead of the newest")
+  _checkpoint_args(e)
   e.add_argument("--seed", type=int, default=0)
   e.add_argument("--metrics", default=None, metavar="LIST",
                  help="comma-separated: likelihood (the family's likelihood metrics, the default when "
@@ -71,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--out", default="samples.png")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--npy", default=None, help="also save the raw samples to this .npy file")
+  _checkpoint_args(s)
   s.add_argument("--complete", default=None, metavar="MASK",
                  help="complete (inpaint) --num images of --split instead of sampling: MASK is the part "
                       "that is missing (bottom, top, right, left, center, random); the grid's rows are "
@@ -165,24 +164,37 @@ def cmd_train(args, overrides) -> int:
   return 0
 
 
+def _checkpoint_args(parser) -> None:
+  parser.add_argument("--step", type=int, default=None, help="a given checkpoint step instead of the newest")
+  parser.add_argument("--best", action="store_true",
+                      help="the checkpoint that was best on the validation metric instead of the newest")
+
+
+def _checkpoint_step(args) -> int | None:
+  """The checkpoint that --step or --best names (None: the newest)."""
+  from zoo.train import read_meta
+  if not args.best:
+    return args.step
+  if args.step is not None:
+    raise ZooError("--best and --step name a checkpoint each; give one")
+  meta, kept = read_meta(args.workdir)
+  best = meta.get("best")
+  if not best:
+    raise ZooError(f"{args.workdir}: no evaluation has chosen a best checkpoint yet")
+  step = int(best["step"])
+  if step not in kept:
+    raise ZooError(f"{args.workdir}: the best checkpoint, step {step} ({best['metric']} "
+                   f"{best['value']:.4f}), is no longer on disk (kept: {kept}); name one with --step")
+  return step
+
+
 def cmd_eval(args, overrides) -> int:
   from zoo import sharding
-  from zoo.train import load, read_meta
+  from zoo.train import load
   if overrides:
     raise ZooError("eval takes no --config.* overrides; it uses the run's own config")
   sharding.maybe_initialize_distributed()
-  step = args.step
-  if args.best:
-    if step is not None:
-      raise ZooError("--best and --step name a checkpoint each; give one")
-    meta, kept = read_meta(args.workdir)
-    best = meta.get("best")
-    if not best:
-      raise ZooError(f"{args.workdir}: no evaluation has chosen a best checkpoint yet")
-    step = int(best["step"])
-    if step not in kept:
-      raise ZooError(f"{args.workdir}: the best checkpoint, step {step} ({best['metric']} "
-                     f"{best['value']:.4f}), is no longer on disk (kept: {kept}); evaluate one with --step")
+  step = _checkpoint_step(args)
   metric_names = ["likelihood"]
   if args.metrics is not None:
     metric_names = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
@@ -254,7 +266,7 @@ def cmd_sample(args, overrides) -> int:
   from zoo.train import load
   if args.num < 1:
     raise ZooError(f"--num must be >= 1, got {args.num}")
-  loaded = load(args.workdir)
+  loaded = load(args.workdir, step=_checkpoint_step(args))
   options = {"fast": False} if args.naive else {}
   if args.naive and not hasattr(loaded.family, "_sample_loop"):
     raise ZooError(f"--naive: the {loaded.family.name} family is not autoregressive")

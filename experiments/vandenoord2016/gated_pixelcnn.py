@@ -14,6 +14,7 @@ checkpoint best on the validation split is kept.
 Command:
   zoo train --config experiments/vandenoord2016/gated_pixelcnn.py --workdir runs/vandenoord2016_gated_pixelcnn
   zoo eval --workdir runs/vandenoord2016_gated_pixelcnn --split test --best
+  zoo sample --workdir runs/vandenoord2016_gated_pixelcnn --best --complete bottom --out completions.png
 Hardware and runtime: see the README's family table. Variant ``quick``: a small net for about a minute
 on 2 CPU cores. Variant ``digits``: class-conditional on the 5,000 labelled grey-level digits (a 256-way
 softmax per pixel; no paper figure).

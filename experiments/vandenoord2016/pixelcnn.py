@@ -12,7 +12,7 @@ steps on); the checkpoint best on the validation split is kept.
 Command:
   zoo train --config experiments/vandenoord2016/pixelcnn.py --workdir runs/vandenoord2016_pixelcnn
   zoo eval --workdir runs/vandenoord2016_pixelcnn --split test --best
-  zoo sample --workdir runs/vandenoord2016_pixelcnn --complete bottom --out completions.png
+  zoo sample --workdir runs/vandenoord2016_pixelcnn --best --complete bottom --out completions.png
 Hardware and runtime: see the README's family table. On a 2-core CPU a step of batch 64 is about a second
 (issue 7 is about making it faster), so an epoch is about 15 minutes there; a GPU does it in seconds.
 Variant ``quick``: a small net for about a minute on 2 CPU cores.
