@@ -157,11 +157,12 @@ def load_average() -> list[float] | None:
 
 
 def machine_info() -> dict:
-  """{machine, cpu_count, device_kind, platform, device_count, jax}: what a timing ran on."""
+  """{machine, cpu_count, device_kind, platform, device_count, jax, glibc_tunables}: what a timing ran on
+  (the tunables say whether malloc asked for huge pages, zoo/hugepages.py)."""
   d = jax.devices()[0]
   return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
           "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
-          "jax": jax.__version__}
+          "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: str, benchmark: str,
@@ -176,8 +177,10 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   import argparse
   import json
   from pathlib import Path
-  from zoo import config as config_lib
+  from zoo import config as config_lib, hugepages
 
+  if argv is None:          # a script's command line: huge pages for both sides of the comparison
+    hugepages.ensure()
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
   p.add_argument("--repeats", type=int, default=5)
