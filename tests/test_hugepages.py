@@ -46,6 +46,11 @@ def test_ensure_re_executes_once_with_the_tunable_where_the_machine_allows_it():
     assert out.stdout.splitlines() == ["start", "start", f"tunables {hugepages.TUNABLE}"]
   off = _child(code, ZOO_HUGE_PAGES="0")
   assert off.stdout.splitlines() == ["start", "tunables "]
+  # a program read from stdin could not be read again: it is never re-executed
+  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ZOO_HUGE_PAGES")}
+  piped = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, cwd=REPO,
+                         env=base, timeout=120)
+  assert piped.returncode == 0 and piped.stdout.splitlines() == ["start", "tunables "], piped.stderr
 
 
 def test_the_command_line_runs_through_the_re_execution():

@@ -50,7 +50,9 @@ def tunables(env: dict, thp_mode: str | None, glibc: tuple[int, int] | None) -> 
 
 def ensure() -> None:
   """Re-executes this process with huge pages for malloc where that helps; returns if it does not."""
-  if sys.platform != "linux" or not getattr(sys, "orig_argv", None):
+  argv = getattr(sys, "orig_argv", None) or []
+  # a program read from stdin ('-') or typed at the prompt cannot be run again: those run on as they are
+  if sys.platform != "linux" or len(argv) < 2 or argv[1] == "-":
     return
   new = tunables(dict(os.environ), _thp_mode(), _glibc_version())
   if new is None:
