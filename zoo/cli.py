@@ -170,22 +170,11 @@ def _checkpoint_args(parser) -> None:
                       help="the checkpoint that was best on the validation metric instead of the newest")
 
 
-def _checkpoint_step(args) -> int | None:
-  """The checkpoint that --step or --best names (None: the newest)."""
-  from zoo.train import read_meta
-  if not args.best:
-    return args.step
-  if args.step is not None:
+def _checkpoint(args) -> dict:
+  """``train.load``'s choice of checkpoint from --step and --best (neither: the newest)."""
+  if args.best and args.step is not None:
     raise ZooError("--best and --step name a checkpoint each; give one")
-  meta, kept = read_meta(args.workdir)
-  best = meta.get("best")
-  if not best:
-    raise ZooError(f"{args.workdir}: no evaluation has chosen a best checkpoint yet")
-  step = int(best["step"])
-  if step not in kept:
-    raise ZooError(f"{args.workdir}: the best checkpoint, step {step} ({best['metric']} "
-                   f"{best['value']:.4f}), is no longer on disk (kept: {kept}); name one with --step")
-  return step
+  return {"step": args.step, "best": args.best}
 
 
 def cmd_eval(args, overrides) -> int:
@@ -194,7 +183,7 @@ def cmd_eval(args, overrides) -> int:
   if overrides:
     raise ZooError("eval takes no --config.* overrides; it uses the run's own config")
   sharding.maybe_initialize_distributed()
-  step = _checkpoint_step(args)
+  checkpoint = _checkpoint(args)
   metric_names = ["likelihood"]
   if args.metrics is not None:
     metric_names = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
@@ -209,7 +198,7 @@ def cmd_eval(args, overrides) -> int:
       raise ZooError(f"--num-samples must be >= 1, got {args.num_samples}")
   elif sample_options:
     raise ZooError("--sample-option is for the sample-quality metrics; name them with --metrics")
-  loaded = load(args.workdir, step=step)
+  loaded = load(args.workdir, **checkpoint)
   split = args.split or loaded.config.eval_split
   out = {"workdir": str(Path(args.workdir).absolute()), "family": loaded.family.name,
          "step": int(loaded.meta["step"])}
@@ -266,7 +255,7 @@ def cmd_sample(args, overrides) -> int:
   from zoo.train import load
   if args.num < 1:
     raise ZooError(f"--num must be >= 1, got {args.num}")
-  loaded = load(args.workdir, step=_checkpoint_step(args))
+  loaded = load(args.workdir, **_checkpoint(args))
   options = {"fast": False} if args.naive else {}
   if args.naive and not hasattr(loaded.family, "_sample_loop"):
     raise ZooError(f"--naive: the {loaded.family.name} family is not autoregressive")

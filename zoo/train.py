@@ -540,24 +540,30 @@ def _read_meta(ckpt: Checkpointer, workdir: Path, step: int | None, steps: list[
   raise CheckpointError(f"no checkpoint under {workdir}/checkpoints loads")
 
 
-def read_meta(workdir: str | os.PathLike) -> tuple[dict, list[int]]:
-  """The newest checkpoint's metadata (its step, the best checkpoint so far, ...) and the steps on disk,
-  without restoring any state."""
+def _best_step(meta: dict, steps: list[int], workdir: Path) -> int:
+  """The step of the checkpoint best on the validation metric, as the newest checkpoint's metadata names it."""
+  best = meta.get("best")
+  if not best:
+    raise CheckpointError(f"{workdir}: no evaluation has chosen a best checkpoint yet")
+  step = int(best["step"])
+  if step not in steps:
+    raise CheckpointError(f"{workdir}: the best checkpoint, step {step} ({best['metric']} {best['value']:.4f}), "
+                          f"is no longer on disk (kept: {steps}); name one with --step")
+  return step
+
+
+def load(workdir: str | os.PathLike, step: int | None = None, num_devices: int = 0, best: bool = False) -> Loaded:
+  """Loads the newest loadable checkpoint of the run in ``workdir``, the given ``step``, or with ``best``
+  the one that was best on the validation metric (``step`` must then be None)."""
   workdir = Path(workdir).absolute()
+  if best and step is not None:
+    raise CheckpointError("the best checkpoint and a given step name a checkpoint each; give one")
   ckpt = Checkpointer(workdir, read_only=True)
   try:
     steps = ckpt.steps()
-    return _read_meta(ckpt, workdir, None, steps)[0], steps
-  finally:
-    ckpt.close()
-
-
-def load(workdir: str | os.PathLike, step: int | None = None, num_devices: int = 0) -> Loaded:
-  """Loads the newest loadable checkpoint of the run in ``workdir`` (or the given ``step``)."""
-  workdir = Path(workdir).absolute()
-  ckpt = Checkpointer(workdir, read_only=True)
-  try:
-    meta, config_dict = _read_meta(ckpt, workdir, step, ckpt.steps())
+    if best:
+      step = _best_step(_read_meta(ckpt, workdir, None, steps)[0], steps, workdir)
+    meta, config_dict = _read_meta(ckpt, workdir, step, steps)
     config = config_lib.with_defaults(ml_collections.ConfigDict(config_dict))
     config.num_devices = num_devices
     run = build_run(config, example_from_spec(meta["example"]), meta["image_shape"])

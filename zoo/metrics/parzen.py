@@ -216,13 +216,7 @@ def main(argv: list[str] | None = None) -> int:
   from zoo.errors import ZooError
   from zoo.train import load
   try:
-    step = args.step
-    if args.best:
-      best = load(args.workdir).meta.get("best")
-      if not best:
-        raise ZooError(f"{args.workdir}: no evaluation has chosen a best checkpoint yet")
-      step = int(best["step"])
-    loaded = load(args.workdir, step=step)
+    loaded = load(args.workdir, step=None if args.best else args.step, best=args.best)
     out = {"workdir": str(Path(args.workdir).absolute()), "family": loaded.family.name,
            "step": int(loaded.meta["step"]),
            **evaluate(loaded, split=args.split, select_split=args.select_split, num_samples=args.samples,
