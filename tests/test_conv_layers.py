@@ -22,10 +22,12 @@ ASYM = ((2, 0), (1, 3))
 
 def _use(path, monkeypatch):
   """Make the small test channels take one CPU formulation: 'phases' (phase decomposition, one matmul per
-  tap) or 'native' (XLA's forward and input gradient, the taps' matmuls concatenated)."""
+  tap, and the stride-1 and transposed convolutions' gradients from dy's shifted copies, whatever their
+  channels) or 'native' (XLA's forward and input gradient, the taps' matmuls on x's copies concatenated)."""
   big = path == "native"
   monkeypatch.setattr(_layers, "_PHASE_MIN_FEATURES", 10 ** 6 if big else 1)
   monkeypatch.setattr(_layers, "_CONCAT_MAX_FEATURES", 10 ** 6 if big else 0)
+  monkeypatch.setattr(_layers, "_DY_COPIES_MAX_RATIO", 0 if big else 10 ** 6)
 
 
 def _lowered(f, platform, *args):
@@ -173,9 +175,12 @@ MASKS = [
 
 @pytest.mark.parametrize("k,open_taps,s,padding", MASKS, ids=[f"{m[0][0]}x{m[0][1]}-{len(m[1])}taps-s{m[2][0]}"
                                                              for m in MASKS])
-def test_masked_conv_equals_xla_on_the_masked_kernel(k, open_taps, s, padding):
+@pytest.mark.parametrize("path", ["phases", "native"])
+def test_masked_conv_equals_xla_on_the_masked_kernel(k, open_taps, s, padding, path, monkeypatch):
   """conv2d(x, kernel * mask, mask=mask) convolves over the box of open taps only (on CPU): the output
-  and both gradients are XLA's convolution of the masked kernel."""
+  and both gradients (from dy's copies at the open taps, or XLA's input gradient over the box) are XLA's
+  convolution of the masked kernel."""
+  _use(path, monkeypatch)
   mask = _tap_mask(k, open_taps, 3, 4)
   ours = lambda x, w: _layers.conv2d(x, w * mask, padding, mask=mask, strides=s)
   ref = lambda x, w: jax.lax.conv_general_dilated(x, w * mask, s, padding, dimension_numbers=DN)
@@ -183,8 +188,8 @@ def test_masked_conv_equals_xla_on_the_masked_kernel(k, open_taps, s, padding):
 
 
 def test_masked_conv_lowers_on_cpu_to_the_open_box():
-  """A 3x3 mask-B convolution runs, forward and input gradient, as a 2x3 one on CPU, and as XLA's 3x3
-  convolution on GPU."""
+  """A 3x3 mask-B convolution runs forward as a 2x3 one on CPU (its gradients are matmuls on dy's copies
+  at the five open taps), and as XLA's 3x3 convolution on GPU."""
   mask = _tap_mask((3, 3), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], 4, 4)
   x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
   grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_layers.conv2d(x, w * mask, "SAME", mask))), (0, 1)))
@@ -192,7 +197,7 @@ def test_masked_conv_lowers_on_cpu_to_the_open_box():
   def kernels(platform):
     return re.findall(r"stablehlo\.convolution.*?tensor<[^>]*>, tensor<(\d+x\d+)x4x4xf32>",
                       _lowered(grad, platform, x, w))
-  assert kernels("cpu") == ["2x3", "2x3"]    # forward, input gradient (the weight gradient: tap matmuls)
+  assert kernels("cpu") == ["2x3"]           # forward; both gradients are matmuls
   assert kernels("cuda") == ["3x3", "3x3"]   # and the weight gradient, a convolution with dy as its kernel
 
 

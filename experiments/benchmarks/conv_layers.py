@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import hugepages
 from zoo.bench import load_average
 from zoo.models import _layers
 
@@ -101,10 +102,12 @@ def main():
   ap.add_argument("--repeats", type=int, default=7)
   ap.add_argument("--out", help="write one JSON line per measurement here")
   args = ap.parse_args()
+  hugepages.ensure()     # as the `zoo` command does: XLA's buffers from huge pages (zoo/hugepages.py)
   a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
   ceiling = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
   env = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
-         "jax": jax.__version__, "load_average_before": load_average()}
+         "jax": jax.__version__, "load_average_before": load_average(),
+         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
         f"load {env['load_average_before']})")
   print(f"{'layer':<15} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'zoo/nat':>7}"
