@@ -1,10 +1,12 @@
 """Convolution layers of the zoo's families on this machine: XLA's native path against ``_layers``' (issue 7).
 
-For each layer shape the families use, the forward pass, the input gradient and the weight gradient are
-timed separately (jit, a warm-up, the median of ``--repeats`` timings) for XLA's native convolution
-(``lax.conv_general_dilated`` / ``lax.conv_transpose``) and the zoo's ``conv2d`` / ``conv_transpose2d``,
-in GFLOP/s of useful work: 2 * N * Ho * Wo * kh * kw * C_in * C_out for a convolution, and for a
-transposed convolution the same count as the convolution it transposes (no multiplications by the
+For each layer shape the families use, the forward pass, the input gradient, the weight gradient and the
+two gradients together (as a training step takes them) are timed separately (jit, a warm-up, the median
+of ``--repeats`` timings) for XLA's native convolution (``lax.conv_general_dilated`` /
+``lax.conv_transpose``), the zoo's ``conv2d`` / ``conv_transpose2d`` and, where torch is installed,
+PyTorch's (oneDNN's) convolution and ``convolution_backward`` on the same values, in GFLOP/s of useful
+work: 2 * N * Ho * Wo * kh * kw * C_in * C_out for a convolution (twice that for both gradients), and for
+a transposed convolution the same count as the convolution it transposes (no multiplications by the
 dilation's zeros). Beside them, the float32 matmul ceiling (2048^3) measured in the same run.
 
 Shapes: the DCGAN 32x32 benchmark architecture (experiments/benchmarks/dcgan32.py) at batch 64 and 256,
@@ -14,11 +16,12 @@ a 3x3 64 -> 64 unmasked (all 9 taps), the same with mask B (5 open taps; useful 
 convolves the masked 3x3 kernel), the first layer's 7x7 mask A from 1 channel to 64 (24 open taps) and
 the 1x1 64 -> 64 of the output layers.
 
-  python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--out FILE.jsonl]
+  python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--no-torch] [--out FILE.jsonl]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -56,21 +59,25 @@ def raster_mask(k: int, kind: str) -> np.ndarray:
 
 
 def timed(fns: dict, *args, repeats: int) -> dict:
-  """Median seconds of one call of each jit(f) in ``fns`` (compiled and warmed up first), their timings
-  taken in turns so that a change in the machine's load falls on all of them alike."""
-  compiled, inner, times = {}, {}, {}
+  """Median seconds of one call of each f in ``fns`` (a JAX function, jitted and called on ``args``, or a
+  ``torch_*`` entry called with none), compiled and warmed up first, their timings taken in turns so that
+  a change in the machine's load falls on all of them alike."""
+  calls, inner, times = {}, {}, {}
   for name, f in fns.items():
-    compiled[name] = f = jax.jit(f)
-    jax.block_until_ready(f(*args))
+    if name.startswith("torch"):
+      calls[name] = f
+    else:
+      calls[name] = functools.partial(jax.jit(f), *args)
+    jax.block_until_ready(calls[name]())
     t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
+    jax.block_until_ready(calls[name]())
     inner[name] = max(1, int(0.05 / max(time.perf_counter() - t0, 1e-6)))   # calls per timing: ~50 ms
     times[name] = []
   for _ in range(repeats):
-    for name, f in compiled.items():
+    for name, call in calls.items():
       t0 = time.perf_counter()
       for _ in range(inner[name]):
-        out = f(*args)
+        out = call()
       jax.block_until_ready(out)
       times[name].append((time.perf_counter() - t0) / inner[name])
   return {name: statistics.median(t) for name, t in times.items()}
@@ -90,10 +97,40 @@ def layer_fns(kind: str, k: int, s: int):
 
 
 def ops(f):
-  """Forward, input gradient and weight gradient of f(x, w) as separate functions (x, w, dy) -> array."""
+  """Forward, input gradient, weight gradient and both gradients (as training takes them: the zoo's
+  stride-1 and transposed convolutions compute the two from one copy of dy) of f(x, w) as separate
+  functions (x, w, dy) -> array(s)."""
   return {"forward": lambda x, w, dy: f(x, w),
           "input_grad": lambda x, w, dy: jax.vjp(lambda x: f(x, w), x)[1](dy)[0],
-          "weight_grad": lambda x, w, dy: jax.vjp(lambda w: f(x, w), w)[1](dy)[0]}
+          "weight_grad": lambda x, w, dy: jax.vjp(lambda w: f(x, w), w)[1](dy)[0],
+          "gradients": lambda x, w, dy: jax.vjp(f, x, w)[1](dy)}
+
+
+def torch_ops(kind: str, k: int, s: int, x, kern, dy):
+  """PyTorch's (oneDNN's) forward, input gradient, weight gradient and both gradients of the same layer
+  on the same values (NCHW, float32, default threads), as functions of nothing; None without torch.
+  A masked layer convolves its whole masked kernel, as the PyTorch twins of the compare scripts do."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  x_t = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+  dy_t = torch.from_numpy(np.asarray(dy).transpose(0, 3, 1, 2).copy())
+  w = np.asarray(kern) * (raster_mask(k, kind) if kind in ("maskA", "maskB") else 1)
+  transposed = kind == "convT"
+  # HWIO -> OIHW for a convolution, IOHW for a transposed one; 'SAME' here is symmetric padding
+  w_t = torch.from_numpy(w.transpose((2, 3, 0, 1) if transposed else (3, 2, 0, 1)).copy())
+  pad = (k - 1) // 2 if not transposed else (k - s + 1) // 2
+  conv = (lambda: torch.nn.functional.conv_transpose2d(x_t, w_t, stride=s, padding=pad)) if transposed else (
+      lambda: torch.nn.functional.conv2d(x_t, w_t, stride=s, padding=pad))
+  if tuple(conv().shape) != tuple(dy_t.shape):     # no tensor here requires grad: no graph is recorded
+    raise ValueError(f"the PyTorch layer's output {tuple(conv().shape)} is not dy's {tuple(dy_t.shape)}")
+
+  def backward(mask):
+    return lambda: torch.ops.aten.convolution_backward(dy_t, x_t, w_t, None, [s, s], [pad, pad], [1, 1],
+                                                       transposed, [0, 0], 1, mask)
+  return {"forward": conv, "input_grad": backward([True, False, False]),
+          "weight_grad": backward([False, True, False]), "gradients": backward([True, True, False])}
 
 
 def main():
@@ -101,6 +138,7 @@ def main():
   ap.add_argument("--batches", type=int, nargs="+", default=[64, 256])
   ap.add_argument("--repeats", type=int, default=7)
   ap.add_argument("--out", help="write one JSON line per measurement here")
+  ap.add_argument("--no-torch", action="store_true", help="leave out PyTorch's column")
   args = ap.parse_args()
   hugepages.ensure()     # as the `zoo` command does: XLA's buffers from huge pages (zoo/hugepages.py)
   a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
@@ -108,10 +146,15 @@ def main():
   env = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
          "jax": jax.__version__, "load_average_before": load_average(),
          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+  try:
+    import torch
+    env.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+  except ImportError:
+    pass
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
         f"load {env['load_average_before']})")
-  print(f"{'layer':<15} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'zoo/nat':>7}"
-        "  GFLOP/s")
+  print(f"{'layer':<15} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'torch':>8} "
+        f"{'zoo/nat':>7}  GFLOP/s")
   rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
   for name, kind, (h, w, c_in), k, s, c_out, batches in LAYERS:
     for b in batches or args.batches:
@@ -120,18 +163,24 @@ def main():
       fns = layer_fns(kind, k, s)
       y = jax.jit(fns["native"])(x, kern)
       dy = jax.random.normal(jax.random.PRNGKey(3), y.shape, jnp.float32)
+      torch_fns = None if args.no_torch else torch_ops(kind, k, s, x, kern, dy)
       # useful FLOPs: every (input pixel, tap) pair of a transposed conv is one of the conv it transposes
       pixels = b * h * w if kind == "convT" else b * y.shape[1] * y.shape[2]
       taps = int(raster_mask(k, kind).sum()) if kind in ("maskA", "maskB") else k * k
       flops = 2 * pixels * taps * c_in * c_out
       shape = f"{h}x{w}x{c_in}->{y.shape[1]}x{y.shape[2]}x{c_out}"
-      for op in ("forward", "input_grad", "weight_grad"):
-        secs = timed({impl: ops(f)[op] for impl, f in fns.items()}, x, kern, dy, repeats=args.repeats)
-        gf = {impl: flops / t / 1e9 for impl, t in secs.items()}
+      for op in ("forward", "input_grad", "weight_grad", "gradients"):
+        impls = {impl: ops(f)[op] for impl, f in fns.items()}
+        if torch_fns:
+          impls["torch"] = torch_fns[op]
+        secs = timed(impls, x, kern, dy, repeats=args.repeats)
+        gf = {impl: flops * (2 if op == "gradients" else 1) / t / 1e9 for impl, t in secs.items()}
         print(f"{name:<15} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
-              f"{gf['zoo'] / gf['native']:>6.2f}x", flush=True)
-        rows.append(dict(kind=kind, layer=name, batch=b, shape=shape, kernel=k, stride=s, op=op, flops=flops,
+              f"{gf.get('torch', float('nan')):>8.1f} {gf['zoo'] / gf['native']:>6.2f}x", flush=True)
+        rows.append(dict(kind=kind, layer=name, batch=b, shape=shape, kernel=k, stride=s, op=op,
+                         flops=flops * (2 if op == "gradients" else 1),
                          native_gflops=round(gf["native"], 2), zoo_gflops=round(gf["zoo"], 2),
+                         **({"torch_gflops": round(gf["torch"], 2)} if "torch" in gf else {}),
                          matmul_gflops=round(ceiling, 2)))
   after = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
   rows[0].update(gflops_after=round(after, 2), load_average_after=load_average())
