@@ -172,8 +172,9 @@ def causal_mask(kernel_size: Sequence[int], in_groups: np.ndarray, out_groups: n
 # The zoo's convolutions (issue 7). XLA:CPU runs the weight gradient of a stride-1 convolution several
 # times below its matmul speed and a transposed convolution's 15-50x below, and its stride-2 input gradients
 # and transposed convolutions somewhat below; on the CPU backend conv2d and conv_transpose2d, and the Conv
-# and ConvTranspose modules on them, compute the same functions with weight gradients as tap matmuls and,
-# where that measures faster, transposed convolutions by phase decomposition. Every convolutional family
+# and ConvTranspose modules on them, compute the same functions with weight gradients as tap matmuls (with
+# the input gradient from the same copies of dy where that pays) and, where that measures faster,
+# transposed convolutions by phase decomposition. Every convolutional family
 # builds on these, so a faster formulation replaces them here once, for all families. On GPU and TPU they
 # are XLA's, unchanged. experiments/benchmarks/conv_layers.py times both paths per layer shape.
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -273,6 +274,7 @@ def _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps):
 
 
 def _from_dy_copies(kernel_shape, taps) -> bool:
+  """Whether a stride-1 or transposed convolution takes its gradients from ``_grads_from_dy_copies``."""
   return bool(taps) and kernel_shape[3] <= _DY_COPIES_MAX_RATIO * kernel_shape[2]
 
 
@@ -370,9 +372,10 @@ def _conv_tap_grad_fwd(x, kernel, padding, strides, taps):
 
 
 def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
-  """The weight gradient as (C_in, N) @ (N, C_out) matmuls, one per open tap: tap (i, j) multiplies
-  x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b). The input gradient: XLA's over the box
-  of open taps (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed
+  """At stride 1 into no more channels than x has, both gradients from dy's copies (``_from_dy_copies``).
+  Otherwise the weight gradient as (C_in, N) @ (N, C_out) matmuls, one per open tap: tap (i, j) multiplies
+  x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b); and the input gradient XLA's over the
+  box of open taps (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed
   convolution by phases (``_strided_input_grad``)."""
   x, kernel = residuals
   if strides == (1, 1) and _from_dy_copies(kernel.shape, taps):
@@ -423,8 +426,9 @@ def _conv_transpose_tap_grad_fwd(x, kernel, strides, padding):
 def _conv_transpose_tap_grad_bwd(strides, padding, residuals, dy):
   """The weight gradient as (C_in, N) @ (N, C_out) matmuls, one per tap: input pixel u meets output
   s * u + top - i at tap i (``_phases``), so tap (i, j) multiplies x by dy[:, s_h * u + top - i,
-  s_w * v + left - j, :]; N is the input's pixels, and no products with the dilation's zeros. The input
-  gradient: XLA's (a strided convolution of dy)."""
+  s_w * v + left - j, :]; N is the input's pixels, and no products with the dilation's zeros. Into no more
+  channels than x has, the input gradient comes from those same copies of dy (``_grads_from_dy_copies``),
+  else it is XLA's (a strided convolution of dy)."""
   x, kernel = residuals
   taps = _all_taps(kernel.shape)
   offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
@@ -452,11 +456,13 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
 
   On the CPU backend its weight gradient is a matmul per kernel tap (skipping the taps that ``mask``, a
   (kh, kw, ...) 0/1 array, closes: their gradient is zero), which XLA:CPU runs several times faster than its
-  own weight gradient of a convolution (issue 7); the input gradient is XLA's, except at larger strides into
-  16 or more input channels, a transposed convolution by phases (``_strided_input_grad``). The forward pass
-  and the input gradient are XLA's, over the smallest box of kernel rows and columns that holds the taps
-  ``mask`` leaves open (``_open_box_conv``: a 3x3 mask B runs as 2x3). On GPU and TPU it is XLA's
-  convolution of the whole kernel, forward and backward, unchanged.
+  own weight gradient of a convolution (issue 7). At stride 1 into no more channels than it reads, both
+  gradients are matmuls on one matrix of dy's copies at the open taps (``_grads_from_dy_copies``);
+  otherwise the input gradient is XLA's, except at larger strides into 16 or more input channels, a
+  transposed convolution by phases (``_strided_input_grad``). The forward pass (and XLA's input gradient)
+  convolve over the smallest box of kernel rows and columns that holds the taps ``mask`` leaves open
+  (``_open_box_conv``: a 3x3 mask B runs as 2x3). On GPU and TPU it is XLA's convolution of the whole
+  kernel, forward and backward, unchanged.
 
   Args:
     x: (B, H, W, C_in).
@@ -503,8 +509,9 @@ def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
 
   On the CPU backend the weight gradient is a matmul per kernel tap, 10-30x faster than XLA's, and with 16
   or more output channels the forward pass is s_h * s_w stride-1 convolutions of x, one per output phase
-  (``_phase_conv``: no multiplications by the dilation's zeros); the input gradient is XLA's. On GPU and
-  TPU it is ``lax.conv_transpose``, forward and backward, unchanged.
+  (``_phase_conv``: no multiplications by the dilation's zeros); into no more channels than it reads, both
+  gradients are matmuls on one matrix of dy's copies (``_grads_from_dy_copies``), else the input gradient
+  is XLA's. On GPU and TPU it is ``lax.conv_transpose``, forward and backward, unchanged.
 
   Args:
     x: (B, H, W, C_in).

@@ -1,0 +1,57 @@
+"""A config's shared train step under two settings of one of ``zoo.models._layers``' CPU thresholds, timed
+in interleaved rounds in one process (issue 7).
+
+The thresholds choose between formulations of the same function (``_DY_COPIES_MAX_RATIO``,
+``_CONCAT_MAX_FEATURES``, ``_PHASE_MIN_FEATURES``); each is read when the step is traced, so two step
+runners built under the two values run the two formulations side by side. This machine's speed drifts
+by up to 2x over minutes, so only the within-round ratio B / A is reported as the comparison.
+
+  python experiments/benchmarks/ab_step.py --config experiments/benchmarks/pixelcnn28.py --batch 64 \\
+      --threshold _DY_COPIES_MAX_RATIO --values 0 1 [--steps 6] [--repeats 5] [--out FILE.jsonl]
+
+``--out`` appends one JSON line per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+from zoo import bench, hugepages
+from zoo import config as config_lib
+from zoo.models import _layers
+
+THRESHOLDS = ("_DY_COPIES_MAX_RATIO", "_CONCAT_MAX_FEATURES", "_PHASE_MIN_FEATURES")
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--config", required=True)
+  ap.add_argument("--batch", type=int, required=True)
+  ap.add_argument("--threshold", required=True, choices=THRESHOLDS)
+  ap.add_argument("--values", type=int, nargs=2, required=True, metavar=("A", "B"))
+  ap.add_argument("--steps", type=int, default=4, help="steps per runner per round")
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--out", help="append the result as a JSON line here")
+  args = ap.parse_args()
+  hugepages.ensure()     # as the `zoo` command does
+  cfg = config_lib.with_defaults(config_lib.load(args.config))
+  runners = {}
+  for value in args.values:
+    setattr(_layers, args.threshold, value)     # read when step_runner traces and compiles the step
+    runners[f"{args.threshold}={value}"], _ = bench.step_runner(cfg, args.batch)
+  rounds = bench.interleaved_rounds(runners, args.batch, args.steps, args.repeats, warmup=2)
+  a, b = runners
+  result = {"config": args.config, "batch_size": args.batch, "threshold": args.threshold,
+            "values": args.values, "steps_per_round": args.steps, **bench.machine_info(),
+            **{f"{k}_examples_per_s": round(statistics.median(v), 1) for k, v in rounds.items()},
+            **{f"{k}_rounds": [round(x, 1) for x in v] for k, v in rounds.items()},
+            "b_over_a": round(bench.within_round_ratio(rounds, b, a), 3)}
+  print(json.dumps(result), flush=True)
+  if args.out:
+    with open(args.out, "a") as f:
+      f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+  main()
