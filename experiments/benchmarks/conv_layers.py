@@ -147,8 +147,9 @@ def main():
          "jax": jax.__version__, "load_average_before": load_average(),
          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   try:
-    import torch
-    env.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    if not args.no_torch:
+      import torch
+      env.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
   except ImportError:
     pass
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
