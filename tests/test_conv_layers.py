@@ -201,6 +201,24 @@ def test_masked_conv_lowers_on_cpu_to_the_open_box():
   assert kernels("cuda") == ["3x3", "3x3"]   # and the weight gradient, a convolution with dy as its kernel
 
 
+def test_dy_copies_beyond_their_byte_limit_take_the_per_tap_path(monkeypatch):
+  """A stride-1 convolution whose matrix of dy's copies would exceed _DY_COPIES_MAX_BYTES keeps XLA's input
+  gradient (a second convolution on CPU) and per-tap weight-gradient matmuls, and still computes XLA's
+  function."""
+  mask = _tap_mask((3, 3), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], 4, 4)
+  x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+  ours = lambda x, w: _layers.conv2d(x, w * mask, "SAME", mask)
+
+  def convolutions():      # traced afresh each time: the limit is read when tracing
+    grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), (0, 1))
+    return len(re.findall(r"stablehlo\.convolution", _lowered(grad, "cpu", x, w)))
+  assert convolutions() == 1                                  # 2*36 rows x 5 taps x 4 channels: 5,760 bytes
+  monkeypatch.setattr(_layers, "_DY_COPIES_MAX_BYTES", 5_759)
+  assert convolutions() == 2
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w * mask, (1, 1), "SAME", dimension_numbers=DN)
+  _check(ours, ref, (2, 6, 6, 4), (3, 3, 4, 4))
+
+
 def test_a_1x1_convolution_is_a_matmul_on_cpu():
   x, w = jnp.ones((2, 5, 5, 4)), jnp.ones((1, 1, 4, 3))
   grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_layers.conv2d(x, w, "SAME"))), (0, 1)))

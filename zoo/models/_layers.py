@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -189,6 +190,9 @@ _CONCAT_MAX_FEATURES = 16
 # the larger and XLA's input gradient beside x's copies is as fast (the Gated PixelCNN's 64 -> 128) or far
 # faster (the PixelCNN's 7x7 1 -> 64, whose copies of dy would be 24 x 64 channels per pixel).
 _DY_COPIES_MAX_RATIO = 1
+# ... and whose copies of dy fit in this many bytes (the PixelCNN's at batch 256: 256 MB); larger ones (a
+# high-resolution Progressive GAN layer) take the per-tap path, which need not hold all the copies at once.
+_DY_COPIES_MAX_BYTES = 1 << 30
 
 
 def _on_cpu(fast, native, *args):
@@ -273,9 +277,13 @@ def _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps):
   return dx.astype(x.dtype), _kernel_of_taps(list(grads), taps, kernel.shape).astype(kernel.dtype)
 
 
-def _from_dy_copies(kernel_shape, taps) -> bool:
-  """Whether a stride-1 or transposed convolution takes its gradients from ``_grads_from_dy_copies``."""
-  return bool(taps) and kernel_shape[3] <= _DY_COPIES_MAX_RATIO * kernel_shape[2]
+def _from_dy_copies(x, kernel, taps) -> bool:
+  """Whether a stride-1 or transposed convolution takes its gradients from ``_grads_from_dy_copies``: dy
+  has at most ``_DY_COPIES_MAX_RATIO`` times x's channels and the copies' matrix fits in
+  ``_DY_COPIES_MAX_BYTES``."""
+  c_in, c_out = kernel.shape[2:]
+  size = math.prod(x.shape[:3]) * len(taps) * c_out * jnp.dtype(kernel.dtype).itemsize
+  return bool(taps) and c_out <= _DY_COPIES_MAX_RATIO * c_in and size <= _DY_COPIES_MAX_BYTES
 
 
 def _phases(n, k, s, lo, hi):
@@ -378,7 +386,7 @@ def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
   box of open taps (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed
   convolution by phases (``_strided_input_grad``)."""
   x, kernel = residuals
-  if strides == (1, 1) and _from_dy_copies(kernel.shape, taps):
+  if strides == (1, 1) and _from_dy_copies(x, kernel, taps):
     offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
     return _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps)
   if strides != (1, 1) and kernel.shape[2] >= _PHASE_MIN_FEATURES:
@@ -432,7 +440,7 @@ def _conv_transpose_tap_grad_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
   taps = _all_taps(kernel.shape)
   offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
-  if _from_dy_copies(kernel.shape, taps):
+  if _from_dy_copies(x, kernel, taps):
     return _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps)
   dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
   slices = _tap_slices(dy, offsets, strides, x.shape[1:3])
