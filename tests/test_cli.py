@@ -135,6 +135,20 @@ def test_bench_prints_one_json_line(capsys):
 
 
 @pytest.mark.slow
+def test_ab_step_times_two_formulations_of_one_step(tmp_path):
+  """experiments/benchmarks/ab_step.py builds the step under each threshold value and reports both rates
+  and their within-round ratio (the PixelCNN step's gradients with and without dy's copies)."""
+  out = tmp_path / "ab.jsonl"
+  subprocess.run([sys.executable, "experiments/benchmarks/ab_step.py", "--config",
+                  "experiments/benchmarks/pixelcnn28.py", "--batch", "8", "--threshold", "_DY_COPIES_MAX_RATIO",
+                  "--values", "0", "1", "--steps", "1", "--repeats", "1", "--out", str(out)],
+                 check=True, capture_output=True, timeout=300)
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  rates = [row[f"_DY_COPIES_MAX_RATIO={v}_examples_per_s"] for v in (0, 1)]
+  assert min(rates) > 0 and row["b_over_a"] > 0 and row["values"] == [0, 1] and row["batch_size"] == 8
+
+
+@pytest.mark.slow
 def test_sample_complete_keeps_the_observed_half_and_fails_clearly_where_it_cannot(capsys, tmp_path):
   run_dir = tmp_path / "pixelcnn"
   code, _, _ = run(capsys, "train", "--config", "experiments/vandenoord2016/pixelcnn.py:quick", "--workdir",
