@@ -141,6 +141,13 @@ def interleaved_rounds(runners: Mapping[str, Runner], examples_per_call: int, st
   return rounds
 
 
+def round_figures(rounds: Mapping[str, Sequence[float]]) -> dict:
+  """{name_examples_per_s: the median, name_rounds: every round's figure} of ``interleaved_rounds``' result,
+  as the results files record them."""
+  return {**{f"{k}_examples_per_s": round(statistics.median(v), 1) for k, v in rounds.items()},
+          **{f"{k}_rounds": [round(x, 1) for x in v] for k, v in rounds.items()}}
+
+
 def within_round_ratio(rounds: Mapping[str, Sequence[float]], a: str, b: str | Sequence[str]) -> float:
   """The median over rounds of a's throughput over b's in the same round; ``b`` a list of names: over
   the fastest of them in each round."""
@@ -211,8 +218,7 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
     rounds = interleaved_rounds(runners, b, steps, args.repeats, warmup=3)
     torches = [k for k in rounds if k.startswith("torch")]
     row = {"batch_size": b, "steps_per_round": steps, "rounds": args.repeats, "zoo_compile_s": info["compile_s"],
-           **{f"{k}_examples_per_s": round(statistics.median(v), 1) for k, v in rounds.items()},
-           **{f"{k}_rounds": [round(x, 1) for x in v] for k, v in rounds.items()},
+           **round_figures(rounds),
            **{f"zoo_over_{k}": round(within_round_ratio(rounds, "zoo", k), 3) for k in torches}}
     if torches:   # against the faster PyTorch configuration, round by round
       row["zoo_over_best_torch"] = round(within_round_ratio(rounds, "zoo", torches), 3)

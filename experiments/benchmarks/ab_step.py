@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 from zoo import bench, hugepages
 from zoo import config as config_lib
@@ -44,8 +43,7 @@ def main():
   a, b = runners
   result = {"config": args.config, "batch_size": args.batch, "threshold": args.threshold,
             "values": args.values, "steps_per_round": args.steps, **bench.machine_info(),
-            **{f"{k}_examples_per_s": round(statistics.median(v), 1) for k, v in rounds.items()},
-            **{f"{k}_rounds": [round(x, 1) for x in v] for k, v in rounds.items()},
+            **bench.round_figures(rounds),
             "b_over_a": round(bench.within_round_ratio(rounds, b, a), 3)}
   print(json.dumps(result), flush=True)
   if args.out:

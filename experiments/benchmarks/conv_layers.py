@@ -24,7 +24,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import hugepages
-from zoo.bench import load_average
+from zoo.bench import load_average, machine_info
 from zoo.models import _layers
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -143,9 +142,7 @@ def main():
   hugepages.ensure()     # as the `zoo` command does: XLA's buffers from huge pages (zoo/hugepages.py)
   a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
   ceiling = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
-  env = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
-         "jax": jax.__version__, "load_average_before": load_average(),
-         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+  env = {**machine_info(), "backend": jax.default_backend(), "load_average_before": load_average()}
   try:
     if not args.no_torch:
       import torch
