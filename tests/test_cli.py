@@ -146,6 +146,18 @@ def test_ab_step_times_two_formulations_of_one_step(tmp_path):
   (row,) = [json.loads(line) for line in out.read_text().splitlines()]
   rates = [row[f"_DY_COPIES_MAX_RATIO={v}_examples_per_s"] for v in (0, 1)]
   assert min(rates) > 0 and row["b_over_a"] > 0 and row["values"] == [0, 1] and row["batch_size"] == 8
+  assert row["programs"][0] != row["programs"][1]      # two formulations, not one program timed twice
+
+
+@pytest.mark.slow
+def test_ab_step_refuses_a_threshold_that_changes_nothing(tmp_path):
+  """The PixelCNN has no strided or transposed convolution: the phase threshold leaves its step as it is,
+  and ab_step.py says so instead of timing one program twice."""
+  proc = subprocess.run([sys.executable, "experiments/benchmarks/ab_step.py", "--config",
+                         "experiments/benchmarks/pixelcnn28.py", "--batch", "8", "--threshold",
+                         "_PHASE_MIN_FEATURES", "--values", "16", "17", "--steps", "1", "--repeats", "1"],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "same program" in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ helpers of the scripts that compare it with other implementations (experiments/b
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import statistics
@@ -24,7 +25,8 @@ def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None):
 
   Returns:
     (step, state, batch, info): ``step(state, batch) -> (state, metrics)`` is compiled (state
-    donated); ``info`` holds batch_size, compile_s and the config's names.
+    donated); ``info`` holds batch_size, compile_s, the config's names and ``program``, a hash of the
+    step's StableHLO text (two steps with the same hash are the same program).
   """
   config = config_lib.with_defaults(config)
   batch_size = int(batch_size or config.batch_size)
@@ -37,9 +39,11 @@ def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None):
   train_step = step_lib.jit_train_step(run.family, run.txs, run.mesh, config.ema.to_dict())
   state = run.init_state()
   t0 = time.perf_counter()
-  compiled = train_step.lower(state, batch).compile()
+  lowered = train_step.lower(state, batch)
+  compiled = lowered.compile()
   info = {"experiment": config.experiment, "family": config.family, "batch_size": batch_size,
-          "compile_s": round(time.perf_counter() - t0, 3)}
+          "compile_s": round(time.perf_counter() - t0, 3),
+          "program": hashlib.sha256(lowered.as_text().encode()).hexdigest()[:16]}
   return compiled, state, batch, info
 
 

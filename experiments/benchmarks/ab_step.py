@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import jax
+
 from zoo import bench, hugepages
 from zoo import config as config_lib
 from zoo.models import _layers
@@ -35,14 +37,21 @@ def main():
   args = ap.parse_args()
   hugepages.ensure()     # as the `zoo` command does
   cfg = config_lib.with_defaults(config_lib.load(args.config))
-  runners = {}
+  runners, programs = {}, []
   for value in args.values:
     setattr(_layers, args.threshold, value)     # read when step_runner traces and compiles the step
-    runners[f"{args.threshold}={value}"], _ = bench.step_runner(cfg, args.batch)
+    # JAX keeps the functions it has traced, keyed by the function and its arguments' shapes, not by this
+    # module's thresholds: without this the second runner reuses the first's trace, the same program twice
+    jax.clear_caches()
+    runners[f"{args.threshold}={value}"], info = bench.step_runner(cfg, args.batch)
+    programs.append(info["program"])
+  if programs[0] == programs[1]:
+    raise SystemExit(f"{args.threshold} = {args.values[0]} and {args.values[1]} compile this config's step to "
+                     "the same program: there is nothing to compare")
   rounds = bench.interleaved_rounds(runners, args.batch, args.steps, args.repeats, warmup=2)
   a, b = runners
   result = {"config": args.config, "batch_size": args.batch, "threshold": args.threshold,
-            "values": args.values, "steps_per_round": args.steps, **bench.machine_info(),
+            "values": args.values, "programs": programs, "steps_per_round": args.steps, **bench.machine_info(),
             **bench.round_figures(rounds),
             "b_over_a": round(bench.within_round_ratio(rounds, b, a), 3)}
   print(json.dumps(result), flush=True)
