@@ -187,9 +187,11 @@ _PHASE_MIN_FEATURES = 16
 _CONCAT_MAX_FEATURES = 16
 # A stride-1 or transposed convolution into at most this many times its input channels takes both
 # gradients from one matrix of dy's shifted copies (``_grads_from_dy_copies``); into more, that copy is
-# the larger and XLA's input gradient beside x's copies is as fast (the Gated PixelCNN's 64 -> 128) or far
-# faster (the PixelCNN's 7x7 1 -> 64, whose copies of dy would be 24 x 64 channels per pixel).
-_DY_COPIES_MAX_RATIO = 1
+# far the larger and XLA's input gradient beside x's copies is faster (the PixelCNN's 7x7 1 -> 64, whose
+# copies of dy would be 24 x 64 channels per pixel). At 2 (not 1) the Gated PixelCNN's 64 -> 128 and the
+# Row LSTM's input-to-state convolutions take it too: their steps 1.13x and 1.12x (ab_step.py, in one
+# process, results/thresholds_ab_cpu2.jsonl).
+_DY_COPIES_MAX_RATIO = 2
 # ... and whose copies of dy fit in this many bytes (the PixelCNN's at batch 256: 256 MB); larger ones (a
 # high-resolution Progressive GAN layer) take the per-tap path, which need not hold all the copies at once.
 _DY_COPIES_MAX_BYTES = 1 << 30
@@ -267,7 +269,8 @@ def _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps):
   matmul per tap beside a convolution. A stride-1 convolution (padding lo) has o_t = lo - i; a transposed
   one (stride s, padding lo of the dilated input) o_t = lo - i at stride s. Measured on the 2-core CPU
   (huge pages, the PixelCNN's 3x3 mask B, 28x28x64 -> 64): both gradients 107 -> 66 ms at batch 64.
-  Where dy has more channels than x, D is the larger copy and this does not pay (``_DY_COPIES_MAX_RATIO``).
+  Where dy has many more channels than x, D is far the larger copy and this does not pay
+  (``_DY_COPIES_MAX_RATIO``).
   """
   c_in, c_out = kernel.shape[2:]
   cols = jnp.concatenate(_tap_slices(dy, offsets, strides, x.shape[1:3]), axis=1)
@@ -380,7 +383,7 @@ def _conv_tap_grad_fwd(x, kernel, padding, strides, taps):
 
 
 def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
-  """At stride 1 into no more channels than x has, both gradients from dy's copies (``_from_dy_copies``).
+  """At stride 1 into at most twice x's channels, both gradients from dy's copies (``_from_dy_copies``).
   Otherwise the weight gradient as (C_in, N) @ (N, C_out) matmuls, one per open tap: tap (i, j) multiplies
   x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b); and the input gradient XLA's over the
   box of open taps (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed
@@ -434,8 +437,8 @@ def _conv_transpose_tap_grad_fwd(x, kernel, strides, padding):
 def _conv_transpose_tap_grad_bwd(strides, padding, residuals, dy):
   """The weight gradient as (C_in, N) @ (N, C_out) matmuls, one per tap: input pixel u meets output
   s * u + top - i at tap i (``_phases``), so tap (i, j) multiplies x by dy[:, s_h * u + top - i,
-  s_w * v + left - j, :]; N is the input's pixels, and no products with the dilation's zeros. Into no more
-  channels than x has, the input gradient comes from those same copies of dy (``_grads_from_dy_copies``),
+  s_w * v + left - j, :]; N is the input's pixels, and no products with the dilation's zeros. Into at most
+  twice x's channels, the input gradient comes from those same copies of dy (``_grads_from_dy_copies``),
   else it is XLA's (a strided convolution of dy)."""
   x, kernel = residuals
   taps = _all_taps(kernel.shape)
@@ -464,7 +467,7 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
 
   On the CPU backend its weight gradient is a matmul per kernel tap (skipping the taps that ``mask``, a
   (kh, kw, ...) 0/1 array, closes: their gradient is zero), which XLA:CPU runs several times faster than its
-  own weight gradient of a convolution (issue 7). At stride 1 into no more channels than it reads, both
+  own weight gradient of a convolution (issue 7). At stride 1 into at most twice the channels it reads, both
   gradients are matmuls on one matrix of dy's copies at the open taps (``_grads_from_dy_copies``);
   otherwise the input gradient is XLA's, except at larger strides into 16 or more input channels, a
   transposed convolution by phases (``_strided_input_grad``). The forward pass (and XLA's input gradient)
@@ -517,7 +520,7 @@ def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
 
   On the CPU backend the weight gradient is a matmul per kernel tap, 10-30x faster than XLA's, and with 16
   or more output channels the forward pass is s_h * s_w stride-1 convolutions of x, one per output phase
-  (``_phase_conv``: no multiplications by the dilation's zeros); into no more channels than it reads, both
+  (``_phase_conv``: no multiplications by the dilation's zeros); into at most twice the channels it reads, both
   gradients are matmuls on one matrix of dy's copies (``_grads_from_dy_copies``), else the input gradient
   is XLA's. On GPU and TPU it is ``lax.conv_transpose``, forward and backward, unchanged.
 
