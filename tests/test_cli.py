@@ -195,3 +195,15 @@ def test_cpu_devices_splits_the_cpu(capsys):
   assert "devices: 3 x cpu (cpu)" in done.stdout
   code, _, err = run(capsys, "--cpu-devices", "-1", "list")
   assert code == 2 and "--cpu-devices must be >= 1" in err
+
+
+def test_cpu_model_reads_the_model_and_vector_extensions(tmp_path):
+  from zoo.bench import cpu_model
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                  "flags\t\t: fpu sse2 avx2 fma avx512f avx512bw\n\nprocessor\t: 1\n")
+  assert cpu_model(str(info)) == {"cpu_model": "Intel(R) Xeon(R) Processor (family 6 model 143)",
+                                  "cpu_vector_isa": "avx2 avx512f"}
+  info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n")
+  assert cpu_model(str(info))["cpu_vector_isa"] == "avx2"
+  assert cpu_model(str(tmp_path / "absent")) == {"cpu_model": "", "cpu_vector_isa": ""}
