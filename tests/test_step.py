@@ -35,6 +35,21 @@ class TwoPlayers(Family):
     return jnp.square(p["b"]["v"] - seen), {"seen_w": seen}, {"counts": {"b_calls": calls}}
 
 
+@dataclasses.dataclass(frozen=True)
+class Linear(Family):
+  """One player, one matmul: 'a' fits w so that x @ w is zero."""
+
+  @property
+  def players(self):
+    return (("a", 1),)
+
+  def init(self, rng, batch):
+    return {"params": {"a": {"w": jnp.ones((batch["x"].shape[1], 64))}}}
+
+  def loss(self, player, variables, batch, rng, step):
+    return jnp.mean(jnp.square(batch["x"] @ variables["params"]["a"]["w"])), {}, {}
+
+
 def _run(ema=None, steps=1):
   family = TwoPlayers()
   txs = {"a": optax.sgd(0.5), "b": optax.sgd(0.5)}
@@ -179,3 +194,30 @@ def test_stages_switch_players_and_retrace_once_per_stage(staged_family, tmp_pat
   zoo.train_and_evaluate(cfg, tmp_path / "split", progress=False)
   split = zoo.load(tmp_path / "split")
   assert float(split.state.params["second"]["w"]) == pytest.approx(w2)
+
+
+def test_the_step_compiles_with_the_cpu_options_on_cpu_and_xlas_defaults_where_told(monkeypatch):
+  """On a CPU mesh the shared step compiles with CPU_COMPILER_OPTIONS (XLA's own dots and convolutions,
+  not YNNPACK's); not when switched off, told by the environment, or where XLA_FLAGS names the option."""
+  mesh = sharding.make_mesh(1)
+  assert step_lib.compiler_options(mesh) == step_lib.CPU_COMPILER_OPTIONS
+  a = jnp.ones((64, 64))
+  matmul = jax.jit(lambda a: a @ a)
+  assert "ynn" in matmul.lower(a).compile().as_text()              # XLA's default: a YNNPACK dot
+  assert "ynn" not in matmul.lower(a).compile(step_lib.compiler_options(mesh)).as_text()
+  family, txs = Linear(), {"a": optax.sgd(0.5)}
+  batch = {"x": jnp.ones((8, 64))}
+  state = step_lib.init_state(family, txs, 0, batch)
+
+  def compiled_step():
+    return step_lib.jit_train_step(family, txs, mesh).lower(state, batch).compile().as_text()
+  ours = compiled_step()
+  monkeypatch.setattr(step_lib, "USE_CPU_COMPILER_OPTIONS", False)
+  assert step_lib.compiler_options(mesh) is None
+  assert compiled_step() != ours                    # the step's matmuls compile differently with the options
+  monkeypatch.setattr(step_lib, "USE_CPU_COMPILER_OPTIONS", True)
+  monkeypatch.setenv("ZOO_XLA_CPU_DEFAULTS", "1")
+  assert step_lib.compiler_options(mesh) is None
+  monkeypatch.delenv("ZOO_XLA_CPU_DEFAULTS")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+  assert step_lib.compiler_options(mesh) is None

@@ -26,7 +26,7 @@ def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None):
   Returns:
     (step, state, batch, info): ``step(state, batch) -> (state, metrics)`` is compiled (state
     donated); ``info`` holds batch_size, compile_s, the config's names and ``program``, a hash of the
-    step's StableHLO text (two steps with the same hash are the same program).
+    step's StableHLO text and XLA options (two steps with the same hash are the same program).
   """
   config = config_lib.with_defaults(config)
   batch_size = int(batch_size or config.batch_size)
@@ -43,7 +43,8 @@ def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None):
   compiled = lowered.compile()
   info = {"experiment": config.experiment, "family": config.family, "batch_size": batch_size,
           "compile_s": round(time.perf_counter() - t0, 3),
-          "program": hashlib.sha256(lowered.as_text().encode()).hexdigest()[:16]}
+          "program": hashlib.sha256((lowered.as_text() + repr(step_lib.compiler_options(run.mesh))).encode())
+                     .hexdigest()[:16]}
   return compiled, state, batch, info
 
 

@@ -8,6 +8,7 @@ batch split over the mesh's ``data`` axis.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -78,14 +79,48 @@ def train_step_fn(family: Family, txs: Mapping[str, optax.GradientTransformation
   return train_step
 
 
+# XLA:CPU (jax 0.10) hands dots, convolutions and elementwise fusions to YNNPACK by default. On the 2-core
+# CPU of 2026-11-26 (Xeon, family 6 model 207, AVX-512) XLA's own kernels ran its dots and convolutions
+# faster: the PixelCNN's 2x3 64 -> 64 convolution 20 -> 11 ms at batch 64, the DCGAN D's 8x8x128 -> 4x4x256
+# 24 -> 16 ms at batch 256, a 2048^3 matmul 64 -> 60 ms; YNNPACK's reductions stayed the faster (without
+# them a bias gradient, which XLA splits into reduce-windows, took 17 ms). So the shared step compiles with
+# YNNPACK kept for reductions only: in one process (experiments/benchmarks/ab_step.py --threshold
+# USE_CPU_COMPILER_OPTIONS --values 0 1) the PixelCNN step 1.11x at batch 64 and the DCGAN step 1.10 and
+# 1.06x at batch 256, 1.02x at 64. Only on CPU meshes, only where XLA accepts the option (it is
+# experimental: a jax without it compiles as before), and not where XLA_FLAGS names it already (the user's
+# choice wins); USE_CPU_COMPILER_OPTIONS = False (or ZOO_XLA_CPU_DEFAULTS=1) compiles with XLA's defaults.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+USE_CPU_COMPILER_OPTIONS = True
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_accepted() -> bool:
+  try:
+    jax.jit(lambda x: x + 1).lower(jnp.zeros((), jnp.float32)).compile(dict(CPU_COMPILER_OPTIONS))
+  except Exception:      # an XLA without the option, or with other values for it
+    return False
+  return True
+
+
+def compiler_options(mesh: Mesh) -> dict | None:
+  """The XLA options the shared step compiles with on ``mesh``: ``CPU_COMPILER_OPTIONS`` where its devices
+  are CPUs (see above), else None (XLA's defaults)."""
+  if (not USE_CPU_COMPILER_OPTIONS or os.environ.get("ZOO_XLA_CPU_DEFAULTS") == "1"
+      or any(d.platform != "cpu" for d in mesh.devices.flat)
+      or any(name in os.environ.get("XLA_FLAGS", "") for name in CPU_COMPILER_OPTIONS)):
+    return None
+  return dict(CPU_COMPILER_OPTIONS) if _cpu_options_accepted() else None
+
+
 def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformation], mesh: Mesh,
                    ema: Mapping[str, float] | None = None) -> Callable:
-  """The shared step, jitted for ``mesh`` with the state donated."""
+  """The shared step, jitted for ``mesh`` with the state donated (and ``compiler_options(mesh)``)."""
   rep = sharding.replicated(mesh)
   return jax.jit(train_step_fn(family, txs, ema),
                  in_shardings=(rep, sharding.data_sharded(mesh)),
                  out_shardings=(rep, rep),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,),
+                 compiler_options=compiler_options(mesh))
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,8 +1,9 @@
-"""A config's shared train step under two settings of one of ``zoo.models._layers``' CPU thresholds, timed
-in interleaved rounds in one process (issue 7).
+"""A config's shared train step under two settings of one of the zoo's CPU switches, timed in interleaved
+rounds in one process (issue 7).
 
 The thresholds choose between formulations of the same function (``_DY_COPIES_MAX_RATIO``,
-``_CONCAT_MAX_FEATURES``, ``_PHASE_MIN_FEATURES``); each is read when the step is traced, so two step
+``_CONCAT_MAX_FEATURES``, ``_PHASE_MIN_FEATURES``), or compile it with XLA's options or the zoo's
+(``zoo.step.USE_CPU_COMPILER_OPTIONS``, 0 or 1); each is read when the step is traced, so two step
 runners built under the two values run the two formulations side by side. This machine's speed drifts
 by up to 2x over minutes, so only the within-round ratio B / A is reported as the comparison.
 
@@ -20,9 +21,12 @@ import jax
 
 from zoo import bench, hugepages
 from zoo import config as config_lib
+from zoo import step as step_lib
 from zoo.models import _layers
 
-THRESHOLDS = ("_DY_COPIES_MAX_RATIO", "_CONCAT_MAX_FEATURES", "_PHASE_MIN_FEATURES")
+# each switch and the module that reads it
+THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, "_PHASE_MIN_FEATURES": _layers,
+              "USE_CPU_COMPILER_OPTIONS": step_lib}
 
 
 def main():
@@ -39,7 +43,7 @@ def main():
   cfg = config_lib.with_defaults(config_lib.load(args.config))
   runners, programs = {}, []
   for value in args.values:
-    setattr(_layers, args.threshold, value)     # read when step_runner traces and compiles the step
+    setattr(THRESHOLDS[args.threshold], args.threshold, value)   # read when step_runner builds the step
     # JAX keeps the functions it has traced, keyed by the function and its arguments' shapes, not by this
     # module's thresholds: without this the second runner reuses the first's trace, the same program twice
     jax.clear_caches()
