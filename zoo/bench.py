@@ -174,7 +174,8 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
   been different CPUs from one session to the next: PyTorch's PixelCNN step ran 2.2x faster on one than on
   another, the zoo's 1.4x, so a ratio means little without them."""
   try:
-    text = open(cpuinfo).read()
+    with open(cpuinfo) as f:
+      text = f.read()
   except OSError:
     return {"cpu_model": "", "cpu_vector_isa": ""}
   fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
