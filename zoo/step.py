@@ -85,8 +85,9 @@ def train_step_fn(family: Family, txs: Mapping[str, optax.GradientTransformation
 # 24 -> 16 ms at batch 256, a 2048^3 matmul 64 -> 60 ms; YNNPACK's reductions stayed the faster (without
 # them a bias gradient, which XLA splits into reduce-windows, took 17 ms). So the shared step compiles with
 # YNNPACK kept for reductions only: in one process (experiments/benchmarks/ab_step.py --threshold
-# USE_CPU_COMPILER_OPTIONS --values 0 1) the PixelCNN step 1.11x at batch 64 and the DCGAN step 1.10 and
-# 1.06x at batch 256, 1.02x at 64. Only on CPU meshes, only where XLA accepts the option (it is
+# USE_CPU_COMPILER_OPTIONS --values 0 1, results/thresholds_ab_cpu2.jsonl) the PixelCNN step 1.15x at batch
+# 64 (1.02x in a noisier run), the DCGAN step 1.08x at batch 256 and 1.07x at 64, the Gated PixelCNN's 1.08x.
+# The eval and sampling steps keep XLA's defaults. Only on CPU meshes, only where XLA accepts the option (it is
 # experimental: a jax without it compiles as before), and not where XLA_FLAGS names it already (the user's
 # choice wins); USE_CPU_COMPILER_OPTIONS = False (or ZOO_XLA_CPU_DEFAULTS=1) compiles with XLA's defaults.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}

@@ -3,8 +3,8 @@ rounds in one process (issue 7).
 
 The thresholds choose between formulations of the same function (``_DY_COPIES_MAX_RATIO``,
 ``_CONCAT_MAX_FEATURES``, ``_PHASE_MIN_FEATURES``), or compile it with XLA's options or the zoo's
-(``zoo.step.USE_CPU_COMPILER_OPTIONS``, 0 or 1); each is read when the step is traced, so two step
-runners built under the two values run the two formulations side by side. This machine's speed drifts
+(``zoo.step.USE_CPU_COMPILER_OPTIONS``, 0 or 1); each is read when the step is built, so two step
+runners built under the two values run the two programs side by side. This machine's speed drifts
 by up to 2x over minutes, so only the within-round ratio B / A is reported as the comparison.
 
   python experiments/benchmarks/ab_step.py --config experiments/benchmarks/pixelcnn28.py --batch 64 \\
