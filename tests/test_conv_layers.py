@@ -204,6 +204,28 @@ def test_masked_conv_lowers_on_cpu_to_the_open_box():
   assert kernels("cuda") == ["3x3", "3x3"]   # and the weight gradient, a convolution with dy as its kernel
 
 
+def test_with_xlas_own_kernels_a_stride_1_convolution_takes_xlas_gradients_over_the_open_box():
+  """Traced under ``xla_own_kernels()`` (as zoo.step traces a step it compiles with XLA's own CPU kernels),
+  the mask-B layer is XLA's convolution over its 2x3 box, differentiated by XLA: no matmuls on CPU, and
+  the same function; strided convolutions keep their custom gradients."""
+  mask = _tap_mask((3, 3), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], 4, 4)
+  x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+  ours = lambda x, w: _layers.conv2d(x, w * mask, "SAME", mask)
+  strided = lambda x, w: _layers.conv2d(x, w, "SAME", strides=(2, 2))
+
+  def ops(f):
+    grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))
+    return re.findall(r"stablehlo\.(convolution|dot_general)", _lowered(grad, "cpu", x, w))
+  jax.clear_caches()
+  with _layers.xla_own_kernels():
+    assert set(ops(ours)) == {"convolution"} and len(ops(ours)) == 3
+    assert "dot_general" in ops(strided)
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w * mask, (1, 1), "SAME", dimension_numbers=DN)
+    _check(ours, ref, (2, 6, 6, 4), (3, 3, 4, 4))
+  jax.clear_caches()
+  assert "dot_general" in ops(ours)          # outside the block: the custom gradients again
+
+
 def test_dy_copies_beyond_their_byte_limit_take_the_per_tap_path(monkeypatch):
   """A stride-1 convolution whose matrix of dy's copies would exceed _DY_COPIES_MAX_BYTES keeps XLA's input
   gradient (a second convolution on CPU) and per-tap weight-gradient matmuls, and still computes XLA's

@@ -12,6 +12,7 @@ import pytest
 from zoo import optim, sharding, step as step_lib
 from zoo.errors import ConfigError
 from zoo.family import Family
+from zoo.models import _layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +217,13 @@ def test_the_step_compiles_with_the_cpu_options_on_cpu_and_xlas_defaults_where_t
   assert step_lib.compiler_options(mesh) is None
   assert compiled_step() != ours                    # the step's matmuls compile differently with the options
   monkeypatch.setattr(step_lib, "USE_CPU_COMPILER_OPTIONS", True)
+  seen = []       # what the layers read while the step traces: XLA's own kernels with the options only
+  traced = dataclasses.replace(family)
+  object.__setattr__(traced, "loss", lambda *a: (seen.append(_layers._XLA_OWN_KERNELS.get()), family.loss(*a))[1])
+  for use in (True, False):
+    monkeypatch.setattr(step_lib, "USE_XLA_OWN_GRADIENTS", use)
+    step_lib.jit_train_step(traced, txs, mesh).lower(state, batch)
+  assert seen == [True, False] and not _layers._XLA_OWN_KERNELS.get()
   monkeypatch.setenv("ZOO_XLA_CPU_DEFAULTS", "1")
   assert step_lib.compiler_options(mesh) is None
   monkeypatch.delenv("ZOO_XLA_CPU_DEFAULTS")

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from zoo import sharding
 from zoo.family import Family
+from zoo.models import _layers
 from zoo.state import TrainState
 
 
@@ -92,6 +93,8 @@ def train_step_fn(family: Family, txs: Mapping[str, optax.GradientTransformation
 # choice wins); USE_CPU_COMPILER_OPTIONS = False (or ZOO_XLA_CPU_DEFAULTS=1) compiles with XLA's defaults.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 USE_CPU_COMPILER_OPTIONS = True
+# ... and, with them, traces its stride-1 convolutions with XLA's own gradients (``_layers.xla_own_kernels``)
+USE_XLA_OWN_GRADIENTS = True
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,11 +120,17 @@ def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformatio
                    ema: Mapping[str, float] | None = None) -> Callable:
   """The shared step, jitted for ``mesh`` with the state donated (and ``compiler_options(mesh)``)."""
   rep = sharding.replicated(mesh)
-  return jax.jit(train_step_fn(family, txs, ema),
+  options = compiler_options(mesh)
+  step = train_step_fn(family, txs, ema)
+
+  def traced(state, batch):     # the layers' formulations follow the kernels the step compiles with
+    with _layers.xla_own_kernels(options is not None and USE_XLA_OWN_GRADIENTS):
+      return step(state, batch)
+  return jax.jit(traced,
                  in_shardings=(rep, sharding.data_sharded(mesh)),
                  out_shardings=(rep, rep),
                  donate_argnums=(0,),
-                 compiler_options=compiler_options(mesh))
+                 compiler_options=options)
 
 
 @functools.lru_cache(maxsize=64)

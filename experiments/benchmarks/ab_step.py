@@ -26,7 +26,7 @@ from zoo.models import _layers
 
 # each switch and the module that reads it
 THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, "_PHASE_MIN_FEATURES": _layers,
-              "USE_CPU_COMPILER_OPTIONS": step_lib}
+              "USE_CPU_COMPILER_OPTIONS": step_lib, "USE_XLA_OWN_GRADIENTS": step_lib}
 
 
 def main():

@@ -1,6 +1,8 @@
 """Pieces that several families share: activations, MLP and convolutional encoders and decoders."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Any, Callable, Sequence
@@ -195,6 +197,23 @@ _DY_COPIES_MAX_RATIO = 2
 # ... and whose copies of dy fit in this many bytes (the PixelCNN's at batch 256: 256 MB); larger ones (a
 # high-resolution Progressive GAN layer) take the per-tap path, which need not hold all the copies at once.
 _DY_COPIES_MAX_BYTES = 1 << 30
+# True while zoo.step traces a step it compiles with XLA's own CPU kernels (``zoo.step.CPU_COMPILER_OPTIONS``,
+# YNNPACK for reductions only). There XLA's own gradients of a stride-1 convolution over its open box
+# (``_open_box_conv``, no custom VJP) ran the Gated PixelCNN step 1.32x and the PixelCNN's 1.16x (batch 64)
+# and 1.19x (256) against dy's copies (ab_step.py, in one process, results/thresholds_ab_cpu2.jsonl); under
+# YNNPACK, XLA's default, its weight gradients are 10-30x slower and the custom VJPs stay. Read when
+# tracing; ``xla_own_kernels()`` sets it.
+_XLA_OWN_KERNELS = contextvars.ContextVar("zoo_xla_own_kernels", default=False)
+
+
+@contextlib.contextmanager
+def xla_own_kernels(on: bool = True):
+  """Within this block, stride-1 convolutions traced for CPU take XLA's own gradients (see above)."""
+  token = _XLA_OWN_KERNELS.set(on)
+  try:
+    yield
+  finally:
+    _XLA_OWN_KERNELS.reset(token)
 
 
 def _on_cpu(fast, native, *args):
@@ -495,6 +514,9 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     # a 1x1 convolution is a matmul over the pixels: XLA:CPU runs it as one 2.7x faster than as a
     # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too
     return _on_cpu(lambda x, k: jnp.dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
+                   lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
+  if strides == (1, 1) and _XLA_OWN_KERNELS.get():
+    return _on_cpu(lambda x, k: _open_box_conv(x, k, padding, strides, taps),
                    lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
   return _on_cpu(lambda x, k: _conv_tap_grad(x, k, padding, strides, taps),
                  lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
