@@ -515,10 +515,9 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too
     return _on_cpu(lambda x, k: jnp.dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
                    lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
-  if strides == (1, 1) and _XLA_OWN_KERNELS.get():
-    return _on_cpu(lambda x, k: _open_box_conv(x, k, padding, strides, taps),
-                   lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
-  return _on_cpu(lambda x, k: _conv_tap_grad(x, k, padding, strides, taps),
+  # under XLA's own kernels a stride-1 convolution is differentiated by XLA (see _XLA_OWN_KERNELS)
+  cpu = _open_box_conv if strides == (1, 1) and _XLA_OWN_KERNELS.get() else _conv_tap_grad
+  return _on_cpu(lambda x, k: cpu(x, k, padding, strides, taps),
                  lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
 
 
