@@ -137,15 +137,15 @@ def test_bench_prints_one_json_line(capsys):
 @pytest.mark.slow
 def test_ab_step_times_two_formulations_of_one_step(tmp_path):
   """experiments/benchmarks/ab_step.py builds the step under each threshold value and reports both rates
-  and their within-round ratio (the DCGAN step's transposed convolutions' gradients with and without dy's
-  copies; the PixelCNN's stride-1 ones take XLA's own gradients in the shared step on CPU)."""
+  and their within-round ratio (the DCGAN step's strided and transposed convolutions with their custom
+  gradients and with XLA's own)."""
   out = tmp_path / "ab.jsonl"
   subprocess.run([sys.executable, "experiments/benchmarks/ab_step.py", "--config",
-                  "experiments/benchmarks/dcgan32.py", "--batch", "8", "--threshold", "_DY_COPIES_MAX_RATIO",
+                  "experiments/benchmarks/dcgan32.py", "--batch", "8", "--threshold", "_XLA_OWN_STRIDED_GRADIENTS",
                   "--values", "0", "1", "--steps", "1", "--repeats", "1", "--out", str(out)],
                  check=True, capture_output=True, timeout=300)
   (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-  rates = [row[f"_DY_COPIES_MAX_RATIO={v}_examples_per_s"] for v in (0, 1)]
+  rates = [row[f"_XLA_OWN_STRIDED_GRADIENTS={v}_examples_per_s"] for v in (0, 1)]
   assert min(rates) > 0 and row["b_over_a"] > 0 and row["values"] == [0, 1] and row["batch_size"] == 8
   assert row["programs"][0] != row["programs"][1]      # two formulations, not one program timed twice
 

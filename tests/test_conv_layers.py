@@ -76,7 +76,10 @@ CASES = [
     f"b{c[0]}-{c[1][0]}x{c[1][1]}-k{c[2]}-s{c[3]}-{c[4] if isinstance(c[4], str) else 'asym'}-{c[7]}"
     for c in CASES])
 @pytest.mark.parametrize("kind", ["conv", "conv_transpose"])
-def test_layers_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, path, monkeypatch):
+@pytest.mark.parametrize("own", [False, True], ids=["custom", "xla-own"])
+def test_layers_equal_xla(own, kind, b, hw, k, s, padding, c_in, c_out, path, monkeypatch):
+  """... traced as a caller's own jit traces them, or as the shared step does under XLA's own CPU kernels
+  (``xla_own_kernels()``: XLA's gradients where they are the faster there)."""
   _use(path, monkeypatch)
   s = (s, s) if isinstance(s, int) else s
   if kind == "conv":
@@ -85,11 +88,13 @@ def test_layers_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, path, monkeyp
   else:
     ours = lambda x, w: _layers.conv_transpose2d(x, w, s, padding)
     ref = lambda x, w: jax.lax.conv_transpose(x, w, s, padding, dimension_numbers=DN)
-  _check(ours, ref, (b, *hw, c_in), (k, k, c_in, c_out))
+  with _layers.xla_own_kernels(own):
+    _check(ours, ref, (b, *hw, c_in), (k, k, c_in, c_out))
 
 
 @pytest.mark.parametrize("path", ["phases", "native"])
-def test_second_order_gradients_equal_xla(path, monkeypatch):
+@pytest.mark.parametrize("own", [False, True], ids=["custom", "xla-own"])
+def test_second_order_gradients_equal_xla(own, path, monkeypatch):
   """A gradient penalty differentiates the input gradient again, through the custom backward passes."""
   _use(path, monkeypatch)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
@@ -100,7 +105,8 @@ def test_second_order_gradients_equal_xla(path, monkeypatch):
        lambda x, w: jax.lax.conv_transpose(x, w, (2, 2), "SAME", dimension_numbers=DN), (4, 4, 3, 4))]:
     k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.3
     penalty = lambda f: lambda w: jnp.sum(jnp.square(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w))))(x)))
-    _close(jax.jit(jax.grad(penalty(ours)))(k), jax.jit(jax.grad(penalty(ref)))(k))
+    with _layers.xla_own_kernels(own):
+      _close(jax.jit(jax.grad(penalty(ours)))(k), jax.jit(jax.grad(penalty(ref)))(k))
 
 
 @pytest.mark.parametrize("kw", [
@@ -204,26 +210,28 @@ def test_masked_conv_lowers_on_cpu_to_the_open_box():
   assert kernels("cuda") == ["3x3", "3x3"]   # and the weight gradient, a convolution with dy as its kernel
 
 
-def test_with_xlas_own_kernels_a_stride_1_convolution_takes_xlas_gradients_over_the_open_box():
+def test_with_xlas_own_kernels_the_gradients_are_xlas_convolutions():
   """Traced under ``xla_own_kernels()`` (as zoo.step traces a step it compiles with XLA's own CPU kernels),
-  the mask-B layer is XLA's convolution over its 2x3 box, differentiated by XLA: no matmuls on CPU, and
-  the same function; strided convolutions keep their custom gradients."""
-  mask = _tap_mask((3, 3), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], 4, 4)
-  x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
-  ours = lambda x, w: _layers.conv2d(x, w * mask, "SAME", mask)
-  strided = lambda x, w: _layers.conv2d(x, w, "SAME", strides=(2, 2))
+  the mask-B layer is XLA's convolution over its 2x3 box, differentiated by XLA, and the strided and
+  transposed convolutions' weight gradients are XLA's convolutions too: no matmuls on CPU (the layers'
+  functions under the block: test_layers_equal_xla). Outside the block, the tap matmuls again."""
+  mask = _tap_mask((3, 3), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], 16, 16)
+  x, w = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
+  layers = {"mask B": lambda x, w: _layers.conv2d(x, w * mask, "SAME", mask),
+            "strided": lambda x, w: _layers.conv2d(x, w, "SAME", strides=(2, 2)),
+            "transposed": lambda x, w: _layers.conv_transpose2d(x, w, (2, 2), "SAME")}
 
   def ops(f):
     grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))
     return re.findall(r"stablehlo\.(convolution|dot_general)", _lowered(grad, "cpu", x, w))
   jax.clear_caches()
   with _layers.xla_own_kernels():
-    assert set(ops(ours)) == {"convolution"} and len(ops(ours)) == 3
-    assert "dot_general" in ops(strided)
-    ref = lambda x, w: jax.lax.conv_general_dilated(x, w * mask, (1, 1), "SAME", dimension_numbers=DN)
-    _check(ours, ref, (2, 6, 6, 4), (3, 3, 4, 4))
+    assert ops(layers["mask B"]) == ["convolution"] * 3
+    for name, f in layers.items():
+      assert "dot_general" not in ops(f), name
   jax.clear_caches()
-  assert "dot_general" in ops(ours)          # outside the block: the custom gradients again
+  for name, f in layers.items():
+    assert "dot_general" in ops(f), name    # outside the block: the custom gradients' tap matmuls
 
 
 def test_dy_copies_beyond_their_byte_limit_take_the_per_tap_path(monkeypatch):

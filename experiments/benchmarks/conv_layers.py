@@ -16,7 +16,12 @@ a 3x3 64 -> 64 unmasked (all 9 taps), the same with mask B (5 open taps; useful 
 convolves the masked 3x3 kernel), the first layer's 7x7 mask A from 1 channel to 64 (24 open taps) and
 the 1x1 64 -> 64 of the output layers.
 
-  python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--no-torch] [--out FILE.jsonl]
+With ``--step-options`` every JAX function (the matmul ceiling included) compiles as the shared train step
+does on CPU: with ``zoo.step.CPU_COMPILER_OPTIONS`` (XLA's own dot and convolution kernels) and traced
+under ``_layers.xla_own_kernels()``; without it, with XLA's defaults (YNNPACK), as a caller's own ``jit``.
+
+  python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--no-torch] [--step-options]
+      [--out FILE.jsonl]
 """
 from __future__ import annotations
 
@@ -31,7 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh
+
 from zoo import hugepages
+from zoo import step as step_lib
 from zoo.bench import load_average, machine_info
 from zoo.models import _layers
 
@@ -57,16 +65,16 @@ def raster_mask(k: int, kind: str) -> np.ndarray:
   return _layers.causal_mask((k, k), np.zeros(1, int), np.zeros(1, int), kind[-1])
 
 
-def timed(fns: dict, *args, repeats: int) -> dict:
+def timed(fns: dict, *args, repeats: int, options: dict | None = None) -> dict:
   """Median seconds of one call of each f in ``fns`` (a JAX function, jitted and called on ``args``, or a
   ``torch_*`` entry called with none), compiled and warmed up first, their timings taken in turns so that
-  a change in the machine's load falls on all of them alike."""
+  a change in the machine's load falls on all of them alike. ``options``: XLA's compiler options."""
   calls, inner, times = {}, {}, {}
   for name, f in fns.items():
     if name.startswith("torch"):
       calls[name] = f
     else:
-      calls[name] = functools.partial(jax.jit(f), *args)
+      calls[name] = functools.partial(jax.jit(f, compiler_options=options), *args)
     jax.block_until_ready(calls[name]())
     t0 = time.perf_counter()
     jax.block_until_ready(calls[name]())
@@ -138,11 +146,24 @@ def main():
   ap.add_argument("--repeats", type=int, default=7)
   ap.add_argument("--out", help="write one JSON line per measurement here")
   ap.add_argument("--no-torch", action="store_true", help="leave out PyTorch's column")
+  ap.add_argument("--step-options", action="store_true", help="compile as the shared train step does on CPU")
   args = ap.parse_args()
   hugepages.ensure()     # as the `zoo` command does: XLA's buffers from huge pages (zoo/hugepages.py)
+  options = None
+  if args.step_options:
+    options = step_lib.compiler_options(Mesh(np.array(jax.devices()[:1]), ("data",)))
+    if options is None:
+      raise SystemExit("--step-options: the shared step compiles this backend with XLA's defaults")
+  with _layers.xla_own_kernels(options is not None and step_lib.USE_XLA_OWN_GRADIENTS):
+    run(args, options)
+
+
+def run(args, options):
   a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
-  ceiling = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
-  env = {**machine_info(), "backend": jax.default_backend(), "load_average_before": load_average()}
+  matmul = {"matmul": lambda a: a @ a}
+  ceiling = 2 * 2048 ** 3 / timed(matmul, a, repeats=args.repeats, options=options)["matmul"] / 1e9
+  env = {**machine_info(), "backend": jax.default_backend(), "load_average_before": load_average(),
+         "compiler_options": options}
   try:
     if not args.no_torch:
       import torch
@@ -171,7 +192,7 @@ def main():
         impls = {impl: ops(f)[op] for impl, f in fns.items()}
         if torch_fns:
           impls["torch"] = torch_fns[op]
-        secs = timed(impls, x, kern, dy, repeats=args.repeats)
+        secs = timed(impls, x, kern, dy, repeats=args.repeats, options=options)
         gf = {impl: flops * (2 if op == "gradients" else 1) / t / 1e9 for impl, t in secs.items()}
         print(f"{name:<15} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
               f"{gf.get('torch', float('nan')):>8.1f} {gf['zoo'] / gf['native']:>6.2f}x", flush=True)
@@ -180,7 +201,7 @@ def main():
                          native_gflops=round(gf["native"], 2), zoo_gflops=round(gf["zoo"], 2),
                          **({"torch_gflops": round(gf["torch"], 2)} if "torch" in gf else {}),
                          matmul_gflops=round(ceiling, 2)))
-  after = 2 * 2048 ** 3 / timed({"matmul": lambda a: a @ a}, a, repeats=args.repeats)["matmul"] / 1e9
+  after = 2 * 2048 ** 3 / timed(matmul, a, repeats=args.repeats, options=options)["matmul"] / 1e9
   rows[0].update(gflops_after=round(after, 2), load_average_after=load_average())
   print(f"float32 matmul 2048^3 after: {after:.1f} GFLOP/s (load {rows[0]['load_average_after']})")
   if args.out:

@@ -200,15 +200,23 @@ _DY_COPIES_MAX_BYTES = 1 << 30
 # True while zoo.step traces a step it compiles with XLA's own CPU kernels (``zoo.step.CPU_COMPILER_OPTIONS``,
 # YNNPACK for reductions only). There XLA's own gradients of a stride-1 convolution over its open box
 # (``_open_box_conv``, no custom VJP) ran the Gated PixelCNN step 1.32x and the PixelCNN's 1.16x (batch 64)
-# and 1.19x (256) against dy's copies (ab_step.py, in one process, results/thresholds_ab_cpu2.jsonl); under
-# YNNPACK, XLA's default, its weight gradients are 10-30x slower and the custom VJPs stay. Read when
-# tracing; ``xla_own_kernels()`` sets it.
+# and 1.19x (256) against dy's copies; XLA's own weight gradient of a strided convolution beside the phases'
+# input gradient ran the DCGAN step 1.12x (batch 64 and 256) against the per-tap matmuls; and a transposed
+# convolution's gradients as XLA's own (its input gradient a strided convolution, its weight gradient a
+# strided convolution's, ``_transposed_weight_grad``) took the DCGAN's 1.3-1.4x less time per layer than
+# dy's copies (ab_step.py, in one process, results/thresholds_ab_cpu2.jsonl). Under YNNPACK, XLA's default,
+# XLA's weight gradients are 10-30x slower and the custom VJPs stay. Read when tracing; ``xla_own_kernels()``
+# sets it.
 _XLA_OWN_KERNELS = contextvars.ContextVar("zoo_xla_own_kernels", default=False)
+# ... whether, there, the strided and transposed convolutions take XLA's gradients too (1) or keep their
+# custom ones (0; the A/B above: ab_step.py --threshold _XLA_OWN_STRIDED_GRADIENTS --values 0 1)
+_XLA_OWN_STRIDED_GRADIENTS = 1
 
 
 @contextlib.contextmanager
 def xla_own_kernels(on: bool = True):
-  """Within this block, stride-1 convolutions traced for CPU take XLA's own gradients (see above)."""
+  """Within this block, convolutions traced for CPU take XLA's own gradients where they are faster under
+  XLA's own kernels (see above)."""
   token = _XLA_OWN_KERNELS.set(on)
   try:
     yield
@@ -392,21 +400,22 @@ def _open_box_conv(x, kernel, padding, strides, taps):
   return _cropping_conv(x, kernel[top:kh - bottom, left:kw - right], pads, strides)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_tap_grad(x, kernel, padding, strides, taps):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_tap_grad(x, kernel, padding, strides, taps, xla_weight_grad):
   return _open_box_conv(x, kernel, padding, strides, taps)
 
 
-def _conv_tap_grad_fwd(x, kernel, padding, strides, taps):
+def _conv_tap_grad_fwd(x, kernel, padding, strides, taps, xla_weight_grad):
   return _open_box_conv(x, kernel, padding, strides, taps), (x, kernel)
 
 
-def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
+def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, residuals, dy):
   """At stride 1 into at most twice x's channels, both gradients from dy's copies (``_from_dy_copies``).
   Otherwise the weight gradient as (C_in, N) @ (N, C_out) matmuls, one per open tap: tap (i, j) multiplies
-  x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b); and the input gradient XLA's over the
-  box of open taps (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed
-  convolution by phases (``_strided_input_grad``)."""
+  x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b), or with ``xla_weight_grad`` XLA's own
+  (under XLA's own kernels, ``_XLA_OWN_KERNELS``); and the input gradient XLA's over the box of open taps
+  (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed convolution by
+  phases (``_strided_input_grad``)."""
   x, kernel = residuals
   if strides == (1, 1) and _from_dy_copies(x, kernel, taps):
     offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
@@ -415,6 +424,8 @@ def _conv_tap_grad_bwd(padding, strides, taps, residuals, dy):
     dx = _strided_input_grad(dy, kernel, x.shape, padding, strides)
   else:
     dx = jax.vjp(lambda x: _open_box_conv(x, kernel, padding, strides, taps), x)[1](dy)[0]
+  if xla_weight_grad:
+    return dx, jax.vjp(lambda k: _open_box_conv(x, k, padding, strides, taps), kernel)[1](dy)[0]
   offsets = [(i - padding[0][0], j - padding[1][0]) for i, j in taps]
   slices = _tap_slices(x, offsets, strides, dy.shape[1:3])
   dk = _tap_weight_grad(slices, dy.reshape(-1, dy.shape[3]), taps, kernel.shape, sliced_input=True)
@@ -444,22 +455,26 @@ def _dilated_conv(x, kernel, strides, padding):
   return _native_dilated_conv(x, kernel, strides, padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_transpose_tap_grad(x, kernel, strides, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads):
   return _dilated_conv(x, kernel, strides, padding)
 
 
-def _conv_transpose_tap_grad_fwd(x, kernel, strides, padding):
+def _conv_transpose_tap_grad_fwd(x, kernel, strides, padding, xla_grads):
   return _dilated_conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _conv_transpose_tap_grad_bwd(strides, padding, residuals, dy):
+def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, residuals, dy):
   """The weight gradient as (C_in, N) @ (N, C_out) matmuls, one per tap: input pixel u meets output
   s * u + top - i at tap i (``_phases``), so tap (i, j) multiplies x by dy[:, s_h * u + top - i,
   s_w * v + left - j, :]; N is the input's pixels, and no products with the dilation's zeros. Into at most
   twice x's channels, the input gradient comes from those same copies of dy (``_grads_from_dy_copies``),
-  else it is XLA's (a strided convolution of dy)."""
+  else it is XLA's (a strided convolution of dy). With ``xla_grads`` (under XLA's own kernels,
+  ``_XLA_OWN_KERNELS``) both are XLA's own strided convolutions (``_transposed_weight_grad``)."""
   x, kernel = residuals
+  if xla_grads:
+    dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
+    return dx, _transposed_weight_grad(x, dy, kernel.shape, strides, padding).astype(kernel.dtype)
   taps = _all_taps(kernel.shape)
   offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
   if _from_dy_copies(x, kernel, taps):
@@ -468,6 +483,21 @@ def _conv_transpose_tap_grad_bwd(strides, padding, residuals, dy):
   slices = _tap_slices(dy, offsets, strides, x.shape[1:3])
   dk = _tap_weight_grad(slices, x.reshape(-1, x.shape[3]), taps, kernel.shape, sliced_input=False)
   return dx, dk.astype(kernel.dtype)
+
+
+def _transposed_weight_grad(x, dy, kernel_shape, strides, padding):
+  """The weight gradient of a transposed convolution (``_native_dilated_conv``, padding (lo, hi) of the
+  dilated x) as XLA's weight gradient of a strided convolution, which XLA's own kernels run 1.5-1.9x
+  faster than dy's copies (the DCGAN's 4x4 stride-2 layers): per axis dk[i] = sum_u x[u]^T dy[s u + lo - i]
+  is, at tap t = k - 1 - i, sum_u dy[s u + t - (k - 1 - lo)]^T x[u], the weight gradient of dy convolved
+  at stride s (padded by k - 1 - lo before) into x's size, at cotangent x, its taps flipped and its
+  channels swapped."""
+  pads = []
+  for n, k, s, (lo, _), m in zip(x.shape[1:3], kernel_shape[:2], strides, padding, dy.shape[1:3]):
+    pads.append((k - 1 - lo, (n - 1) * s + 1 + lo - m))
+  swapped = jnp.zeros((*kernel_shape[:2], kernel_shape[3], kernel_shape[2]), jnp.result_type(x, dy))
+  dk = jax.vjp(lambda k: _cropping_conv(dy, k, tuple(pads), strides), swapped)[1](x)[0]
+  return jnp.flip(dk, (0, 1)).swapaxes(2, 3)
 
 
 _conv_transpose_tap_grad.defvjp(_conv_transpose_tap_grad_fwd, _conv_transpose_tap_grad_bwd)
@@ -515,10 +545,13 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too
     return _on_cpu(lambda x, k: jnp.dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
                    lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
-  # under XLA's own kernels a stride-1 convolution is differentiated by XLA (see _XLA_OWN_KERNELS)
-  cpu = _open_box_conv if strides == (1, 1) and _XLA_OWN_KERNELS.get() else _conv_tap_grad
-  return _on_cpu(lambda x, k: cpu(x, k, padding, strides, taps),
-                 lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
+  own = _XLA_OWN_KERNELS.get()   # under XLA's own kernels, XLA's own gradients where they are faster
+  if strides == (1, 1) and own:
+    cpu = lambda x, k: _open_box_conv(x, k, padding, strides, taps)   # noqa: E731
+  else:
+    xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
+    cpu = lambda x, k: _conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad)   # noqa: E731
+  return _on_cpu(cpu, lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
 
 
 def _conv_transpose_pads(k, s, padding):
@@ -557,7 +590,8 @@ def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
     pads = tuple(_conv_transpose_pads(k, s, padding) for k, s in zip(kernel.shape[:2], strides))
   else:
     pads = padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _on_cpu(lambda x, k: _conv_transpose_tap_grad(x, k, strides, pads),
+  xla_grads = _XLA_OWN_KERNELS.get() and bool(_XLA_OWN_STRIDED_GRADIENTS)   # see _XLA_OWN_KERNELS
+  return _on_cpu(lambda x, k: _conv_transpose_tap_grad(x, k, strides, pads, xla_grads),
                  lambda x, k: jax.lax.conv_transpose(x, k, strides, padding, dimension_numbers=_DN),
                  x, kernel)
 
