@@ -229,3 +229,42 @@ def test_the_step_compiles_with_the_cpu_options_on_cpu_and_xlas_defaults_where_t
   monkeypatch.delenv("ZOO_XLA_CPU_DEFAULTS")
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
   assert step_lib.compiler_options(mesh) is None
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearEval(Linear):
+  """Linear with an eval metric and a sampler, each one matmul."""
+
+  def eval_metrics(self, variables, batch, rng, **estimator):
+    return {"sq": jnp.sum(jnp.square(batch["x"] @ variables["params"]["a"]["w"]), axis=1)}
+
+  def sample(self, variables, rng, num, **conditioning):
+    return (jnp.ones((num, 64)) @ variables["params"]["a"]["w"]).reshape(num, 8, 8, 1)
+
+
+def test_the_eval_step_compiles_with_the_cpu_options_and_the_samplers_with_xlas_defaults(monkeypatch):
+  """CPU_OPTIONS_FOR names the shared functions that compile with the CPU options: the eval step does
+  (its matmul compiles differently when 'eval' is left out), the sampler and the evaluation context do not."""
+  mesh = sharding.make_mesh(1)
+  assert step_lib.compiler_options(mesh, "eval") == step_lib.CPU_COMPILER_OPTIONS
+  assert step_lib.compiler_options(mesh, "sample") is None
+  assert step_lib.compiler_options(mesh, "context") is None
+  family = LinearEval()
+  variables = {"params": {"a": {"w": jnp.ones((64, 64))}}}
+  batch = sharding.global_batch({"x": np.ones((8, 64), np.float32), "mask": np.ones(8, np.float32)}, mesh)
+  key = jax.random.PRNGKey(0)
+
+  def compiled(fn):
+    for jitted in (step_lib.jit_eval_step, step_lib.jit_sample):
+      jitted.cache_clear()         # cached per family and mesh, built with the options of the time
+    if fn == "eval":
+      return step_lib.jit_eval_step(family, mesh).lower(variables, batch, key).compile().as_text()
+    return step_lib.jit_sample(family, mesh, 8).lower(variables, key).compile().as_text()
+  eval_text, sample_text = compiled("eval"), compiled("sample")
+  assert "ynn" in sample_text                       # XLA's default: a YNNPACK dot
+  monkeypatch.setattr(step_lib, "CPU_OPTIONS_FOR", frozenset({"train", "sample"}))
+  assert compiled("eval") != eval_text and compiled("sample") != sample_text
+  monkeypatch.setattr(step_lib, "USE_CPU_COMPILER_OPTIONS", False)
+  assert step_lib.compiler_options(mesh, "eval") is None
+  for jitted in (step_lib.jit_eval_step, step_lib.jit_sample):
+    jitted.cache_clear()

@@ -88,11 +88,17 @@ def train_step_fn(family: Family, txs: Mapping[str, optax.GradientTransformation
 # YNNPACK kept for reductions only: in one process (experiments/benchmarks/ab_step.py --threshold
 # USE_CPU_COMPILER_OPTIONS --values 0 1, results/thresholds_ab_cpu2.jsonl) the PixelCNN step 1.15x at batch
 # 64 (1.02x in a noisier run), the DCGAN step 1.08x at batch 256 and 1.07x at 64, the Gated PixelCNN's 1.08x.
-# The eval and sampling steps keep XLA's defaults. Only on CPU meshes, only where XLA accepts the option (it is
-# experimental: a jax without it compiles as before), and not where XLA_FLAGS names it already (the user's
-# choice wins); USE_CPU_COMPILER_OPTIONS = False (or ZOO_XLA_CPU_DEFAULTS=1) compiles with XLA's defaults.
+# Only on CPU meshes, only where XLA accepts the option (it is experimental: a jax without it compiles as
+# before), and not where XLA_FLAGS names it already (the user's choice wins); USE_CPU_COMPILER_OPTIONS = False
+# (or ZOO_XLA_CPU_DEFAULTS=1) compiles with XLA's defaults.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 USE_CPU_COMPILER_OPTIONS = True
+# Which of the shared jitted functions compile with them, each measured against XLA's defaults in one process
+# (experiments/benchmarks/ab_options.py, results/cpu_options_ab_cpu2.jsonl): the train step (above) and the
+# eval step (the PixelCNN's 1.81x, the Gated PixelCNN's 1.55x, MADE's 1.08x, the VAE's 1000-sample bound's and
+# the Row LSTM's 1.02x); not the samplers (the PixelCNN's and the DCGAN's 0.99x, the VAE's 1.10x of 1 ms) nor
+# the once-per-evaluation context (the RBM's AIS 0.95x).
+CPU_OPTIONS_FOR = frozenset({"train", "eval"})
 # ... and, with them, traces its stride-1 convolutions with XLA's own gradients (``_layers.xla_own_kernels``)
 USE_XLA_OWN_GRADIENTS = True
 
@@ -106,10 +112,11 @@ def _cpu_options_accepted() -> bool:
   return True
 
 
-def compiler_options(mesh: Mesh) -> dict | None:
-  """The XLA options the shared step compiles with on ``mesh``: ``CPU_COMPILER_OPTIONS`` where its devices
-  are CPUs (see above), else None (XLA's defaults)."""
-  if (not USE_CPU_COMPILER_OPTIONS or os.environ.get("ZOO_XLA_CPU_DEFAULTS") == "1"
+def compiler_options(mesh: Mesh, fn: str = "train") -> dict | None:
+  """The XLA options the shared function ``fn`` ('train', 'eval', 'sample' or 'context') compiles with on
+  ``mesh``: ``CPU_COMPILER_OPTIONS`` where its devices are CPUs and ``fn`` is in ``CPU_OPTIONS_FOR`` (see
+  above), else None (XLA's defaults)."""
+  if (not USE_CPU_COMPILER_OPTIONS or fn not in CPU_OPTIONS_FOR or os.environ.get("ZOO_XLA_CPU_DEFAULTS") == "1"
       or any(d.platform != "cpu" for d in mesh.devices.flat)
       or any(name in os.environ.get("XLA_FLAGS", "") for name in CPU_COMPILER_OPTIONS)):
     return None
@@ -139,7 +146,7 @@ def jit_eval_step(family: Family, mesh: Mesh, **estimator) -> Callable:
 
   ``batch['mask']`` (B,) marks real examples; padding examples contribute nothing. ``estimator``
   options (e.g. ``k=5000``) go to the family's ``eval_metrics``. Cached: the periodic evaluations of a
-  run trace and compile it once.
+  run trace and compile it once. Compiled with ``compiler_options(mesh, 'eval')``.
   """
   rep = sharding.replicated(mesh)
 
@@ -149,18 +156,19 @@ def jit_eval_step(family: Family, mesh: Mesh, **estimator) -> Callable:
     sums = {k: jnp.sum(jnp.where(mask > 0, v, 0.0)) for k, v in per_example.items()}
     return sums, jnp.sum(mask)
 
-  return jax.jit(eval_step, in_shardings=(rep, sharding.data_sharded(mesh), rep), out_shardings=rep)
+  return jax.jit(eval_step, in_shardings=(rep, sharding.data_sharded(mesh), rep), out_shardings=rep,
+                 compiler_options=compiler_options(mesh, "eval"))
 
 
 @functools.lru_cache(maxsize=64)
 def jit_eval_context(family: Family, mesh: Mesh, **estimator) -> Callable:
   """``context(variables, rng) -> collections``: the family's once-per-evaluation work, jitted, cached."""
   return jax.jit(lambda v, r: family.eval_context(v, r, **estimator),
-                 out_shardings=sharding.replicated(mesh))
+                 out_shardings=sharding.replicated(mesh), compiler_options=compiler_options(mesh, "context"))
 
 
 @functools.lru_cache(maxsize=64)
 def jit_sample(family: Family, mesh: Mesh, num: int, **conditioning) -> Callable:
   """``sample(variables, rng) -> (num, H, W, C)``, jitted, cached (the same grid at every evaluation)."""
   return jax.jit(lambda v, r: family.sample(v, r, num, **conditioning),
-                 out_shardings=sharding.replicated(mesh))
+                 out_shardings=sharding.replicated(mesh), compiler_options=compiler_options(mesh, "sample"))

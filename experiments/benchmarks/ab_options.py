@@ -1,0 +1,89 @@
+"""One of the shared jitted functions besides the train step (the eval step, the sampler, the
+once-per-evaluation context) compiled with the zoo's CPU options and with XLA's defaults, timed in
+interleaved rounds in one process (issue 7; ``zoo.step.CPU_OPTIONS_FOR`` says which take the options).
+
+Each is built through ``zoo.step`` (``jit_eval_step``, ``jit_sample``, ``jit_eval_context``) with the
+function left out of and put into ``CPU_OPTIONS_FOR``, on a fresh state's variables and one real batch;
+as in ab_step.py only the within-round ratio (options / defaults) is the comparison.
+
+  python experiments/benchmarks/ab_options.py --config experiments/vandenoord2016/pixelcnn.py --fn eval \\
+      --batch 64 [--k 1000] [--repeats 5] [--out FILE.jsonl]
+
+``--out`` appends one JSON line per run.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+
+import jax
+import numpy as np
+
+from zoo import bench, hugepages, sharding
+from zoo import config as config_lib
+from zoo import data as data_lib
+from zoo import step as step_lib
+from zoo.train import build_run
+
+BUILDERS = {"eval": step_lib.jit_eval_step, "sample": step_lib.jit_sample, "context": step_lib.jit_eval_context}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--config", required=True)
+  ap.add_argument("--fn", required=True, choices=BUILDERS)
+  ap.add_argument("--batch", type=int, required=True, help="the eval batch, or the number of samples")
+  ap.add_argument("--k", type=int, help="the likelihood estimator's samples (eval, context)")
+  ap.add_argument("--calls", type=int, default=1, help="calls per runner per round")
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--out", help="append the result as a JSON line here")
+  args = ap.parse_args()
+  hugepages.ensure()     # as the `zoo` command does
+  cfg = config_lib.with_defaults(config_lib.load(args.config))
+  dataset = data_lib.load(cfg.data)
+  local = dataset.batch(cfg.train_split, 0, args.batch, seed=0)
+  run = build_run(cfg, local, dataset.image_shape)
+  variables = run.init_state().variables()
+  rng = jax.random.PRNGKey(0)
+  estimator = {"k": args.k} if args.k else {}
+  if args.fn == "eval":
+    batch = sharding.global_batch({**local, "mask": np.ones(args.batch, np.float32)}, run.mesh)
+    fn_args = (variables, batch, rng)
+  else:
+    fn_args = (variables, rng)
+  build = {"eval": lambda: BUILDERS["eval"](run.family, run.mesh, **estimator),
+           "sample": lambda: BUILDERS["sample"](run.family, run.mesh, args.batch),
+           "context": lambda: BUILDERS["context"](run.family, run.mesh, **estimator)}[args.fn]
+  runners, programs = {}, []
+  for name, on in (("defaults", False), ("options", True)):
+    step_lib.CPU_OPTIONS_FOR = (step_lib.CPU_OPTIONS_FOR | {args.fn}) if on else (
+        step_lib.CPU_OPTIONS_FOR - {args.fn})
+    BUILDERS[args.fn].cache_clear()   # the jit_* functions are cached per family and mesh
+    jax.clear_caches()
+    fn = build()
+    lowered = fn.lower(*fn_args)
+    programs.append(hashlib.sha256((lowered.as_text() + repr(step_lib.compiler_options(run.mesh, args.fn)))
+                                   .encode()).hexdigest()[:16])
+    compiled = lowered.compile()
+
+    def runner(n, compiled=compiled):
+      for _ in range(n):
+        out = compiled(*fn_args)
+      jax.block_until_ready(out)
+    runners[name] = runner
+  if programs[0] == programs[1]:
+    raise SystemExit(f"{args.fn} compiles to the same program with and without the options on this backend")
+  per_call = args.batch if args.fn != "context" else 1
+  rounds = bench.interleaved_rounds(runners, per_call, args.calls, args.repeats, warmup=1)
+  result = {"config": args.config, "fn": args.fn, "batch_size": args.batch, **estimator, "programs": programs,
+            "calls_per_round": args.calls, **bench.machine_info(), **bench.round_figures(rounds),
+            "options_over_defaults": round(bench.within_round_ratio(rounds, "options", "defaults"), 3)}
+  print(json.dumps(result), flush=True)
+  if args.out:
+    with open(args.out, "a") as f:
+      f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+  main()
