@@ -151,6 +151,21 @@ def test_ab_step_times_two_formulations_of_one_step(tmp_path):
 
 
 @pytest.mark.slow
+def test_ab_options_times_a_function_with_and_without_the_cpu_options(tmp_path):
+  """experiments/benchmarks/ab_options.py builds the MLP VAE's eval step, then its sampler, with and without
+  the CPU options (two programs each: YNNPACK's dots against XLA's) and reports both rates and their ratio."""
+  out = tmp_path / "ab.jsonl"
+  for fn in ("eval", "sample"):
+    subprocess.run([sys.executable, "experiments/benchmarks/ab_options.py", "--config", QUICK, "--fn", fn,
+                    "--batch", "8", "--repeats", "1", "--out", str(out)], check=True, capture_output=True, timeout=300)
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["fn"] for r in rows] == ["eval", "sample"]
+  for r in rows:
+    assert min(r["defaults_examples_per_s"], r["options_examples_per_s"]) > 0 and r["options_over_defaults"] > 0
+    assert r["programs"][0] != r["programs"][1]
+
+
+@pytest.mark.slow
 def test_ab_step_refuses_a_threshold_that_changes_nothing(tmp_path):
   """The PixelCNN has no strided or transposed convolution: the phase threshold leaves its step as it is,
   and ab_step.py says so instead of timing one program twice."""
