@@ -4,6 +4,7 @@ helpers of the scripts that compare it with other implementations (experiments/b
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import statistics
@@ -43,9 +44,23 @@ def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None):
   compiled = lowered.compile()
   info = {"experiment": config.experiment, "family": config.family, "batch_size": batch_size,
           "compile_s": round(time.perf_counter() - t0, 3),
-          "program": hashlib.sha256((lowered.as_text() + repr(step_lib.compiler_options(run.mesh))).encode())
-                     .hexdigest()[:16]}
+          "program": program_hash(lowered, step_lib.compiler_options(run.mesh))}
   return compiled, state, batch, info
+
+
+def program_hash(lowered, options: dict | None) -> str:
+  """A hash of a lowered function's StableHLO text and the XLA options it compiles with: two functions
+  with the same hash are the same program. (Not of the compiled text: one read back from the persistent
+  compilation cache prints differently.)"""
+  return hashlib.sha256((lowered.as_text() + repr(options)).encode()).hexdigest()[:16]
+
+
+def report(result: dict, out: str | None = None) -> None:
+  """Prints a benchmark's result as one JSON line and appends that line to ``out`` if given."""
+  print(json.dumps(result), flush=True)
+  if out:
+    with open(out, "a") as f:
+      f.write(json.dumps(result) + "\n")
 
 
 def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, steps: int = 300,

@@ -14,8 +14,6 @@ as in ab_step.py only the within-round ratio (options / defaults) is the compari
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 
 import jax
 import numpy as np
@@ -63,8 +61,7 @@ def main():
     jax.clear_caches()
     fn = build()
     lowered = fn.lower(*fn_args)
-    programs.append(hashlib.sha256((lowered.as_text() + repr(step_lib.compiler_options(run.mesh, args.fn)))
-                                   .encode()).hexdigest()[:16])
+    programs.append(bench.program_hash(lowered, step_lib.compiler_options(run.mesh, args.fn)))
     compiled = lowered.compile()
 
     def runner(n, compiled=compiled):
@@ -79,10 +76,7 @@ def main():
   result = {"config": args.config, "fn": args.fn, "batch_size": args.batch, **estimator, "programs": programs,
             "calls_per_round": args.calls, **bench.machine_info(), **bench.round_figures(rounds),
             "options_over_defaults": round(bench.within_round_ratio(rounds, "options", "defaults"), 3)}
-  print(json.dumps(result), flush=True)
-  if args.out:
-    with open(args.out, "a") as f:
-      f.write(json.dumps(result) + "\n")
+  bench.report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ by up to 2x over minutes, so only the within-round ratio B / A is reported as th
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 
@@ -60,10 +59,7 @@ def main():
             "values": args.values, "programs": programs, "steps_per_round": args.steps, **bench.machine_info(),
             **bench.round_figures(rounds),
             "b_over_a": round(bench.within_round_ratio(rounds, b, a), 3)}
-  print(json.dumps(result), flush=True)
-  if args.out:
-    with open(args.out, "a") as f:
-      f.write(json.dumps(result) + "\n")
+  bench.report(result, args.out)
 
 
 if __name__ == "__main__":
