@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from zoo import kernels
 from zoo.models import _layers
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -88,7 +89,7 @@ def test_layers_equal_xla(own, kind, b, hw, k, s, padding, c_in, c_out, path, mo
   else:
     ours = lambda x, w: _layers.conv_transpose2d(x, w, s, padding)
     ref = lambda x, w: jax.lax.conv_transpose(x, w, s, padding, dimension_numbers=DN)
-  with _layers.xla_own_kernels(own):
+  with kernels.xla_own_kernels(own):
     _check(ours, ref, (b, *hw, c_in), (k, k, c_in, c_out))
 
 
@@ -105,7 +106,7 @@ def test_second_order_gradients_equal_xla(own, path, monkeypatch):
        lambda x, w: jax.lax.conv_transpose(x, w, (2, 2), "SAME", dimension_numbers=DN), (4, 4, 3, 4))]:
     k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.3
     penalty = lambda f: lambda w: jnp.sum(jnp.square(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w))))(x)))
-    with _layers.xla_own_kernels(own):
+    with kernels.xla_own_kernels(own):
       _close(jax.jit(jax.grad(penalty(ours)))(k), jax.jit(jax.grad(penalty(ref)))(k))
 
 
@@ -225,7 +226,7 @@ def test_with_xlas_own_kernels_the_gradients_are_xlas_convolutions():
     grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))
     return re.findall(r"stablehlo\.(convolution|dot_general)", _lowered(grad, "cpu", x, w))
   jax.clear_caches()
-  with _layers.xla_own_kernels():
+  with kernels.xla_own_kernels():
     assert ops(layers["mask B"]) == ["convolution"] * 3
     for name, f in layers.items():
       assert "dot_general" not in ops(f), name

@@ -9,10 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from zoo import optim, sharding, step as step_lib
+from zoo import kernels, optim, sharding, step as step_lib
 from zoo.errors import ConfigError
 from zoo.family import Family
-from zoo.models import _layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,11 +218,11 @@ def test_the_step_compiles_with_the_cpu_options_on_cpu_and_xlas_defaults_where_t
   monkeypatch.setattr(step_lib, "USE_CPU_COMPILER_OPTIONS", True)
   seen = []       # what the layers read while the step traces: XLA's own kernels with the options only
   traced = dataclasses.replace(family)
-  object.__setattr__(traced, "loss", lambda *a: (seen.append(_layers._XLA_OWN_KERNELS.get()), family.loss(*a))[1])
+  object.__setattr__(traced, "loss", lambda *a: (seen.append(kernels.xla_own_kernels_on()), family.loss(*a))[1])
   for use in (True, False):
     monkeypatch.setattr(step_lib, "USE_XLA_OWN_GRADIENTS", use)
     step_lib.jit_train_step(traced, txs, mesh).lower(state, batch)
-  assert seen == [True, False] and not _layers._XLA_OWN_KERNELS.get()
+  assert seen == [True, False] and not kernels.xla_own_kernels_on()
   monkeypatch.setenv("ZOO_XLA_CPU_DEFAULTS", "1")
   assert step_lib.compiler_options(mesh) is None
   monkeypatch.delenv("ZOO_XLA_CPU_DEFAULTS")

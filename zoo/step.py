@@ -16,9 +16,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from zoo import sharding
+from zoo import kernels, sharding
 from zoo.family import Family
-from zoo.models import _layers
 from zoo.state import TrainState
 
 
@@ -99,7 +98,9 @@ USE_CPU_COMPILER_OPTIONS = True
 # the Row LSTM's 1.02x); not the samplers (the PixelCNN's and the DCGAN's 0.99x, the VAE's 1.10x of 1 ms) nor
 # the once-per-evaluation context (the RBM's AIS 0.95x).
 CPU_OPTIONS_FOR = frozenset({"train", "eval"})
-# ... and, with them, traces its stride-1 convolutions with XLA's own gradients (``_layers.xla_own_kernels``)
+# With them the train step traces its families under ``kernels.xla_own_kernels()``: convolutions take XLA's own
+# gradients where those are the faster under XLA's own kernels (stride-1 ones entirely; a strided one's weight
+# gradient; a transposed one's both; see zoo/models/_layers.py)
 USE_XLA_OWN_GRADIENTS = True
 
 
@@ -131,7 +132,7 @@ def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformatio
   step = train_step_fn(family, txs, ema)
 
   def traced(state, batch):     # the layers' formulations follow the kernels the step compiles with
-    with _layers.xla_own_kernels(options is not None and USE_XLA_OWN_GRADIENTS):
+    with kernels.xla_own_kernels(options is not None and USE_XLA_OWN_GRADIENTS):
       return step(state, batch)
   return jax.jit(traced,
                  in_shardings=(rep, sharding.data_sharded(mesh)),

@@ -18,7 +18,7 @@ the 1x1 64 -> 64 of the output layers.
 
 With ``--step-options`` every JAX function (the matmul ceiling included) compiles as the shared train step
 does on CPU: with ``zoo.step.CPU_COMPILER_OPTIONS`` (XLA's own dot and convolution kernels) and traced
-under ``_layers.xla_own_kernels()``; without it, with XLA's defaults (YNNPACK), as a caller's own ``jit``.
+under ``zoo.kernels.xla_own_kernels()``; without it, with XLA's defaults (YNNPACK), as a caller's own ``jit``.
 
   python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--no-torch] [--step-options]
       [--out FILE.jsonl]
@@ -38,7 +38,7 @@ import numpy as np
 
 from jax.sharding import Mesh
 
-from zoo import hugepages
+from zoo import hugepages, kernels
 from zoo import step as step_lib
 from zoo.bench import load_average, machine_info
 from zoo.models import _layers
@@ -154,7 +154,7 @@ def main():
     options = step_lib.compiler_options(Mesh(np.array(jax.devices()[:1]), ("data",)))
     if options is None:
       raise SystemExit("--step-options: the shared step compiles this backend with XLA's defaults")
-  with _layers.xla_own_kernels(options is not None and step_lib.USE_XLA_OWN_GRADIENTS):
+  with kernels.xla_own_kernels(options is not None and step_lib.USE_XLA_OWN_GRADIENTS):
     run(args, options)
 
 

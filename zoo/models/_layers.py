@@ -1,8 +1,6 @@
 """Pieces that several families share: activations, MLP and convolutional encoders and decoders."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import math
 from typing import Any, Callable, Sequence
@@ -13,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import kernels
 from zoo.errors import ConfigError, nearest
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -197,31 +196,17 @@ _DY_COPIES_MAX_RATIO = 2
 # ... and whose copies of dy fit in this many bytes (the PixelCNN's at batch 256: 256 MB); larger ones (a
 # high-resolution Progressive GAN layer) take the per-tap path, which need not hold all the copies at once.
 _DY_COPIES_MAX_BYTES = 1 << 30
-# True while zoo.step traces a step it compiles with XLA's own CPU kernels (``zoo.step.CPU_COMPILER_OPTIONS``,
-# YNNPACK for reductions only). There XLA's own gradients of a stride-1 convolution over its open box
-# (``_open_box_conv``, no custom VJP) ran the Gated PixelCNN step 1.32x and the PixelCNN's 1.16x (batch 64)
-# and 1.19x (256) against dy's copies; XLA's own weight gradient of a strided convolution beside the phases'
-# input gradient ran the DCGAN step 1.12x (batch 64 and 256) against the per-tap matmuls; and a transposed
-# convolution's gradients as XLA's own (its input gradient a strided convolution, its weight gradient a
-# strided convolution's, ``_transposed_weight_grad``) took the DCGAN's 1.3-1.4x less time per layer than
-# dy's copies (ab_step.py, in one process, results/thresholds_ab_cpu2.jsonl). Under YNNPACK, XLA's default,
-# XLA's weight gradients are 10-30x slower and the custom VJPs stay. Read when tracing; ``xla_own_kernels()``
-# sets it.
-_XLA_OWN_KERNELS = contextvars.ContextVar("zoo_xla_own_kernels", default=False)
-# ... whether, there, the strided and transposed convolutions take XLA's gradients too (1) or keep their
-# custom ones (0; the A/B above: ab_step.py --threshold _XLA_OWN_STRIDED_GRADIENTS --values 0 1)
+# Traced under ``zoo.kernels.xla_own_kernels()`` (zoo.step's train step on CPU, compiled with XLA's own
+# kernels), convolutions take XLA's own gradients where those are the faster there: a stride-1 convolution
+# XLA's autodiff of its open box (``_open_box_conv``, no custom VJP; against dy's copies the Gated PixelCNN
+# step 1.32x, the PixelCNN's 1.16x at batch 64 and 1.19x at 256), a strided one XLA's weight gradient beside
+# the phases' input gradient, and a transposed one XLA's strided convolutions for both gradients
+# (``_transposed_weight_grad``; with the strided ones, the DCGAN step 1.10-1.27x at batch 64 and 256 against
+# the custom VJPs). ab_step.py, in one process, results/thresholds_ab_cpu2.jsonl. Elsewhere (XLA's default
+# YNNPACK kernels, whose convolution weight gradients are 10-30x slower) the custom VJPs stay.
+# _XLA_OWN_STRIDED_GRADIENTS = 0 keeps the custom VJPs of the strided and transposed convolutions there too
+# (the A/B: ab_step.py --threshold _XLA_OWN_STRIDED_GRADIENTS --values 0 1).
 _XLA_OWN_STRIDED_GRADIENTS = 1
-
-
-@contextlib.contextmanager
-def xla_own_kernels(on: bool = True):
-  """Within this block, convolutions traced for CPU take XLA's own gradients where they are faster under
-  XLA's own kernels (see above)."""
-  token = _XLA_OWN_KERNELS.set(on)
-  try:
-    yield
-  finally:
-    _XLA_OWN_KERNELS.reset(token)
 
 
 def _on_cpu(fast, native, *args):
@@ -413,7 +398,7 @@ def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, residuals, dy):
   """At stride 1 into at most twice x's channels, both gradients from dy's copies (``_from_dy_copies``).
   Otherwise the weight gradient as (C_in, N) @ (N, C_out) matmuls, one per open tap: tap (i, j) multiplies
   x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b), or with ``xla_weight_grad`` XLA's own
-  (under XLA's own kernels, ``_XLA_OWN_KERNELS``); and the input gradient XLA's over the box of open taps
+  (under XLA's own kernels, ``zoo.kernels``); and the input gradient XLA's over the box of open taps
   (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed convolution by
   phases (``_strided_input_grad``)."""
   x, kernel = residuals
@@ -470,7 +455,7 @@ def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, residuals, dy):
   s_w * v + left - j, :]; N is the input's pixels, and no products with the dilation's zeros. Into at most
   twice x's channels, the input gradient comes from those same copies of dy (``_grads_from_dy_copies``),
   else it is XLA's (a strided convolution of dy). With ``xla_grads`` (under XLA's own kernels,
-  ``_XLA_OWN_KERNELS``) both are XLA's own strided convolutions (``_transposed_weight_grad``)."""
+  ``zoo.kernels``) both are XLA's own strided convolutions (``_transposed_weight_grad``)."""
   x, kernel = residuals
   if xla_grads:
     dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
@@ -521,8 +506,10 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   otherwise the input gradient is XLA's, except at larger strides into 16 or more input channels, a
   transposed convolution by phases (``_strided_input_grad``). The forward pass (and XLA's input gradient)
   convolve over the smallest box of kernel rows and columns that holds the taps ``mask`` leaves open
-  (``_open_box_conv``: a 3x3 mask B runs as 2x3). On GPU and TPU it is XLA's convolution of the whole
-  kernel, forward and backward, unchanged.
+  (``_open_box_conv``: a 3x3 mask B runs as 2x3). Traced under ``zoo.kernels.xla_own_kernels()`` (the shared train step
+  compiling with XLA's own CPU kernels) the gradients are XLA's instead, but for a strided convolution's
+  input gradient by phases. On GPU and TPU it is XLA's convolution of the whole kernel, forward and backward,
+  unchanged.
 
   Args:
     x: (B, H, W, C_in).
@@ -545,7 +532,7 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too
     return _on_cpu(lambda x, k: jnp.dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
                    lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
-  own = _XLA_OWN_KERNELS.get()   # under XLA's own kernels, XLA's own gradients where they are faster
+  own = kernels.xla_own_kernels_on()   # XLA's own gradients where they are the faster (above)
   if strides == (1, 1) and own:
     cpu = lambda x, k: _open_box_conv(x, k, padding, strides, taps)   # noqa: E731
   else:
@@ -576,7 +563,8 @@ def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
   or more output channels the forward pass is s_h * s_w stride-1 convolutions of x, one per output phase
   (``_phase_conv``: no multiplications by the dilation's zeros); into at most twice the channels it reads, both
   gradients are matmuls on one matrix of dy's copies (``_grads_from_dy_copies``), else the input gradient
-  is XLA's. On GPU and TPU it is ``lax.conv_transpose``, forward and backward, unchanged.
+  is XLA's; under ``zoo.kernels.xla_own_kernels()`` both gradients are XLA's strided convolutions
+  (``_transposed_weight_grad``). On GPU and TPU it is ``lax.conv_transpose``, forward and backward, unchanged.
 
   Args:
     x: (B, H, W, C_in).
@@ -590,7 +578,7 @@ def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
     pads = tuple(_conv_transpose_pads(k, s, padding) for k, s in zip(kernel.shape[:2], strides))
   else:
     pads = padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  xla_grads = _XLA_OWN_KERNELS.get() and bool(_XLA_OWN_STRIDED_GRADIENTS)   # see _XLA_OWN_KERNELS
+  xla_grads = kernels.xla_own_kernels_on() and bool(_XLA_OWN_STRIDED_GRADIENTS)   # see above
   return _on_cpu(lambda x, k: _conv_transpose_tap_grad(x, k, strides, pads, xla_grads),
                  lambda x, k: jax.lax.conv_transpose(x, k, strides, padding, dimension_numbers=_DN),
                  x, kernel)

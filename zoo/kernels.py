@@ -1,0 +1,31 @@
+"""Which CPU kernels the computation being traced will be compiled with, for layers whose fastest
+formulation depends on it.
+
+zoo.step compiles its train step on CPU with XLA's own dot and convolution kernels
+(``zoo.step.CPU_COMPILER_OPTIONS``: YNNPACK for reductions only), under which XLA's own convolution
+gradients beat the layers' custom ones; under XLA's default YNNPACK kernels (a caller's own ``jit``) they
+are 10-30x slower. A layer cannot see the options its caller compiles with, so the step says so while it
+traces (``xla_own_kernels()``) and the layers read it (``xla_own_kernels_on()``): this module, not the
+step or the layers, holds that flag, so that neither imports the other for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+_XLA_OWN_KERNELS = contextvars.ContextVar("zoo_xla_own_kernels", default=False)
+
+
+@contextlib.contextmanager
+def xla_own_kernels(on: bool = True):
+  """Within this block, what is traced will be compiled with XLA's own CPU kernels (if ``on``)."""
+  token = _XLA_OWN_KERNELS.set(bool(on))
+  try:
+    yield
+  finally:
+    _XLA_OWN_KERNELS.reset(token)
+
+
+def xla_own_kernels_on() -> bool:
+  """Whether the computation being traced will be compiled with XLA's own CPU kernels."""
+  return _XLA_OWN_KERNELS.get()
