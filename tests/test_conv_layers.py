@@ -186,15 +186,17 @@ MASKS = [
 @pytest.mark.parametrize("k,open_taps,s,padding", MASKS, ids=[f"{m[0][0]}x{m[0][1]}-{len(m[1])}taps-s{m[2][0]}"
                                                              for m in MASKS])
 @pytest.mark.parametrize("path", ["phases", "native"])
-def test_masked_conv_equals_xla_on_the_masked_kernel(k, open_taps, s, padding, path, monkeypatch):
+@pytest.mark.parametrize("own", [False, True], ids=["custom", "xla-own"])
+def test_masked_conv_equals_xla_on_the_masked_kernel(own, k, open_taps, s, padding, path, monkeypatch):
   """conv2d(x, kernel * mask, mask=mask) convolves over the box of open taps only (on CPU): the output
-  and both gradients (from dy's copies at the open taps, or XLA's input gradient over the box) are XLA's
-  convolution of the masked kernel."""
+  and both gradients (from dy's copies at the open taps, XLA's input gradient over the box, or under
+  XLA's own kernels XLA's gradients over the box) are XLA's convolution of the masked kernel."""
   _use(path, monkeypatch)
   mask = _tap_mask(k, open_taps, 3, 4)
   ours = lambda x, w: _layers.conv2d(x, w * mask, padding, mask=mask, strides=s)
   ref = lambda x, w: jax.lax.conv_general_dilated(x, w * mask, s, padding, dimension_numbers=DN)
-  _check(ours, ref, (2, 9, 8, 3), (*k, 3, 4))
+  with kernels.xla_own_kernels(own):
+    _check(ours, ref, (2, 9, 8, 3), (*k, 3, 4))
 
 
 def test_masked_conv_lowers_on_cpu_to_the_open_box():

@@ -472,8 +472,9 @@ def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, residuals, dy):
 
 def _transposed_weight_grad(x, dy, kernel_shape, strides, padding):
   """The weight gradient of a transposed convolution (``_native_dilated_conv``, padding (lo, hi) of the
-  dilated x) as XLA's weight gradient of a strided convolution, which XLA's own kernels run 1.5-1.9x
-  faster than dy's copies (the DCGAN's 4x4 stride-2 layers): per axis dk[i] = sum_u x[u]^T dy[s u + lo - i]
+  dilated x) as XLA's weight gradient of a strided convolution, which XLA's own kernels run fast (with XLA's
+  input gradient, the DCGAN G's layers' both gradients 1.1-1.4x faster than from dy's copies; XLA's weight
+  gradient of the transposed convolution itself is 100x slower): per axis dk[i] = sum_u x[u]^T dy[s u + lo - i]
   is, at tap t = k - 1 - i, sum_u dy[s u + t - (k - 1 - lo)]^T x[u], the weight gradient of dy convolved
   at stride s (padded by k - 1 - lo before) into x's size, at cotangent x, its taps flipped and its
   channels swapped."""
@@ -506,10 +507,10 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   otherwise the input gradient is XLA's, except at larger strides into 16 or more input channels, a
   transposed convolution by phases (``_strided_input_grad``). The forward pass (and XLA's input gradient)
   convolve over the smallest box of kernel rows and columns that holds the taps ``mask`` leaves open
-  (``_open_box_conv``: a 3x3 mask B runs as 2x3). Traced under ``zoo.kernels.xla_own_kernels()`` (the shared train step
-  compiling with XLA's own CPU kernels) the gradients are XLA's instead, but for a strided convolution's
-  input gradient by phases. On GPU and TPU it is XLA's convolution of the whole kernel, forward and backward,
-  unchanged.
+  (``_open_box_conv``: a 3x3 mask B runs as 2x3). Traced under ``zoo.kernels.xla_own_kernels()`` (the
+  shared train step compiling with XLA's own CPU kernels) the gradients are XLA's instead, but for a strided
+  convolution's input gradient by phases. On GPU and TPU it is XLA's convolution of the whole kernel,
+  forward and backward, unchanged.
 
   Args:
     x: (B, H, W, C_in).
