@@ -248,6 +248,8 @@ def test_the_eval_step_compiles_with_the_cpu_options_and_the_samplers_with_xlas_
   assert step_lib.compiler_options(mesh, "eval") == step_lib.CPU_COMPILER_OPTIONS
   assert step_lib.compiler_options(mesh, "sample") is None
   assert step_lib.compiler_options(mesh, "context") is None
+  with pytest.raises(ValueError, match="fn must be one of"):
+    step_lib.compiler_options(mesh, "evaluate")
   family = LinearEval()
   variables = {"params": {"a": {"w": jnp.ones((64, 64))}}}
   batch = sharding.global_batch({"x": np.ones((8, 64), np.float32), "mask": np.ones(8, np.float32)}, mesh)

@@ -98,6 +98,7 @@ USE_CPU_COMPILER_OPTIONS = True
 # the Row LSTM's 1.02x); not the samplers (the PixelCNN's and the DCGAN's 0.99x, the VAE's 1.10x of 1 ms) nor
 # the once-per-evaluation context (the RBM's AIS 0.95x).
 CPU_OPTIONS_FOR = frozenset({"train", "eval"})
+_SHARED_FUNCTIONS = frozenset({"train", "eval", "sample", "context"})
 # With them the train step traces its families under ``kernels.xla_own_kernels()``: convolutions take XLA's own
 # gradients where those are the faster under XLA's own kernels (stride-1 ones entirely; a strided one's weight
 # gradient; a transposed one's both; see zoo/models/_layers.py)
@@ -117,6 +118,8 @@ def compiler_options(mesh: Mesh, fn: str = "train") -> dict | None:
   """The XLA options the shared function ``fn`` ('train', 'eval', 'sample' or 'context') compiles with on
   ``mesh``: ``CPU_COMPILER_OPTIONS`` where its devices are CPUs and ``fn`` is in ``CPU_OPTIONS_FOR`` (see
   above), else None (XLA's defaults)."""
+  if fn not in _SHARED_FUNCTIONS:
+    raise ValueError(f"compiler_options: fn must be one of {sorted(_SHARED_FUNCTIONS)}, got {fn!r}")
   if (not USE_CPU_COMPILER_OPTIONS or fn not in CPU_OPTIONS_FOR or os.environ.get("ZOO_XLA_CPU_DEFAULTS") == "1"
       or any(d.platform != "cpu" for d in mesh.devices.flat)
       or any(name in os.environ.get("XLA_FLAGS", "") for name in CPU_COMPILER_OPTIONS)):
