@@ -50,16 +50,15 @@ def main():
     fn_args = (variables, batch, rng)
   else:
     fn_args = (variables, rng)
-  build = {"eval": lambda: BUILDERS["eval"](run.family, run.mesh, **estimator),
-           "sample": lambda: BUILDERS["sample"](run.family, run.mesh, args.batch),
-           "context": lambda: BUILDERS["context"](run.family, run.mesh, **estimator)}[args.fn]
+  build_args = (run.family, run.mesh, args.batch) if args.fn == "sample" else (run.family, run.mesh)
+  build_kwargs = {} if args.fn == "sample" else estimator     # the sampler takes the number of samples
   runners, programs = {}, []
   for name, on in (("defaults", False), ("options", True)):
     step_lib.CPU_OPTIONS_FOR = (step_lib.CPU_OPTIONS_FOR | {args.fn}) if on else (
         step_lib.CPU_OPTIONS_FOR - {args.fn})
     BUILDERS[args.fn].cache_clear()   # the jit_* functions are cached per family and mesh
     jax.clear_caches()
-    fn = build()
+    fn = BUILDERS[args.fn](*build_args, **build_kwargs)
     lowered = fn.lower(*fn_args)
     programs.append(bench.program_hash(lowered, step_lib.compiler_options(run.mesh, args.fn)))
     compiled = lowered.compile()

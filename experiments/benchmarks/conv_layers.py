@@ -36,9 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax.sharding import Mesh
-
-from zoo import hugepages, kernels
+from zoo import hugepages, kernels, sharding
 from zoo import step as step_lib
 from zoo.bench import load_average, machine_info
 from zoo.models import _layers
@@ -151,7 +149,7 @@ def main():
   hugepages.ensure()     # as the `zoo` command does: XLA's buffers from huge pages (zoo/hugepages.py)
   options = None
   if args.step_options:
-    options = step_lib.compiler_options(Mesh(np.array(jax.devices()[:1]), ("data",)))
+    options = step_lib.compiler_options(sharding.make_mesh(1))
     if options is None:
       raise SystemExit("--step-options: the shared step compiles this backend with XLA's defaults")
   with kernels.xla_own_kernels(options is not None and step_lib.USE_XLA_OWN_GRADIENTS):

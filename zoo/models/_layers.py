@@ -457,16 +457,16 @@ def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, residuals, dy):
   else it is XLA's (a strided convolution of dy). With ``xla_grads`` (under XLA's own kernels,
   ``zoo.kernels``) both are XLA's own strided convolutions (``_transposed_weight_grad``)."""
   x, kernel = residuals
-  if xla_grads:
-    dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
-    return dx, _transposed_weight_grad(x, dy, kernel.shape, strides, padding).astype(kernel.dtype)
   taps = _all_taps(kernel.shape)
   offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
-  if _from_dy_copies(x, kernel, taps):
+  if not xla_grads and _from_dy_copies(x, kernel, taps):
     return _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps)
   dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
-  slices = _tap_slices(dy, offsets, strides, x.shape[1:3])
-  dk = _tap_weight_grad(slices, x.reshape(-1, x.shape[3]), taps, kernel.shape, sliced_input=False)
+  if xla_grads:
+    dk = _transposed_weight_grad(x, dy, kernel.shape, strides, padding)
+  else:
+    slices = _tap_slices(dy, offsets, strides, x.shape[1:3])
+    dk = _tap_weight_grad(slices, x.reshape(-1, x.shape[3]), taps, kernel.shape, sliced_input=False)
   return dx, dk.astype(kernel.dtype)
 
 
