@@ -1,17 +1,21 @@
 """The zoo's CPU convolution paths against XLA's accelerator convolutions, in one process (issue 7).
 
 On a machine with an accelerator, each layer shape of ``conv_layers.py`` (batch 8) and the PixelCNN and
-Gated PixelCNN losses' parameter gradients (28x28 binary images, batch 8) are computed twice: with inputs
-on the CPU device, where ``_layers`` takes its CPU formulations (tap matmuls, phases, open boxes, 1x1 as
-matmuls), and on the accelerator, where it lowers to XLA's native convolutions. Both at
+Gated PixelCNN losses' parameter gradients (28x28 binary images, batch 8) are computed with inputs on the
+CPU device, where ``_layers`` takes its CPU formulations (tap matmuls, phases, open boxes, 1x1 as
+matmuls), and on the accelerator, where it lowers to XLA's native convolutions. The CPU side is computed
+twice: as a caller's own ``jit`` compiles it ("zoo": XLA's default kernels) and as the shared train step
+does ("zoo_step": the step's CPU compiler options, traced under ``zoo.kernels.xla_own_kernels()``, where
+strided and transposed convolutions take XLA's own gradients). All at
 ``jax.default_matmul_precision("highest")`` (no TF32). The reference for the difference is XLA's own
 native convolution run on the two devices, so a ratio near 1 says the CPU formulations add no error of
 their own beyond what two backends' float32 arithmetic differ by anyway.
 
   python experiments/benchmarks/cpu_gpu_parity.py [--out FILE.jsonl]
 
-Prints one line per (layer, op): the max |cpu - accelerator| over max |value| for the zoo's layer and for
-XLA's native convolution, and their ratio; exits 1 when a zoo difference exceeds 1e-4 (relative).
+Prints one line per (layer, op): the max |cpu - accelerator| over max |value| for the zoo's layer (both
+CPU compilations) and for XLA's native convolution; exits 1 when a zoo difference exceeds 1e-4
+(relative).
 """
 from __future__ import annotations
 
@@ -23,18 +27,30 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_layers import LAYERS, layer_fns, ops  # noqa: E402
 
+from zoo import kernels, sharding, step as step_lib  # noqa: E402
 from zoo.models.pixelcnn import GatedPixelCNN, PixelCNN  # noqa: E402
 
 TOLERANCE = 1e-4
 
 
-def on(device, f, *args):
-  """f(*args) jitted with the arguments committed to ``device``, as a float64 NumPy array (or a tree)."""
-  out = jax.jit(f)(*jax.device_put(args, device))
+def one_device_mesh(device) -> Mesh:
+  return Mesh(np.array([device]), (sharding.DATA,))
+
+
+def on(device, f, *args, as_step: bool = False):
+  """f(*args) jitted with the arguments committed to ``device``, as a float64 NumPy array (or a tree);
+  ``as_step``: compiled and traced as the shared train step would on a mesh of that one device."""
+  options = step_lib.compiler_options(one_device_mesh(device)) if as_step else None
+
+  def traced(*a):
+    with kernels.xla_own_kernels(options is not None and step_lib.USE_XLA_OWN_GRADIENTS):
+      return f(*a)
+  out = jax.jit(traced, compiler_options=options)(*jax.device_put(args, device))
   return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), out)
 
 
@@ -61,6 +77,8 @@ def main():
   acc = jax.devices()[0]
   if acc.platform == "cpu":
     raise SystemExit("no accelerator here: this compares the CPU paths with an accelerator's convolutions")
+  if step_lib.compiler_options(one_device_mesh(cpu)) is None:
+    print("note: the shared step compiles the CPU with XLA's defaults here, so zoo_step = zoo")
   rows, worst = [], 0.0
   print(f"cpu vs {acc.device_kind}; max |cpu - {acc.platform}| / max |value|, zoo's and XLA's native")
   with jax.default_matmul_precision("highest"):
@@ -70,18 +88,23 @@ def main():
       fns = layer_fns(kind, k, s)
       dy = jax.random.normal(jax.random.PRNGKey(3), jax.eval_shape(fns["native"], x, kern).shape, jnp.float32)
       for op in ("forward", "input_grad", "weight_grad"):
-        d = {impl: rel_diff(on(cpu, ops(f)[op], x, kern, dy), on(acc, ops(f)[op], x, kern, dy))
-             for impl, f in fns.items()}
-        worst = max(worst, d["zoo"])
-        rows.append(dict(layer=name, op=op, zoo=d["zoo"], native=d["native"], device=acc.device_kind))
-        print(f"{name:<15} {op:<11} zoo {d['zoo']:.2e}  native {d['native']:.2e}  "
-              f"ratio {d['zoo'] / max(d['native'], 1e-30):.2f}", flush=True)
+        operands = (x, kern, dy)
+        on_acc = {impl: on(acc, ops(f)[op], *operands) for impl, f in fns.items()}
+        d = {impl: rel_diff(on(cpu, ops(f)[op], *operands), on_acc[impl]) for impl, f in fns.items()}
+        d["zoo_step"] = rel_diff(on(cpu, ops(fns["zoo"])[op], *operands, as_step=True), on_acc["zoo"])
+        worst = max(worst, d["zoo"], d["zoo_step"])
+        rows.append(dict(layer=name, op=op, **d, device=acc.device_kind))
+        print(f"{name:<15} {op:<11} zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}  "
+              f"native {d['native']:.2e}", flush=True)
     for family in (PixelCNN(image_shape=(28, 28, 1)), GatedPixelCNN(image_shape=(28, 28, 1))):
       grad, params, x = family_grads(family)
-      d = rel_diff(on(cpu, grad, params, x), on(acc, grad, params, x))
-      worst = max(worst, d)
-      rows.append(dict(layer=f"{family.name} loss", op="param_grad", zoo=d, device=acc.device_kind))
-      print(f"{family.name + ' loss':<15} param_grad  zoo {d:.2e}", flush=True)
+      on_acc = on(acc, grad, params, x)
+      d = {"zoo": rel_diff(on(cpu, grad, params, x), on_acc),
+           "zoo_step": rel_diff(on(cpu, grad, params, x, as_step=True), on_acc)}
+      worst = max(worst, *d.values())
+      rows.append(dict(layer=f"{family.name} loss", op="param_grad", **d, device=acc.device_kind))
+      print(f"{family.name + ' loss':<15} param_grad  zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}",
+            flush=True)
   if args.out:
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
   print(f"worst zoo difference {worst:.2e} (tolerance {TOLERANCE:.0e})")
