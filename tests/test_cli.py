@@ -223,3 +223,35 @@ def test_cpu_model_reads_the_model_and_vector_extensions(tmp_path):
   info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n")
   assert cpu_model(str(info))["cpu_vector_isa"] == "avx2"
   assert cpu_model(str(tmp_path / "absent")) == {"cpu_model": "", "cpu_vector_isa": ""}
+
+
+def test_torch_device_picks_where_the_twin_runs():
+  pytest.importorskip("torch")
+  from zoo.bench import torch_device
+  assert torch_device("auto") == "cpu"        # JAX runs on the CPU here
+  assert torch_device("cpu") == "cpu"
+  import torch
+  if not torch.cuda.is_available():
+    with pytest.raises(SystemExit, match="sees no CUDA device"):
+      torch_device("cuda")
+  with pytest.raises(ValueError, match="auto, cpu or cuda"):
+    torch_device("tpu")
+
+
+def test_compare_pixelcnn28_times_the_step_beside_its_pytorch_twin(tmp_path):
+  """The compare script's command line in one process: a row per batch with both rates and their ratio,
+  and where the twin ran."""
+  pytest.importorskip("torch")
+  sys.path.insert(0, "experiments/benchmarks")
+  try:
+    import compare_pixelcnn28
+  finally:
+    sys.path.remove("experiments/benchmarks")
+  out = tmp_path / "r.json"
+  result = compare_pixelcnn28.main(["--batches", "8", "--repeats", "1", "--examples", "8", "--torch-threads", "0",
+                                    "--torch-device", "cpu", "--out", str(out)])
+  assert json.loads(out.read_text()) == result
+  assert result["torch_device"] == "cpu" and [r["batch_size"] for r in result["rows"]] == [8]
+  row = result["rows"][0]
+  assert row["zoo_examples_per_s"] > 0 and row["torch_examples_per_s"] > 0
+  assert row["zoo_over_torch"] == pytest.approx(row["zoo_rounds"][0] / row["torch_rounds"][0], rel=0.01)

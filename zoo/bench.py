@@ -119,9 +119,10 @@ def step_runner(config: ml_collections.ConfigDict, batch_size: int | None = None
   return run, info
 
 
-def torch_runner(step: Callable[[], None], threads: int = 0) -> Runner:
+def torch_runner(step: Callable[[], None], threads: int = 0, device: str = "cpu") -> Runner:
   """A runner of a PyTorch ``step()`` on ``threads`` intra-op threads (0: PyTorch's default, one per
-  core); PyTorch's thread count is put back after each call, so runners of different counts interleave."""
+  core); PyTorch's thread count is put back after each call, so runners of different counts interleave.
+  On a CUDA ``device`` each call waits for the queued kernels, as the zoo's runner waits for its state."""
   import torch
   default_threads = torch.get_num_threads()
 
@@ -130,9 +131,28 @@ def torch_runner(step: Callable[[], None], threads: int = 0) -> Runner:
     try:
       for _ in range(n):
         step()
+      if device != "cpu":
+        torch.cuda.synchronize(device)
     finally:
       torch.set_num_threads(default_threads)
   return run
+
+
+def torch_device(name: str) -> str:
+  """The PyTorch device a twin runs on: ``name``, or for 'auto' the kind JAX's first device is ('cuda'
+  on a GPU, else 'cpu'). On CUDA, PyTorch is set up as JAX runs float32 there by default (TF32 in
+  matmuls and convolutions) and lets cuDNN pick its fastest algorithms (``cudnn.benchmark``)."""
+  if name == "auto":
+    name = "cuda" if jax.default_backend() == "gpu" else "cpu"
+  if name not in ("cpu", "cuda"):
+    raise ValueError(f"torch device must be auto, cpu or cuda, got {name!r}")
+  if name == "cuda":
+    import torch
+    if not torch.cuda.is_available():
+      raise SystemExit("--torch-device cuda: this PyTorch sees no CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+  return name
 
 
 def timed(run: Runner, n: int) -> float:
@@ -216,8 +236,8 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
                        pytorch_eager: Callable, examples: int = 2048) -> dict:
   """The command line of a compare script: the shared step of ``config`` against its PyTorch eager twin.
 
-  ``pytorch_eager(cfg, batch_size, threads)`` gives ``(runner, torch)`` for a twin on ``threads``
-  intra-op threads (0: PyTorch's default), or None without torch. Each batch size is timed in
+  ``pytorch_eager(cfg, batch_size, threads, device)`` gives ``(runner, torch)`` for a twin on ``threads``
+  intra-op threads (0: PyTorch's default) on ``device`` ('cpu' or 'cuda'), or None without torch. Each batch size is timed in
   interleaved rounds; a row per batch size has the median examples/s of each runner, every round's
   figure, and the within-round ratios zoo / twin (and zoo / the faster twin).
   """
@@ -232,8 +252,11 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--examples", type=int, default=examples, help="examples per timed measurement")
-  p.add_argument("--torch-threads", type=int, nargs="+", default=[0, 1],
-                 help="PyTorch twins to time, by intra-op threads (0: its default, one per core)")
+  p.add_argument("--torch-threads", type=int, nargs="+", default=None,
+                 help="PyTorch twins to time, by intra-op threads (0: its default, one per core; "
+                      "default: 0 and 1 on the CPU, 0 on CUDA)")
+  p.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+                 help="where the PyTorch twin runs (auto: CUDA where JAX runs on a GPU, else the CPU)")
   p.add_argument("--note", default="", help="a remark stored with the results (e.g. other load)")
   p.add_argument("--out", default=None, help="write the results as JSON here")
   p.add_argument("--cpu-devices", type=int, default=0, metavar="N",
@@ -242,6 +265,9 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   if args.cpu_devices:
     from zoo.sharding import set_cpu_devices
     set_cpu_devices(args.cpu_devices)
+  device = torch_device(args.torch_device)
+  if args.torch_threads is None:
+    args.torch_threads = [0, 1] if device == "cpu" else [0]
   cfg = config_lib.with_defaults(config_lib.load(config))
   rows = []
   torch_version = torch_threads = None
@@ -251,7 +277,7 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
     zoo_run, info = step_runner(cfg, b)
     runners = {"zoo": zoo_run}
     for threads in args.torch_threads:
-      twin = pytorch_eager(cfg, b, threads)
+      twin = pytorch_eager(cfg, b, threads, device)
       if twin is not None:
         runners["torch" if not threads else f"torch_{threads}thread"], torch = twin
         torch_version, torch_threads = torch.__version__, torch.get_num_threads()
@@ -268,7 +294,7 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   where = Path(config).resolve()
   result = {"benchmark": benchmark, "config": str(where.relative_to(repo) if where.is_relative_to(repo) else where),
             **machine_info(),
-            "torch": torch_version, "torch_default_threads": torch_threads,
+            "torch": torch_version, "torch_default_threads": torch_threads, "torch_device": device,
             "load_average_before": load_before, "load_average_after": load_average(),
             "note": args.note, "rows": rows}
   if args.out:

@@ -8,6 +8,9 @@ only). The two are timed in turns, ``--repeats`` rounds each, and the median exa
 the median of the within-round ratios zoo/PyTorch.
 
   python experiments/benchmarks/compare_dcgan32.py [--batches 64 256] [--repeats 5] [--out FILE]
+      [--torch-device auto|cpu|cuda]
+
+On a GPU (auto) the twin runs on CUDA, with TF32 as JAX's default float32 there (zoo.bench.torch_device).
 
 PyTorch is optional (``pip install torch==2.13.0``); without it only the zoo's figures are reported.
 """
@@ -20,9 +23,9 @@ from zoo.bench import compare_with_torch, torch_runner
 CONFIG = str(Path(__file__).with_name("dcgan32.py"))
 
 
-def pytorch_eager(cfg, batch_size: int, threads: int = 0):
-  """The same DCGAN in PyTorch eager (NCHW, float32) on ``threads`` intra-op threads (0: PyTorch's
-  default, one per core), or None without torch."""
+def pytorch_eager(cfg, batch_size: int, threads: int = 0, device: str = "cpu"):
+  """The same DCGAN in PyTorch eager (NCHW, float32) on ``device``, with ``threads`` intra-op threads
+  (0: PyTorch's default, one per core), or None without torch."""
   try:
     import torch
     from torch import nn
@@ -52,7 +55,8 @@ def pytorch_eager(cfg, batch_size: int, threads: int = 0):
       nn.Conv2d(df0, df1, k, 2, 1, bias=False), nn.BatchNorm2d(df1, momentum=bn_mom), nn.LeakyReLU(0.2),
       nn.Conv2d(df1, df2, k, 2, 1, bias=False), nn.BatchNorm2d(df2, momentum=bn_mom), nn.LeakyReLU(0.2),
       nn.Flatten(), nn.Linear(4 * 4 * df2, 1))
-  g = Generator()
+  g = Generator().to(device)
+  d = d.to(device)
   for p in list(g.parameters()) + list(d.parameters()):
     if p.dim() > 1:
       nn.init.normal_(p, 0.0, m.init_std)
@@ -60,13 +64,13 @@ def pytorch_eager(cfg, batch_size: int, threads: int = 0):
          for name, net in (("discriminator", d), ("generator", g))}
   g.train()
   d.train()
-  real = torch.rand(batch_size, c, 32, 32) * 2 - 1
+  real = torch.rand(batch_size, c, 32, 32, device=device) * 2 - 1
   softplus = torch.nn.functional.softplus
 
   def step():
     # discriminator: fakes without gradient, real and fake batches through D separately
     with torch.no_grad():
-      fake = g(torch.rand(batch_size, L) * 2 - 1)
+      fake = g(torch.rand(batch_size, L, device=device) * 2 - 1)
     loss_d = softplus(-d(real)).mean() + softplus(d(fake)).mean()
     opt["discriminator"].zero_grad(set_to_none=True)
     loss_d.backward()
@@ -74,14 +78,14 @@ def pytorch_eager(cfg, batch_size: int, threads: int = 0):
     # generator: gradients of G's weights only (D's weights are constants here)
     for p in d.parameters():
       p.requires_grad_(False)
-    loss_g = softplus(-d(g(torch.rand(batch_size, L) * 2 - 1))).mean()
+    loss_g = softplus(-d(g(torch.rand(batch_size, L, device=device) * 2 - 1))).mean()
     opt["generator"].zero_grad(set_to_none=True)
     loss_g.backward()
     opt["generator"].step()
     for p in d.parameters():
       p.requires_grad_(True)
 
-  return torch_runner(step, threads), torch
+  return torch_runner(step, threads, device), torch
 
 
 def main(argv=None):

@@ -10,6 +10,9 @@ are plain convolutions). The two are timed in turns, ``--repeats`` rounds each, 
 examples/s is reported with the median of the within-round ratios zoo/PyTorch.
 
   python experiments/benchmarks/compare_pixelcnn28.py [--batches 64 256] [--repeats 5] [--out FILE]
+      [--torch-device auto|cpu|cuda]
+
+On a GPU (auto) the twin runs on CUDA, with TF32 as JAX's default float32 there (zoo.bench.torch_device).
 
 PyTorch is optional (``pip install torch==2.13.0``); without it only the zoo's figures are reported.
 """
@@ -92,20 +95,20 @@ def first_batch(cfg, batch_size: int) -> np.ndarray:
   return np.ascontiguousarray((np.asarray(image) > 0.5).astype(np.float32).transpose(0, 3, 1, 2))
 
 
-def pytorch_eager(cfg, batch_size: int, threads: int = 0):
-  """The same PixelCNN step in PyTorch eager (NCHW, float32) on ``threads`` intra-op threads (0:
-  PyTorch's default, one per core), or None without torch."""
+def pytorch_eager(cfg, batch_size: int, threads: int = 0, device: str = "cpu"):
+  """The same PixelCNN step in PyTorch eager (NCHW, float32) on ``device``, with ``threads`` intra-op
+  threads (0: PyTorch's default, one per core), or None without torch."""
   try:
     import torch
   except ImportError:
     return None
   torch.manual_seed(0)
-  net = torch_pixelcnn(cfg)
+  net = torch_pixelcnn(cfg).to(device)
   o = optim_lib.options(cfg.optim.get("model"), "model")
   if o["name"] != "adam" or o["schedule"] != "constant" or o["weight_decay"] or o["clip_norm"]:
     raise ValueError("the PyTorch twin has plain Adam at a constant learning rate only")
   opt = torch.optim.Adam(net.parameters(), lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"])
-  x = torch.from_numpy(first_batch(cfg, batch_size))
+  x = torch.from_numpy(first_batch(cfg, batch_size)).to(device)
   net.train()
 
   def step():
@@ -114,7 +117,7 @@ def pytorch_eager(cfg, batch_size: int, threads: int = 0):
     loss.backward()
     opt.step()
 
-  return torch_runner(step, threads), torch
+  return torch_runner(step, threads, device), torch
 
 
 def main(argv=None):
