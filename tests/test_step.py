@@ -198,9 +198,14 @@ def test_stages_switch_players_and_retrace_once_per_stage(staged_family, tmp_pat
 
 def test_the_step_compiles_with_the_cpu_options_on_cpu_and_xlas_defaults_where_told(monkeypatch):
   """On a CPU mesh the shared step compiles with CPU_COMPILER_OPTIONS (XLA's own dots and convolutions,
-  not YNNPACK's); not when switched off, told by the environment, or where XLA_FLAGS names the option."""
+  not YNNPACK's) and 512-bit vectors preferred; not when switched off, told by the environment, or where
+  XLA_FLAGS names one of the options."""
   mesh = sharding.make_mesh(1)
+  assert step_lib.compiler_options(mesh) == step_lib.cpu_compiler_options()
+  assert step_lib.compiler_options(mesh)["xla_cpu_prefer_vector_width"] == step_lib.CPU_PREFER_VECTOR_WIDTH == 512
+  monkeypatch.setattr(step_lib, "CPU_PREFER_VECTOR_WIDTH", 0)        # 0: XLA's default width
   assert step_lib.compiler_options(mesh) == step_lib.CPU_COMPILER_OPTIONS
+  monkeypatch.setattr(step_lib, "CPU_PREFER_VECTOR_WIDTH", 512)
   a = jnp.ones((64, 64))
   matmul = jax.jit(lambda a: a @ a)
   assert "ynn" in matmul.lower(a).compile().as_text()              # XLA's default: a YNNPACK dot
@@ -228,6 +233,8 @@ def test_the_step_compiles_with_the_cpu_options_on_cpu_and_xlas_defaults_where_t
   monkeypatch.delenv("ZOO_XLA_CPU_DEFAULTS")
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
   assert step_lib.compiler_options(mesh) is None
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_prefer_vector_width=256")
+  assert step_lib.compiler_options(mesh) is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +252,7 @@ def test_the_eval_step_compiles_with_the_cpu_options_and_the_samplers_with_xlas_
   """CPU_OPTIONS_FOR names the shared functions that compile with the CPU options: the eval step does
   (its matmul compiles differently when 'eval' is left out), the sampler and the evaluation context do not."""
   mesh = sharding.make_mesh(1)
-  assert step_lib.compiler_options(mesh, "eval") == step_lib.CPU_COMPILER_OPTIONS
+  assert step_lib.compiler_options(mesh, "eval") == step_lib.cpu_compiler_options()
   assert step_lib.compiler_options(mesh, "sample") is None
   assert step_lib.compiler_options(mesh, "context") is None
   with pytest.raises(ValueError, match="fn must be one of"):

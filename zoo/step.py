@@ -92,6 +92,16 @@ def train_step_fn(family: Family, txs: Mapping[str, optax.GradientTransformation
 # (or ZOO_XLA_CPU_DEFAULTS=1) compiles with XLA's defaults.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 USE_CPU_COMPILER_OPTIONS = True
+# With them, the vector width XLA's own loops (elementwise fusions, transposes, the reductions it emits itself)
+# prefer, in bits (0: XLA's default). XLA:CPU prefers 256-bit vectors even where the CPU has 512-bit ones. On
+# the AVX-512 CPU of 2026-11-27, 512 against the default, within-round medians of 5-11 interleaved rounds in
+# one process: the PixelCNN step 1.04x and 1.01x at batch 64 and 256, the DCGAN32's 0.98x and 1.05x, the
+# Gated PixelCNN's 1.08x (ab_step.py --threshold CPU_PREFER_VECTOR_WIDTH --values 0 512,
+# results/thresholds_ab_cpu2.jsonl); scratch runs before it gave the PixelCNN 1.05-1.10x, the DCGAN32 1.06x,
+# the Gated PixelCNN 1.15x, the MNIST DCGAN 1.02x, and the MLP-sized steps (VAE, RBM, NADE, MADE, GAN, DAE,
+# ProGAN on MNIST, PixelRNN) 0.98-1.05x, within their noise. A preference: a CPU without 512-bit vectors
+# compiles as before.
+CPU_PREFER_VECTOR_WIDTH = 512
 # Which of the shared jitted functions compile with them, each measured against XLA's defaults in one process
 # (experiments/benchmarks/ab_options.py, results/cpu_options_ab_cpu2.jsonl): the train step (above) and the
 # eval step (the PixelCNN's 1.81x, the Gated PixelCNN's 1.55x, MADE's 1.08x, the VAE's 1000-sample bound's and
@@ -105,10 +115,19 @@ _SHARED_FUNCTIONS = frozenset({"train", "eval", "sample", "context"})
 USE_XLA_OWN_GRADIENTS = True
 
 
+def cpu_compiler_options() -> dict:
+  """The XLA options the shared functions compile with on CPU: ``CPU_COMPILER_OPTIONS`` and the preferred
+  vector width (``CPU_PREFER_VECTOR_WIDTH``, where set)."""
+  options = dict(CPU_COMPILER_OPTIONS)
+  if CPU_PREFER_VECTOR_WIDTH:
+    options["xla_cpu_prefer_vector_width"] = int(CPU_PREFER_VECTOR_WIDTH)
+  return options
+
+
 @functools.lru_cache(maxsize=None)
-def _cpu_options_accepted() -> bool:
+def _cpu_options_accepted(options: tuple) -> bool:
   try:
-    jax.jit(lambda x: x + 1).lower(jnp.zeros((), jnp.float32)).compile(dict(CPU_COMPILER_OPTIONS))
+    jax.jit(lambda x: x + 1).lower(jnp.zeros((), jnp.float32)).compile(dict(options))
   except Exception:      # an XLA without the option, or with other values for it
     return False
   return True
@@ -116,15 +135,16 @@ def _cpu_options_accepted() -> bool:
 
 def compiler_options(mesh: Mesh, fn: str = "train") -> dict | None:
   """The XLA options the shared function ``fn`` ('train', 'eval', 'sample' or 'context') compiles with on
-  ``mesh``: ``CPU_COMPILER_OPTIONS`` where its devices are CPUs and ``fn`` is in ``CPU_OPTIONS_FOR`` (see
+  ``mesh``: ``cpu_compiler_options()`` where its devices are CPUs and ``fn`` is in ``CPU_OPTIONS_FOR`` (see
   above), else None (XLA's defaults)."""
   if fn not in _SHARED_FUNCTIONS:
     raise ValueError(f"compiler_options: fn must be one of {sorted(_SHARED_FUNCTIONS)}, got {fn!r}")
+  options = cpu_compiler_options()
   if (not USE_CPU_COMPILER_OPTIONS or fn not in CPU_OPTIONS_FOR or os.environ.get("ZOO_XLA_CPU_DEFAULTS") == "1"
       or any(d.platform != "cpu" for d in mesh.devices.flat)
-      or any(name in os.environ.get("XLA_FLAGS", "") for name in CPU_COMPILER_OPTIONS)):
+      or any(name in os.environ.get("XLA_FLAGS", "") for name in options)):
     return None
-  return dict(CPU_COMPILER_OPTIONS) if _cpu_options_accepted() else None
+  return options if _cpu_options_accepted(tuple(sorted(options.items()))) else None
 
 
 def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformation], mesh: Mesh,
