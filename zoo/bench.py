@@ -147,7 +147,10 @@ def torch_device(name: str) -> str:
   if name not in ("cpu", "cuda"):
     raise ValueError(f"torch device must be auto, cpu or cuda, got {name!r}")
   if name == "cuda":
-    import torch
+    try:
+      import torch
+    except ImportError:     # no twin will run (the compare scripts report the zoo's figures alone)
+      return name
     if not torch.cuda.is_available():
       raise SystemExit("--torch-device cuda: this PyTorch sees no CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -237,9 +240,9 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   """The command line of a compare script: the shared step of ``config`` against its PyTorch eager twin.
 
   ``pytorch_eager(cfg, batch_size, threads, device)`` gives ``(runner, torch)`` for a twin on ``threads``
-  intra-op threads (0: PyTorch's default) on ``device`` ('cpu' or 'cuda'), or None without torch. Each batch size is timed in
-  interleaved rounds; a row per batch size has the median examples/s of each runner, every round's
-  figure, and the within-round ratios zoo / twin (and zoo / the faster twin).
+  intra-op threads (0: PyTorch's default) on ``device`` ('cpu' or 'cuda'), or None without torch. Each
+  batch size is timed in interleaved rounds; a row per batch size has the median examples/s of each
+  runner, every round's figure, and the within-round ratios zoo / twin (and zoo / the faster twin).
   """
   import argparse
   import json
