@@ -5,8 +5,8 @@ The thresholds choose between formulations of the same function (``_DY_COPIES_MA
 ``_CONCAT_MAX_FEATURES``, ``_PHASE_MIN_FEATURES``; under XLA's own kernels ``USE_XLA_OWN_GRADIENTS`` and
 ``_XLA_OWN_STRIDED_GRADIENTS``, 0 or 1), or compile it with XLA's options or the zoo's
 (``zoo.step.USE_CPU_COMPILER_OPTIONS``, 0 or 1) and with which preferred vector width
-(``zoo.step.CPU_PREFER_VECTOR_WIDTH``, 0 for XLA's default, or 512); each is read when the step is built, so two step
-runners built under the two values run the two programs side by side. This machine's speed drifts
+(``zoo.step.CPU_PREFER_VECTOR_WIDTH``, 0 for XLA's default, or 512); each is read when the step is built,
+so two step runners built under the two values run the two programs side by side. This machine's speed drifts
 by up to 2x over minutes, so only the within-round ratio B / A is reported as the comparison.
 
   python experiments/benchmarks/ab_step.py --config experiments/benchmarks/pixelcnn28.py --batch 64 \\
