@@ -255,3 +255,22 @@ def test_compare_pixelcnn28_times_the_step_beside_its_pytorch_twin(tmp_path):
   row = result["rows"][0]
   assert row["zoo_examples_per_s"] > 0 and row["torch_examples_per_s"] > 0
   assert row["zoo_over_torch"] == pytest.approx(row["zoo_rounds"][0] / row["torch_rounds"][0], rel=0.01)
+
+
+def test_the_native_transpose_probe_builds_and_is_exact(tmp_path):
+  """experiments/native/bench_transpose.py: where a C++ compiler and AVX-512 are there, the custom call is
+  the exact transpose (it exits otherwise) and the weight gradient through it equals XLA's; elsewhere it
+  stops with one line naming what is missing."""
+  sys.path.insert(0, "experiments/native")
+  try:
+    import bench_transpose
+  finally:
+    sys.path.remove("experiments/native")
+  try:
+    result = bench_transpose.main(["--batch", "16", "--rounds", "1", "--out", str(tmp_path / "r.json")])
+  except SystemExit as e:
+    assert "C++ compiler" in str(e) or "AVX-512" in str(e), e
+    return
+  grad = result["weight_grad_2x3_box"]
+  assert grad["max_rel_diff"] == 0.0 and grad["convolution_reads_the_custom_call"]
+  assert json.loads((tmp_path / "r.json").read_text())["batch"] == 16
