@@ -33,13 +33,6 @@ from zoo.models import _layers  # noqa: E402
 XLA_OPEN_BOX_CONV = _layers._open_box_conv
 
 
-def _box_pads(kernel_shape, padding, taps):
-  kh, kw = kernel_shape[:2]
-  rows, cols = [t[0] for t in taps], [t[1] for t in taps]
-  box = ((min(rows), kh - 1 - max(rows)), (min(cols), kw - 1 - max(cols)))
-  return box, tuple((lo - a, hi - b) for (lo, hi), (a, b) in zip(padding, box))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def open_box_conv_native(x, kernel, padding, strides, taps):
   return XLA_OPEN_BOX_CONV(x, kernel, padding, strides, taps)
@@ -53,14 +46,13 @@ def _bwd(padding, strides, taps, residuals, dy):
   x, kernel = residuals
   conv = lambda x, k: XLA_OPEN_BOX_CONV(x, k, padding, strides, taps)  # noqa: E731
   dx = jax.vjp(lambda x: conv(x, kernel), x)[1](dy)[0]
-  box, pads = _box_pads(kernel.shape, padding, taps)
-  (top, bottom), (left, right) = box
-  if (tuple(strides) != (1, 1) or not taps or x.shape[0] % 16 or x.shape[3] % 16 or x.dtype != jnp.float32
-      or min(min(p) for p in pads) < 0):
-    return dx, jax.vjp(lambda k: conv(x, k), kernel)[1](dy)[0]
-  g = jax.lax.conv_general_dilated(transpose_ffi(x), dy, (1, 1), pads, dimension_numbers=("NHWC", "IHWO", "NHWC"))
-  g = jnp.pad(g.transpose(1, 2, 0, 3), ((top, bottom), (left, right), (0, 0), (0, 0)))
-  return dx, g.astype(kernel.dtype)
+  if tuple(strides) == (1, 1) and taps and not x.shape[0] % 16 and not x.shape[3] % 16 and x.dtype == jnp.float32:
+    box, pads = _layers._open_box(kernel.shape, padding, taps)
+    if min(min(p) for p in pads) >= 0:
+      g = jax.lax.conv_general_dilated(transpose_ffi(x), dy, (1, 1), pads,
+                                       dimension_numbers=("NHWC", "IHWO", "NHWC"))   # (C_in, bh, bw, C_out)
+      return dx, jnp.pad(g.transpose(1, 2, 0, 3), (*box, (0, 0), (0, 0))).astype(kernel.dtype)
+  return dx, jax.vjp(lambda k: conv(x, k), kernel)[1](dy)[0]
 
 
 open_box_conv_native.defvjp(_fwd, _bwd)

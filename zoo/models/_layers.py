@@ -376,13 +376,20 @@ def _open_box_conv(x, kernel, padding, strides, taps):
   kh, kw = kernel.shape[:2]
   if not taps:
     return _native_conv(x, jnp.zeros_like(kernel), padding, strides)
-  rows, cols = [t[0] for t in taps], [t[1] for t in taps]
-  box = ((min(rows), kh - 1 - max(rows)), (min(cols), kw - 1 - max(cols)))
+  box, pads = _open_box(kernel.shape, padding, taps)
   if box == ((0, 0), (0, 0)):
     return _native_conv(x, kernel, padding, strides)
   (top, bottom), (left, right) = box
-  pads = tuple((lo - cut_lo, hi - cut_hi) for (lo, hi), (cut_lo, cut_hi) in zip(padding, box))
   return _cropping_conv(x, kernel[top:kh - bottom, left:kw - right], pads, strides)
+
+
+def _open_box(kernel_shape, padding, taps):
+  """The smallest box of kernel rows and columns holding ``taps`` (non-empty), as the rows and columns cut
+  ((top, bottom), (left, right)), and the padding of the convolution over that box with the same output."""
+  kh, kw = kernel_shape[:2]
+  rows, cols = [t[0] for t in taps], [t[1] for t in taps]
+  box = ((min(rows), kh - 1 - max(rows)), (min(cols), kw - 1 - max(cols)))
+  return box, tuple((lo - cut_lo, hi - cut_hi) for (lo, hi), (cut_lo, cut_hi) in zip(padding, box))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
