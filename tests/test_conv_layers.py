@@ -237,6 +237,50 @@ def test_with_xlas_own_kernels_the_gradients_are_xlas_convolutions():
     assert "dot_general" in ops(f), name    # outside the block: the custom gradients' tap matmuls
 
 
+def test_materialized_is_x_bit_for_bit_and_passes_gradients_through():
+  """``_materialized`` returns x exactly (NaN, infinities, signed zeros, bfloat16 kept), whichever branch a
+  NaN in the kernel picks, and its gradient is the identity."""
+  x = jnp.array([[jnp.nan, -0.0, 0.0, jnp.inf, -jnp.inf, 1e-38, -3.5]])
+  for dtype in (jnp.float32, jnp.bfloat16):
+    for first in (1.0, jnp.nan):
+      k = jnp.array([first, 2.0], dtype)
+      y = jax.jit(_layers._materialized)(x.astype(dtype), k)
+      assert y.dtype == dtype
+      np.testing.assert_array_equal(np.asarray(y).view(np.uint16 if dtype == jnp.bfloat16 else np.uint32),
+                                    np.asarray(x.astype(dtype)).view(np.uint16 if dtype == jnp.bfloat16
+                                                                     else np.uint32))
+  g = jax.grad(lambda x: jnp.sum(jnp.arange(3.0) * _layers._materialized(x, jnp.ones(2))))(jnp.ones(3))
+  np.testing.assert_array_equal(g, np.arange(3.0))
+
+
+@pytest.mark.parametrize("materialize", [1, 0])
+def test_under_xla_own_kernels_the_weight_gradient_transposes_x_not_its_producer(materialize, monkeypatch):
+  """Compiled as the shared step compiles (XLA's own kernels, its CPU options), a mask-B layer's weight
+  gradient transposes x = relu(h) as it is in memory: no fused loop recomputes the relu inside a transpose
+  (XLA does, 2.7x slower than the plain transpose, where ``_MATERIALIZE_CONV_INPUT`` is 0, which the
+  second case shows). Lowered for CUDA, the same program either way: the materializing is CPU-only."""
+  from zoo import step
+  monkeypatch.setattr(_layers, "_MATERIALIZE_CONV_INPUT", materialize)
+  jax.clear_caches()
+  mask = _tap_mask((3, 3), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], 16, 16)
+  h, w = jnp.ones((16, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
+  grad = jax.grad(lambda h, w: jnp.sum(jnp.sin(_layers.conv2d(jax.nn.relu(h), w * mask, "SAME", mask))), (0, 1))
+
+  def cuda_ops():
+    return sorted(re.findall(r"stablehlo\.[a-z_]+", _lowered(grad, "cuda", h, w)))
+  with kernels.xla_own_kernels():
+    hlo = jax.jit(grad, compiler_options=step.cpu_compiler_options()).lower(h, w).compile().as_text()
+    cuda = cuda_ops()
+    monkeypatch.setattr(_layers, "_MATERIALIZE_CONV_INPUT", 1 - materialize)
+    jax.clear_caches()
+    assert cuda_ops() == cuda
+  computations = re.split(r"\n(?=\S)", hlo)
+  fused_relu_transposes = [c for c in computations if c.startswith("%fused")
+                           and " maximum(" in c and " transpose(" in c]
+  assert bool(fused_relu_transposes) == (not materialize)
+  assert (" conditional(" in hlo) == bool(materialize)
+
+
 def test_dy_copies_beyond_their_byte_limit_take_the_per_tap_path(monkeypatch):
   """A stride-1 convolution whose matrix of dy's copies would exceed _DY_COPIES_MAX_BYTES keeps XLA's input
   gradient (a second convolution on CPU) and per-tap weight-gradient matmuls, and still computes XLA's

@@ -3,7 +3,7 @@ rounds in one process (issue 7).
 
 The thresholds choose between formulations of the same function (``_DY_COPIES_MAX_RATIO``,
 ``_CONCAT_MAX_FEATURES``, ``_PHASE_MIN_FEATURES``; under XLA's own kernels ``USE_XLA_OWN_GRADIENTS`` and
-``_XLA_OWN_STRIDED_GRADIENTS``, 0 or 1), or compile it with XLA's options or the zoo's
+``_XLA_OWN_STRIDED_GRADIENTS``, 0 or 1; ``_MATERIALIZE_CONV_INPUT``, 0 or 1), or compile it with XLA's options or the zoo's
 (``zoo.step.USE_CPU_COMPILER_OPTIONS``, 0 or 1) and with which preferred vector width
 (``zoo.step.CPU_PREFER_VECTOR_WIDTH``, 0 for XLA's default, or 512); each is read when the step is built,
 so two step runners built under the two values run the two programs side by side. This machine's speed drifts
@@ -27,7 +27,7 @@ from zoo.models import _layers
 
 # each switch and the module that reads it
 THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, "_PHASE_MIN_FEATURES": _layers,
-              "_XLA_OWN_STRIDED_GRADIENTS": _layers,
+              "_XLA_OWN_STRIDED_GRADIENTS": _layers, "_MATERIALIZE_CONV_INPUT": _layers,
               "USE_CPU_COMPILER_OPTIONS": step_lib, "USE_XLA_OWN_GRADIENTS": step_lib,
               "CPU_PREFER_VECTOR_WIDTH": step_lib}
 

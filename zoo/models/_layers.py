@@ -207,11 +207,35 @@ _DY_COPIES_MAX_BYTES = 1 << 30
 # _XLA_OWN_STRIDED_GRADIENTS = 0 keeps the custom VJPs of the strided and transposed convolutions there too
 # (the A/B: ab_step.py --threshold _XLA_OWN_STRIDED_GRADIENTS --values 0 1).
 _XLA_OWN_STRIDED_GRADIENTS = 1
+# Under XLA's own kernels a stride-1 convolution's weight gradient is XLA's convolution of x transposed to
+# (C_in, H, W, B), and XLA fuses x's elementwise producer (the PixelCNN's relu(h)) into that transpose: it
+# recomputes the relu in a gathering loop 2.7x slower than the plain transpose of x, which is already in
+# memory for the forward convolution (6.8 against 2.5 ms, batch 64, 28x28x64; experiments/native). At 1 the
+# layer reads x through ``_materialized``, which XLA cannot fuse through: the transpose reads x as it is.
+# Against 0, in one process (ab_step.py --threshold _MATERIALIZE_CONV_INPUT --values 0 1, 7-9 rounds,
+# results/thresholds_ab_cpu2.jsonl): the PixelCNN step 1.13x and 1.08x at batch 64 and 256, the Gated
+# PixelCNN's 1.05x, the Row LSTM's 0.99x and the MNIST Progressive GAN's 0.98x (noise); the native transpose
+# of experiments/native adds nothing on top (0.97x). The strided and transposed convolutions' inputs
+# materialized too moved the DCGAN32 step 0.99x and 1.04x: not taken (stride 1 only).
+_MATERIALIZE_CONV_INPUT = 1
 
 
 def _on_cpu(fast, native, *args):
   """``fast(*args)`` where the computation runs on CPU, ``native(*args)`` elsewhere (chosen when lowering)."""
   return jax.lax.platform_dependent(*args, cpu=fast, default=native)
+
+
+def _materialized(x, kernel):
+  """x, through a conditional whose every branch is x (times 1): the same values, in the buffer x already
+  has (XLA's copy insertion adds no copy, the branches simplify to their parameter), but a value that XLA
+  cannot fuse x's producer into, as a fusion boundary. An optimization barrier would not do: XLA:CPU
+  removes those before fusion. The branch index is data XLA cannot fold (whether the kernel's first entry is
+  a NaN; every branch is the same, so the index changes nothing), taken from the kernel, not from x, so that
+  a batch-sharded x needs no collective for it; three branches, not two, as XLA turns a two-way
+  conditional of cheap branches into a select, which it would fuse through again. JAX forwards a
+  conditional of identity branches (removes it) before XLA sees it; ``x * 1`` it keeps."""
+  index = jnp.isnan(kernel.reshape(-1)[0]).astype(jnp.int32)
+  return jax.lax.switch(index, [lambda x: x * jnp.ones((), x.dtype)] * 3, x)
 
 
 def _native_conv(x, kernel, padding, strides=(1, 1)):
@@ -516,7 +540,8 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   convolve over the smallest box of kernel rows and columns that holds the taps ``mask`` leaves open
   (``_open_box_conv``: a 3x3 mask B runs as 2x3). Traced under ``zoo.kernels.xla_own_kernels()`` (the
   shared train step compiling with XLA's own CPU kernels) the gradients are XLA's instead, but for a strided
-  convolution's input gradient by phases. On GPU and TPU it is XLA's convolution of the whole kernel,
+  convolution's input gradient by phases; a stride-1 one then reads x as it is in memory
+  (``_materialized``), so that XLA does not recompute x's producer inside its weight gradient's transpose. On GPU and TPU it is XLA's convolution of the whole kernel,
   forward and backward, unchanged.
 
   Args:
@@ -542,7 +567,10 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
                    lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
   own = kernels.xla_own_kernels_on()   # XLA's own gradients where they are the faster (above)
   if strides == (1, 1) and own:
-    cpu = lambda x, k: _open_box_conv(x, k, padding, strides, taps)   # noqa: E731
+    def cpu(x, k):
+      if _MATERIALIZE_CONV_INPUT:
+        x = _materialized(x, k)
+      return _open_box_conv(x, k, padding, strides, taps)
   else:
     xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
     cpu = lambda x, k: _conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad)   # noqa: E731
