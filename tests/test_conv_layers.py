@@ -239,7 +239,7 @@ def test_with_xlas_own_kernels_the_gradients_are_xlas_convolutions():
 
 def test_materialized_is_x_bit_for_bit_and_passes_gradients_through():
   """``_materialized`` returns x exactly (NaN, infinities, signed zeros, bfloat16 kept), whichever branch a
-  NaN in the kernel picks, and its gradient is the identity."""
+  NaN in the kernel picks, and its gradient is the identity; a layer with no input channels still runs."""
   x = jnp.array([[jnp.nan, -0.0, 0.0, jnp.inf, -jnp.inf, 1e-38, -3.5]])
   for dtype in (jnp.float32, jnp.bfloat16):
     for first in (1.0, jnp.nan):
@@ -251,6 +251,11 @@ def test_materialized_is_x_bit_for_bit_and_passes_gradients_through():
                                                                      else np.uint32))
   g = jax.grad(lambda x: jnp.sum(jnp.arange(3.0) * _layers._materialized(x, jnp.ones(2))))(jnp.ones(3))
   np.testing.assert_array_equal(g, np.arange(3.0))
+  # no channels in: the kernel has no first entry to take the index from, and the layer is still XLA's
+  x, w = jnp.ones((2, 5, 5, 0)), jnp.ones((3, 3, 0, 4))
+  with kernels.xla_own_kernels():
+    y = jax.jit(lambda x, w: _layers.conv2d(x, w, "SAME"))(x, w)
+  np.testing.assert_array_equal(y, jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN))
 
 
 @pytest.mark.parametrize("materialize", [1, 0])

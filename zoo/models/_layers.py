@@ -233,7 +233,10 @@ def _materialized(x, kernel):
   a NaN; every branch is the same, so the index changes nothing), taken from the kernel, not from x, so that
   a batch-sharded x needs no collective for it; three branches, not two, as XLA turns a two-way
   conditional of cheap branches into a select, which it would fuse through again. JAX forwards a
-  conditional of identity branches (removes it) before XLA sees it; ``x * 1`` it keeps."""
+  conditional of identity branches (removes it) before XLA sees it; ``x * 1`` it keeps. An empty x or
+  kernel (no channels) is returned as it is."""
+  if not x.size or not kernel.size:
+    return x
   index = jnp.isnan(kernel.reshape(-1)[0]).astype(jnp.int32)
   return jax.lax.switch(index, [lambda x: x * jnp.ones((), x.dtype)] * 3, x)
 
