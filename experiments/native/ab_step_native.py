@@ -9,6 +9,11 @@ before, and the weight gradient as XLA's convolution of the probe's custom-call 
 (experiments/native/transpose_bhwc.cc, built here) where stride is 1, B and C_in are multiples of 16 and no
 padding is negative; XLA's own gradient elsewhere. One device only (the custom call has no sharding rule).
 
+Since the layers read x through ``_layers._materialized`` (``_layers._MATERIALIZE_CONV_INPUT = 1``), XLA's
+transpose no longer recomputes the relu, and both runners here see that x: the probe then measured 0.97x
+on the PixelCNN at batch 64 (the last line of results/native_transpose_cpu2_steps.jsonl; before, 1.10x and
+1.14x at batch 64 and 256). Its gain was the unfused transpose, which pure XLA now has.
+
   python experiments/native/ab_step_native.py --config experiments/benchmarks/pixelcnn28.py --batch 64 \\
       [--steps 3] [--repeats 9] [--out FILE.jsonl]
 """
