@@ -544,8 +544,8 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   (``_open_box_conv``: a 3x3 mask B runs as 2x3). Traced under ``zoo.kernels.xla_own_kernels()`` (the
   shared train step compiling with XLA's own CPU kernels) the gradients are XLA's instead, but for a strided
   convolution's input gradient by phases; a stride-1 one then reads x as it is in memory
-  (``_materialized``), so that XLA does not recompute x's producer inside its weight gradient's transpose. On GPU and TPU it is XLA's convolution of the whole kernel,
-  forward and backward, unchanged.
+  (``_materialized``), so that XLA does not recompute x's producer inside its weight gradient's transpose.
+  On GPU and TPU it is XLA's convolution of the whole kernel, forward and backward, unchanged.
 
   Args:
     x: (B, H, W, C_in).
