@@ -231,10 +231,11 @@ def _materialized(x, kernel):
   cannot fuse x's producer into, as a fusion boundary. An optimization barrier would not do: XLA:CPU
   removes those before fusion. The branch index is data XLA cannot fold (whether the kernel's first entry is
   a NaN; every branch is the same, so the index changes nothing), taken from the kernel, not from x, so that
-  a batch-sharded x needs no collective for it; three branches, not two, as XLA turns a two-way
-  conditional of cheap branches into a select, which it would fuse through again. JAX forwards a
-  conditional of identity branches (removes it) before XLA sees it; ``x * 1`` it keeps. An empty x or
-  kernel (no channels) is returned as it is."""
+  a batch-sharded x needs no collective for it. Three branches, not two: this jaxlib keeps a two-way one
+  too (JAX gives it an integer index), but a two-way conditional of cheap branches on a predicate is what
+  XLA's conditional simplifier may turn into a select, which it would fuse through; a third branch costs
+  nothing. JAX forwards a conditional of identity branches (removes it) before XLA sees it; ``x * 1`` it
+  keeps. An empty x or kernel (no channels) is returned as it is."""
   if not x.size or not kernel.size:
     return x
   index = jnp.isnan(kernel.reshape(-1)[0]).astype(jnp.int32)
