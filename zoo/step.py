@@ -147,6 +147,14 @@ def compiler_options(mesh: Mesh, fn: str = "train") -> dict | None:
   return options if _cpu_options_accepted(tuple(sorted(options.items()))) else None
 
 
+def own_kernels_for(options: dict | None):
+  """The context to trace a function in that compiles with ``options``: ``kernels.xla_own_kernels()`` where
+  those are the step's CPU options (not None) and ``USE_XLA_OWN_GRADIENTS``, so that the layers take the
+  formulations fastest under the kernels it compiles with (the train step, and benchmarks that compile as
+  it does)."""
+  return kernels.xla_own_kernels(options is not None and USE_XLA_OWN_GRADIENTS)
+
+
 def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformation], mesh: Mesh,
                    ema: Mapping[str, float] | None = None) -> Callable:
   """The shared step, jitted for ``mesh`` with the state donated (and ``compiler_options(mesh)``)."""
@@ -155,7 +163,7 @@ def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformatio
   step = train_step_fn(family, txs, ema)
 
   def traced(state, batch):     # the layers' formulations follow the kernels the step compiles with
-    with kernels.xla_own_kernels(options is not None and USE_XLA_OWN_GRADIENTS):
+    with own_kernels_for(options):
       return step(state, batch)
   return jax.jit(traced,
                  in_shardings=(rep, sharding.data_sharded(mesh)),

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import hugepages, kernels, sharding
+from zoo import hugepages, sharding
 from zoo import step as step_lib
 from zoo.bench import load_average, machine_info
 from zoo.models import _layers
@@ -152,7 +152,7 @@ def main():
     options = step_lib.compiler_options(sharding.make_mesh(1))
     if options is None:
       raise SystemExit("--step-options: the shared step compiles this backend with XLA's defaults")
-  with kernels.xla_own_kernels(options is not None and step_lib.USE_XLA_OWN_GRADIENTS):
+  with step_lib.own_kernels_for(options):
     run(args, options)
 
 

@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_layers import LAYERS, layer_fns, ops  # noqa: E402
 
-from zoo import kernels, sharding, step as step_lib  # noqa: E402
+from zoo import sharding, step as step_lib  # noqa: E402
 from zoo.models.pixelcnn import GatedPixelCNN, PixelCNN  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -48,7 +48,7 @@ def on(device, f, *args, as_step: bool = False):
   options = step_lib.compiler_options(one_device_mesh(device)) if as_step else None
 
   def traced(*a):
-    with kernels.xla_own_kernels(options is not None and step_lib.USE_XLA_OWN_GRADIENTS):
+    with step_lib.own_kernels_for(options):
       return f(*a)
   out = jax.jit(traced, compiler_options=options)(*jax.device_put(args, device))
   return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), out)
