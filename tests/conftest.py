@@ -17,8 +17,25 @@ from pathlib import Path
 # programs do not feel. Subprocesses inherit the flags: the SIGKILL/resume test compares a subprocess's
 # run with an in-process one bit for bit, and both flags change float rounding (FMA contraction, fusion).
 # Training, benchmarks and the CLI outside the tests keep XLA's defaults.
-os.environ["XLA_FLAGS"] = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
-                           + os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# XLA exits the process (a fatal log, status 1) on a flag it does not know, and jaxlib 0.11 no longer knows
+# `xla_cpu_use_fusion_emitters` (seen on a lent GPU machine's jax 0.11.2: pytest exited 1 at its first JAX
+# test, printing nothing). So the controller asks a subprocess once whether this jaxlib takes it; the
+# xdist workers and the tests' subprocesses inherit the answer through the environment.
+_EMITTER_FLAG = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_takes(flag: str) -> bool:
+  import subprocess
+  env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+  probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True)
+  return probe.returncode == 0
+
+
+if "ZOO_TEST_XLA_FLAGS" not in os.environ:
+  _flags = "--xla_backend_optimization_level=0" + (f" {_EMITTER_FLAG}" if _xla_takes(_EMITTER_FLAG) else "")
+  os.environ["ZOO_TEST_XLA_FLAGS"] = _flags
+  os.environ["XLA_FLAGS"] = (_flags + " " + os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The controller process loads this file before it starts the xdist workers, which inherit its
 # environment: the workers share one data dir (prepared once, under the builders' file lock); only the
