@@ -274,3 +274,42 @@ def test_the_native_transpose_probe_builds_and_is_exact(tmp_path):
   grad = result["weight_grad_2x3_box"]
   assert grad["max_rel_diff"] == 0.0 and grad["convolution_reads_the_custom_call"]
   assert json.loads((tmp_path / "r.json").read_text())["batch"] == 16
+
+
+def _profile_step_module():
+  sys.path.insert(0, "experiments/benchmarks")
+  try:
+    import profile_step
+  finally:
+    sys.path.remove("experiments/benchmarks")
+  return profile_step
+
+
+def test_profile_step_splits_the_wall_clock_among_concurrent_operations():
+  """Overlapping operations share the instants they run together; the shares add up to the busy time,
+  and a gap with nothing running is nobody's."""
+  ps = _profile_step_module()
+  share, busy = ps.shares([(0, 10, "a"), (5, 15, "b"), (20, 30, "a.1")])
+  assert share == pytest.approx({"a": 7.5, "b": 7.5, "a.1": 10.0})
+  assert busy == 25 and sum(share.values()) == pytest.approx(busy)
+  assert ps.kind_of("convolution.12") == "convolution" and ps.kind_of("cond.23.clone") == "cond"
+  hlo = ('  %convolution.3 = f32[64,2,3,64]{3,2,1,0} convolution(%a, %b), window={size=28x28}\n'
+         '  ROOT %add.1 = f32[8]{0} add(%x, %y), metadata={op_name="jit(f)/add" stack_frame_id=3}\n')
+  assert ps.hlo_ops(hlo) == {"convolution.3": ("f32[64,2,3,64] convolution", ""),
+                             "add.1": ("f32[8] add", "jit(f)/add")}
+
+
+def test_profile_step_breaks_a_step_down_by_operation(tmp_path):
+  """The profiler script on the PixelCNN benchmark's step: its convolutions are found and named, and the
+  operations' shares add up to the time they ran."""
+  ps = _profile_step_module()
+  out = tmp_path / "p.json"
+  result = ps.main(["--config", "experiments/benchmarks/pixelcnn28.py", "--batch", "8", "--steps", "2",
+                    "--top", "3", "--out", str(out)])
+  assert json.loads(out.read_text())["ops"] == result["ops"]
+  # 7x7 mask A forward and weight gradient, each block's forward and both gradients (XLA names them
+  # convolution.N or conv_general_dilated.N)
+  assert sum(k["ops"] for k in result["kinds"] if k["kind"].startswith("conv")) >= 2 + 10 * 3
+  assert sum(op["share_ms"] for op in result["ops"]) == pytest.approx(result["busy_ms_per_step"], rel=0.01)
+  assert result["busy_ms_per_step"] <= result["traced_ms_per_step"] + 1e-3
+  assert any("block_0" in op["jax_op"] for op in result["ops"])
