@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 
 _XLA_OWN_KERNELS = contextvars.ContextVar("zoo_xla_own_kernels", default=False)
+_ONEDNN_KERNELS = contextvars.ContextVar("zoo_onednn_kernels", default=False)
 
 
 @contextlib.contextmanager
@@ -29,3 +30,19 @@ def xla_own_kernels(on: bool = True):
 def xla_own_kernels_on() -> bool:
   """Whether the computation being traced will be compiled with XLA's own CPU kernels."""
   return _XLA_OWN_KERNELS.get()
+
+
+@contextlib.contextmanager
+def onednn_kernels(on: bool = True):
+  """Within this block, the layers may emit oneDNN's convolution and matmul (``zoo.onednn``) on CPU (if
+  ``on``): set by the train step on one CPU device where ``zoo.onednn.available()``."""
+  token = _ONEDNN_KERNELS.set(bool(on))
+  try:
+    yield
+  finally:
+    _ONEDNN_KERNELS.reset(token)
+
+
+def onednn_kernels_on() -> bool:
+  """Whether the layers may emit oneDNN's convolution and matmul for the computation being traced."""
+  return _ONEDNN_KERNELS.get()

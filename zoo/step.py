@@ -7,6 +7,7 @@ batch split over the mesh's ``data`` axis.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any, Callable, Mapping
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from zoo import kernels, sharding
+from zoo import kernels, onednn, sharding
 from zoo.family import Family
 from zoo.state import TrainState
 
@@ -113,6 +114,11 @@ _SHARED_FUNCTIONS = frozenset({"train", "eval", "sample", "context"})
 # gradients where those are the faster under XLA's own kernels (stride-1 ones entirely; a strided one's weight
 # gradient; a transposed one's both; see zoo/models/_layers.py)
 USE_XLA_OWN_GRADIENTS = True
+# With them, on one CPU device, the layers' stride-1 convolutions run forward in oneDNN and their 1x1
+# convolutions are oneDNN matmuls, forward and backward (``zoo.onednn``: XLA:CPU's own oneDNN runtime,
+# through the custom calls its oneDNN rewriter would emit). A/B in one process (ab_step.py --threshold
+# USE_ONEDNN --values 0 1, results/thresholds_ab_cpu2.jsonl): see zoo/models/_layers.py.
+USE_ONEDNN = True
 
 
 def cpu_compiler_options() -> dict:
@@ -147,12 +153,17 @@ def compiler_options(mesh: Mesh, fn: str = "train") -> dict | None:
   return options if _cpu_options_accepted(tuple(sorted(options.items()))) else None
 
 
-def own_kernels_for(options: dict | None):
-  """The context to trace a function in that compiles with ``options``: ``kernels.xla_own_kernels()`` where
-  those are the step's CPU options (not None) and ``USE_XLA_OWN_GRADIENTS``, so that the layers take the
-  formulations fastest under the kernels it compiles with (the train step, and benchmarks that compile as
-  it does)."""
-  return kernels.xla_own_kernels(options is not None and USE_XLA_OWN_GRADIENTS)
+@contextlib.contextmanager
+def own_kernels_for(options: dict | None, mesh: Mesh | None = None):
+  """The context to trace a function in that compiles with ``options`` on ``mesh`` (None: one device):
+  ``kernels.xla_own_kernels()`` where those are the step's CPU options (not None) and
+  ``USE_XLA_OWN_GRADIENTS``, so that the layers take the formulations fastest under the kernels it compiles
+  with (the train step, and benchmarks that compile as it does); and with them, on one device,
+  ``kernels.onednn_kernels()`` where ``USE_ONEDNN`` and ``zoo.onednn.available()``."""
+  own = options is not None and USE_XLA_OWN_GRADIENTS
+  single = mesh is None or mesh.devices.size == 1
+  with kernels.xla_own_kernels(own), kernels.onednn_kernels(own and single and USE_ONEDNN and onednn.available()):
+    yield
 
 
 def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformation], mesh: Mesh,
@@ -163,7 +174,7 @@ def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformatio
   step = train_step_fn(family, txs, ema)
 
   def traced(state, batch):     # the layers' formulations follow the kernels the step compiles with
-    with own_kernels_for(options):
+    with own_kernels_for(options, mesh):
       return step(state, batch)
   return jax.jit(traced,
                  in_shardings=(rep, sharding.data_sharded(mesh)),

@@ -3,9 +3,10 @@ rounds in one process (issue 7).
 
 The thresholds choose between formulations of the same function (``_DY_COPIES_MAX_RATIO``,
 ``_CONCAT_MAX_FEATURES``, ``_PHASE_MIN_FEATURES``; under XLA's own kernels ``USE_XLA_OWN_GRADIENTS``,
-``_XLA_OWN_STRIDED_GRADIENTS`` and ``_MATERIALIZE_CONV_INPUT``, 0 or 1), or compile it with XLA's options or
-the zoo's (``zoo.step.USE_CPU_COMPILER_OPTIONS``, 0 or 1) and with which preferred vector width
-(``zoo.step.CPU_PREFER_VECTOR_WIDTH``, 0 for XLA's default, or 512); each is read when the step is built,
+``_XLA_OWN_STRIDED_GRADIENTS``, ``_MATERIALIZE_CONV_INPUT`` and ``zoo.step.USE_ONEDNN``, 0 or 1, and
+``_ONEDNN_MIN_PIXELS``), or compile it with XLA's options or the zoo's (``zoo.step.USE_CPU_COMPILER_OPTIONS``,
+0 or 1) and with which preferred vector width (``zoo.step.CPU_PREFER_VECTOR_WIDTH``, 0 for XLA's default, or
+512); each is read when the step is built,
 so two step runners built under the two values run the two programs side by side. This machine's speed drifts
 by up to 2x over minutes, so only the within-round ratio B / A is reported as the comparison.
 
@@ -28,8 +29,9 @@ from zoo.models import _layers
 # each switch and the module that reads it
 THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, "_PHASE_MIN_FEATURES": _layers,
               "_XLA_OWN_STRIDED_GRADIENTS": _layers, "_MATERIALIZE_CONV_INPUT": _layers,
+              "_ONEDNN_MIN_PIXELS": _layers,
               "USE_CPU_COMPILER_OPTIONS": step_lib, "USE_XLA_OWN_GRADIENTS": step_lib,
-              "CPU_PREFER_VECTOR_WIDTH": step_lib}
+              "CPU_PREFER_VECTOR_WIDTH": step_lib, "USE_ONEDNN": step_lib}
 
 
 def main():

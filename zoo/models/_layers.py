@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import kernels
+from zoo import kernels, onednn
 from zoo.errors import ConfigError, nearest
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -218,6 +218,14 @@ _XLA_OWN_STRIDED_GRADIENTS = 1
 # of experiments/native adds nothing on top (0.97x). The strided and transposed convolutions' inputs
 # materialized too moved the DCGAN32 step 0.99x and 1.04x: not taken (stride 1 only).
 _MATERIALIZE_CONV_INPUT = 1
+# Traced under ``zoo.kernels.onednn_kernels()`` as well (the train step on one CPU device, where
+# ``zoo.onednn.available()``; ``zoo.step.USE_ONEDNN``), a stride-1 convolution over at least this many
+# pixels (batch x H x W) runs its forward pass as oneDNN's convolution over its open box (its gradients stay
+# XLA's), and a 1x1 one into more than one channel as oneDNN matmuls, forward and backward. Each oneDNN call
+# costs about 40 us more than XLA's own (10 us for a matmul), and small layers lost: the MNIST Progressive
+# GAN's 4x4 level (batch 16, 256 pixels) 0.90x in two runs of 7 and 11 rounds, where the PixelCNN's layers
+# (50,176 pixels at batch 64) gained (the README, issue 7).
+_ONEDNN_MIN_PIXELS = 16384
 
 
 def _on_cpu(fast, native, *args):
@@ -411,6 +419,25 @@ def _open_box_conv(x, kernel, padding, strides, taps):
   return _cropping_conv(x, kernel[top:kh - bottom, left:kw - right], pads, strides)
 
 
+def _use_onednn(x, kernel) -> bool:
+  """Whether this layer emits oneDNN's kernels on CPU: traced by the train step under
+  ``kernels.onednn_kernels()``, float32, over at least ``_ONEDNN_MIN_PIXELS`` pixels."""
+  return (kernels.onednn_kernels_on() and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+          and bool(kernel.size) and math.prod(x.shape[:3]) >= _ONEDNN_MIN_PIXELS)
+
+
+def _onednn_box_conv(x, kernel, padding, taps):
+  """``_open_box_conv`` at stride 1 with its forward pass in oneDNN (``zoo.onednn.conv``; both gradients
+  XLA's, as without it); a box whose padding would be negative (a crop) stays XLA's."""
+  if not taps:
+    return _open_box_conv(x, kernel, padding, (1, 1), taps)
+  kh, kw = kernel.shape[:2]
+  ((top, bottom), (left, right)), pads = _open_box(kernel.shape, padding, taps)
+  if min(min(p) for p in pads) < 0:
+    return _open_box_conv(x, kernel, padding, (1, 1), taps)
+  return onednn.conv(x, kernel[top:kh - bottom, left:kw - right], (1, 1), pads)
+
+
 def _open_box(kernel_shape, padding, taps):
   """The smallest box of kernel rows and columns holding ``taps`` (non-empty), as the rows and columns cut
   ((top, bottom), (left, right)), and the padding of the convolution over that box with the same output."""
@@ -564,16 +591,21 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   else:
     open_ = np.asarray(mask).reshape(kh, kw, -1).any(axis=-1)
     taps = tuple((i, j) for i in range(kh) for j in range(kw) if open_[i, j])
+  onednn_ok = _use_onednn(x, kernel)
   if taps == ((0, 0),) and (kh, kw) == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
     # a 1x1 convolution is a matmul over the pixels: XLA:CPU runs it as one 2.7x faster than as a
-    # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too
-    return _on_cpu(lambda x, k: jnp.dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
+    # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too; under the
+    # train step's oneDNN kernels, oneDNN's matmuls (its weight gradient 3x XLA's, above)
+    dot = onednn.matmul if onednn_ok and kernel.shape[3] > 1 else jnp.dot
+    return _on_cpu(lambda x, k: dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
                    lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
   own = kernels.xla_own_kernels_on()   # XLA's own gradients where they are the faster (above)
   if strides == (1, 1) and own:
     def cpu(x, k):
       if _MATERIALIZE_CONV_INPUT:
         x = _materialized(x, k)
+      if onednn_ok:
+        return _onednn_box_conv(x, k, padding, taps)
       return _open_box_conv(x, k, padding, strides, taps)
   else:
     xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
