@@ -24,7 +24,7 @@ def _require():
   """oneDNN's custom calls where this jaxlib is one whose encoding was checked (there they must work)."""
   if not jaxlib.__version__.startswith(onednn.TESTED_JAXLIB):
     pytest.skip(f"jaxlib {jaxlib.__version__}: the encoding of its oneDNN custom calls is not checked")
-  assert onednn.available(), "a checked jaxlib whose oneDNN custom calls disagree with XLA: python -m zoo.onednn"
+  assert onednn.available(), "a checked jaxlib whose oneDNN custom calls disagree with XLA: python -c '%s'" % onednn.CHECK
 
 
 def _close(a, b):
@@ -177,6 +177,15 @@ def fresh_availability(monkeypatch):
   onednn.available.cache_clear()
 
 
+def test_a_jax_without_the_internals_it_needs_never_probes(fresh_availability):
+  """Where the JAX internals zoo.onednn emits custom calls through have moved (recorded at import as
+  ``_UNSUPPORTED``), oneDNN is off without a probe."""
+  fresh_availability.setattr(onednn, "_probe", lambda: pytest.fail("probed without the JAX internals"))
+  fresh_availability.setattr(onednn, "_UNSUPPORTED", "ImportError: moved")
+  fresh_availability.delenv("ZOO_ONEDNN", raising=False)
+  assert onednn.available() is False
+
+
 def test_an_unchecked_jaxlib_is_neither_probed_nor_used(fresh_availability):
   def no_probe():
     raise AssertionError("probed an unchecked jaxlib")
@@ -202,6 +211,6 @@ def test_zoo_onednn_0_turns_it_off_and_a_probe_passes_its_answer_on(fresh_availa
 
 
 def test_the_probe_runs_both_custom_calls_in_a_child_process():
-  """``python -m zoo.onednn``, as available() runs it, on this machine's jaxlib: 'onednn ok'."""
+  """The probe (``python -c onednn.CHECK``), as available() runs it, on this machine's jaxlib: 'onednn ok'."""
   _require()
   assert onednn._probe() is True

@@ -36,15 +36,23 @@ import warnings
 import jax
 import jax.numpy as jnp
 import jaxlib
-from jax._src.interpreters import mlir as _mlir
-from jax.extend.core import Primitive
-from jax.interpreters import ad, mlir
+
+try:   # JAX internals a later JAX may move: without them oneDNN stays off (available() is False)
+  from jax._src.interpreters import mlir as _mlir
+  from jax.extend.core import Primitive
+  from jax.interpreters import ad, mlir
+  _UNSUPPORTED = None
+except ImportError as e:
+  _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
 # jaxlib versions whose XLA reads the configuration as ``_conv_config`` writes it (zero-based dimensions,
-# window values as they are): 0.10.2 here and 0.11.2 on a lent GPU machine's CPU (``python -m zoo.onednn``);
+# window values as they are): 0.10.2 here and 0.11.2 on a lent GPU machine's CPU (``CHECK``, below);
 # a newer jaxlib is not used until it is checked and added here.
 TESTED_JAXLIB = ("0.10.", "0.11.")
 _ENV = "ZOO_ONEDNN"
+# The probe, as a command: python -c "from zoo import onednn; onednn._check()" (not ``-m zoo.onednn``: the
+# package's own imports load this module first, and ``-m`` would run a second copy of it)
+CHECK = "from zoo import onednn; onednn._check()"
 _DN = ("NHWC", "HWIO", "NHWC")
 # XLA cannot write an executable holding oneDNN's thunks to JAX's persistent compilation cache (the `zoo`
 # command keeps one): the write fails with bad_alloc, which JAX catches and reports as a warning, and such a
@@ -61,9 +69,6 @@ def _custom_call(ctx, target: str, operands, config: dict):
 
 
 # ---- convolution: y = conv(x, kernel), NHWC / HWIO -> NHWC
-
-conv_p = Primitive("zoo_onednn_conv")
-
 
 def _conv_shape(x_shape, k_shape, strides, padding):
   b, h, w, _ = x_shape
@@ -86,14 +91,6 @@ def _xla_conv(x, kernel, strides, padding):
   return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
 
 
-conv_p.def_abstract_eval(lambda x, k, *, strides, padding: jax.core.ShapedArray(
-    _conv_shape(x.shape, k.shape, strides, padding), x.dtype))
-conv_p.def_impl(functools.partial(jax.jit, static_argnames=("strides", "padding"))(
-    lambda x, k, *, strides, padding: conv_p.bind(x, k, strides=strides, padding=padding)))
-mlir.register_lowering(conv_p, lambda ctx, x, k, *, strides, padding: _custom_call(
-    ctx, "__onednn$convolution", (x, k), _conv_config(strides, padding)), platform="cpu")
-
-
 def _conv_ct_x(ct, x, kernel, *, strides, padding):   # XLA's input gradient
   return jax.vjp(lambda x: _xla_conv(x, kernel, strides, padding), jnp.zeros(x.aval.shape, x.aval.dtype))[1](ct)[0]
 
@@ -101,9 +98,6 @@ def _conv_ct_x(ct, x, kernel, *, strides, padding):   # XLA's input gradient
 def _conv_ct_kernel(ct, x, kernel, *, strides, padding):   # XLA's weight gradient
   k = jnp.zeros(kernel.aval.shape, kernel.aval.dtype)
   return jax.vjp(lambda k: _xla_conv(x, k, strides, padding), k)[1](ct)[0]
-
-
-ad.defbilinear(conv_p, _conv_ct_x, _conv_ct_kernel)
 
 
 def conv(x, kernel, strides, padding):
@@ -117,19 +111,8 @@ def conv(x, kernel, strides, padding):
 
 # ---- matmul: a (M, K) @ b (K, N), either operand stored transposed
 
-matmul_p = Primitive("zoo_onednn_matmul")
-
-
 def _mm_shape(a_shape, b_shape, ta, tb):
   return (a_shape[1] if ta else a_shape[0], b_shape[0] if tb else b_shape[1])
-
-
-matmul_p.def_abstract_eval(lambda a, b, *, ta, tb: jax.core.ShapedArray(_mm_shape(a.shape, b.shape, ta, tb), a.dtype))
-matmul_p.def_impl(functools.partial(jax.jit, static_argnames=("ta", "tb"))(
-    lambda a, b, *, ta, tb: matmul_p.bind(a, b, ta=ta, tb=tb)))
-mlir.register_lowering(matmul_p, lambda ctx, a, b, *, ta, tb: _custom_call(
-    ctx, "__onednn$matmul", (a, b), {"onednn_matmul_config": {"transpose_a": ta, "transpose_b": tb}}),
-    platform="cpu")
 
 
 def _mm_ct_a(ct, a, b, *, ta, tb):
@@ -146,12 +129,39 @@ def _mm_ct_b(ct, a, b, *, ta, tb):
   return matmul_p.bind(a, ct, ta=not ta, tb=False)
 
 
-ad.defbilinear(matmul_p, _mm_ct_a, _mm_ct_b)
-
-
 def matmul(a, b):
   """``a @ b`` for 2-D a (M, K) and b (K, N) by oneDNN; its gradients are oneDNN products too."""
   return matmul_p.bind(a, b, ta=False, tb=False)
+
+
+def _define():
+  """The two primitives: abstract evaluation, eager evaluation (jitted), the CPU lowering to the custom
+  calls, and their transposes (``ad.defbilinear``: linear in either operand)."""
+  conv = Primitive("zoo_onednn_conv")
+  conv.def_abstract_eval(lambda x, k, *, strides, padding: jax.core.ShapedArray(
+      _conv_shape(x.shape, k.shape, strides, padding), x.dtype))
+  conv.def_impl(functools.partial(jax.jit, static_argnames=("strides", "padding"))(
+      lambda x, k, *, strides, padding: conv.bind(x, k, strides=strides, padding=padding)))
+  mlir.register_lowering(conv, lambda ctx, x, k, *, strides, padding: _custom_call(
+      ctx, "__onednn$convolution", (x, k), _conv_config(strides, padding)), platform="cpu")
+  ad.defbilinear(conv, _conv_ct_x, _conv_ct_kernel)
+  mm = Primitive("zoo_onednn_matmul")
+  mm.def_abstract_eval(lambda a, b, *, ta, tb: jax.core.ShapedArray(_mm_shape(a.shape, b.shape, ta, tb), a.dtype))
+  mm.def_impl(functools.partial(jax.jit, static_argnames=("ta", "tb"))(
+      lambda a, b, *, ta, tb: mm.bind(a, b, ta=ta, tb=tb)))
+  mlir.register_lowering(mm, lambda ctx, a, b, *, ta, tb: _custom_call(
+      ctx, "__onednn$matmul", (a, b), {"onednn_matmul_config": {"transpose_a": ta, "transpose_b": tb}}),
+      platform="cpu")
+  ad.defbilinear(mm, _mm_ct_a, _mm_ct_b)
+  return conv, mm
+
+
+conv_p = matmul_p = None
+if _UNSUPPORTED is None:
+  try:
+    conv_p, matmul_p = _define()
+  except (AttributeError, TypeError) as e:      # a JAX whose primitive API moved
+    _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
 
 # ---- where they may be used
@@ -161,7 +171,7 @@ def _probe() -> bool:
   oneDNN rejects aborts the process that runs it)."""
   env = {**os.environ, _ENV: "probing", "JAX_PLATFORMS": "cpu"}
   try:
-    done = subprocess.run([sys.executable, "-m", "zoo.onednn"], env=env, capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, timeout=120)
   except (OSError, subprocess.TimeoutExpired):
     return False
   return done.returncode == 0 and b"onednn ok" in done.stdout
@@ -171,7 +181,7 @@ def _probe() -> bool:
 def available() -> bool:
   """Whether ``conv`` and ``matmul`` may be used in this process (see the module's docstring)."""
   state = os.environ.get(_ENV)
-  if state in ("0", "probing") or not jaxlib.__version__.startswith(TESTED_JAXLIB):
+  if state in ("0", "probing") or _UNSUPPORTED or not jaxlib.__version__.startswith(TESTED_JAXLIB):
     return False
   if state != "1":
     state = "1" if _probe() else "0"
@@ -200,7 +210,3 @@ def _check() -> None:
   if not all(np.allclose(g, w, rtol=1e-5, atol=1e-5) for g, w in zip(got, want)):
     raise SystemExit("onednn.matmul's gradients differ from XLA's")
   print("onednn ok")
-
-
-if __name__ == "__main__":
-  _check()
