@@ -18,13 +18,17 @@ _ONEDNN_KERNELS = contextvars.ContextVar("zoo_onednn_kernels", default=False)
 
 
 @contextlib.contextmanager
-def xla_own_kernels(on: bool = True):
-  """Within this block, what is traced will be compiled with XLA's own CPU kernels (if ``on``)."""
-  token = _XLA_OWN_KERNELS.set(bool(on))
+def _set(flag: contextvars.ContextVar, on: bool):
+  token = flag.set(bool(on))
   try:
     yield
   finally:
-    _XLA_OWN_KERNELS.reset(token)
+    flag.reset(token)
+
+
+def xla_own_kernels(on: bool = True):
+  """Within this block, what is traced will be compiled with XLA's own CPU kernels (if ``on``)."""
+  return _set(_XLA_OWN_KERNELS, on)
 
 
 def xla_own_kernels_on() -> bool:
@@ -32,15 +36,10 @@ def xla_own_kernels_on() -> bool:
   return _XLA_OWN_KERNELS.get()
 
 
-@contextlib.contextmanager
 def onednn_kernels(on: bool = True):
   """Within this block, the layers may emit oneDNN's convolution and matmul (``zoo.onednn``) on CPU (if
   ``on``): set by the train step on one CPU device where ``zoo.onednn.available()``."""
-  token = _ONEDNN_KERNELS.set(bool(on))
-  try:
-    yield
-  finally:
-    _ONEDNN_KERNELS.reset(token)
+  return _set(_ONEDNN_KERNELS, on)
 
 
 def onednn_kernels_on() -> bool:

@@ -404,18 +404,22 @@ def _cropping_conv(x, kernel, padding, strides=(1, 1)):
   return _native_conv(x, kernel, ((0, 0), (0, 0)), strides)
 
 
-def _open_box_conv(x, kernel, padding, strides, taps):
+def _open_box_conv(x, kernel, padding, strides, taps, onednn_forward: bool = False):
   """``_native_conv`` of a kernel whose taps outside ``taps`` are zero, over the smallest box of kernel rows
   and columns holding the open taps: the padding shrinks by the rows and columns cut (a negative padding
   crops x), so the output is the same. A PixelCNN's 3x3 mask-B kernel becomes 2x3 (6 taps, not 9), the 7x7
-  mask-A 4x7: XLA's convolution and its input gradient then take 2/3 and 4/7 of the time."""
+  mask-A 4x7: XLA's convolution and its input gradient then take 2/3 and 4/7 of the time. With
+  ``onednn_forward`` the box's forward pass is oneDNN's (``zoo.onednn.conv``; both gradients XLA's, as
+  without it), unless its padding is negative (a crop)."""
   kh, kw = kernel.shape[:2]
   if not taps:
     return _native_conv(x, jnp.zeros_like(kernel), padding, strides)
   box, pads = _open_box(kernel.shape, padding, taps)
+  (top, bottom), (left, right) = box
+  if onednn_forward and min(min(p) for p in pads) >= 0:
+    return onednn.conv(x, kernel[top:kh - bottom, left:kw - right], strides, pads)
   if box == ((0, 0), (0, 0)):
     return _native_conv(x, kernel, padding, strides)
-  (top, bottom), (left, right) = box
   return _cropping_conv(x, kernel[top:kh - bottom, left:kw - right], pads, strides)
 
 
@@ -424,18 +428,6 @@ def _use_onednn(x, kernel) -> bool:
   ``kernels.onednn_kernels()``, float32, over at least ``_ONEDNN_MIN_PIXELS`` pixels."""
   return (kernels.onednn_kernels_on() and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
           and bool(kernel.size) and math.prod(x.shape[:3]) >= _ONEDNN_MIN_PIXELS)
-
-
-def _onednn_box_conv(x, kernel, padding, taps):
-  """``_open_box_conv`` at stride 1 with its forward pass in oneDNN (``zoo.onednn.conv``; both gradients
-  XLA's, as without it); a box whose padding would be negative (a crop) stays XLA's."""
-  if not taps:
-    return _open_box_conv(x, kernel, padding, (1, 1), taps)
-  kh, kw = kernel.shape[:2]
-  ((top, bottom), (left, right)), pads = _open_box(kernel.shape, padding, taps)
-  if min(min(p) for p in pads) < 0:
-    return _open_box_conv(x, kernel, padding, (1, 1), taps)
-  return onednn.conv(x, kernel[top:kh - bottom, left:kw - right], (1, 1), pads)
 
 
 def _open_box(kernel_shape, padding, taps):
@@ -604,9 +596,7 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     def cpu(x, k):
       if _MATERIALIZE_CONV_INPUT:
         x = _materialized(x, k)
-      if onednn_ok:
-        return _onednn_box_conv(x, k, padding, taps)
-      return _open_box_conv(x, k, padding, strides, taps)
+      return _open_box_conv(x, k, padding, strides, taps, onednn_forward=onednn_ok)
   else:
     xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
     cpu = lambda x, k: _conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad)   # noqa: E731
