@@ -108,6 +108,12 @@ def step_runner(config: ml_collections.ConfigDict, batch_size: int | None = None
     (run, info): ``info`` is ``prepare``'s.
   """
   compiled, state, batch, info = prepare(config, batch_size)
+  return runner_of(compiled, state, batch), info
+
+
+def runner_of(compiled, state, batch) -> Runner:
+  """``prepare``'s compiled step as a runner: ``run(n)`` takes n steps on ``batch`` from the state it
+  holds (the step donates it) and waits for the last."""
   box = [state]
 
   def run(n):
@@ -116,7 +122,7 @@ def step_runner(config: ml_collections.ConfigDict, batch_size: int | None = None
       state, _ = compiled(state, batch)
     jax.block_until_ready(state)
     box[0] = state
-  return run, info
+  return run
 
 
 def torch_runner(step: Callable[[], None], threads: int = 0, device: str = "cpu") -> Runner:

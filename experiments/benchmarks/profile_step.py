@@ -92,19 +92,14 @@ def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
 def profile_step(config, batch_size: int, steps: int) -> dict:
   """Runs ``steps`` steps of ``config``'s shared step under the profiler; the per-step breakdown."""
   step, state, batch, info = bench.prepare(config, batch_size)
-  for _ in range(2):
-    state, _ = step(state, batch)
-  jax.block_until_ready(state)
+  run = bench.runner_of(step, state, batch)
+  run(2)
   t0 = time.perf_counter()
-  for _ in range(steps):
-    state, _ = step(state, batch)
-  jax.block_until_ready(state)
+  run(steps)
   wall = time.perf_counter() - t0
   with tempfile.TemporaryDirectory(prefix="zoo_profile_") as d:
     jax.profiler.start_trace(d)
-    for _ in range(steps):
-      state, _ = step(state, batch)
-    jax.block_until_ready(state)
+    run(steps)
     jax.profiler.stop_trace()
     traces = sorted(Path(d).rglob("*.xplane.pb"))
     if not traces:
