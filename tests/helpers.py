@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny configs of every registered family, taken from their experiments' :quick."""
+"""Shared test helpers: tiny configs of every registered family, taken from their experiments' :quick;
+tree and array comparisons; a function's lowering for a platform."""
 from __future__ import annotations
 
 import functools
@@ -53,6 +54,17 @@ def rel_error(a, b) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   assert a.shape == b.shape, (a.shape, b.shape)
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def assert_close_scaled(a, b) -> None:
+  """a equals b to float32 rounding: 1e-5 relative, and 1e-5 of b's largest magnitude (at least 1) absolute."""
+  scale = max(1.0, float(np.abs(np.asarray(b)).max()))
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * scale)
+
+
+def lowered_for(f, platform: str, *args) -> str:
+  """The StableHLO text of jit(f)(*args) exported for ``platform`` (CUDA works on a CPU-only machine)."""
+  return jax.export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
 
 
 def tree_equal(a, b) -> bool:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import assert_close_scaled as _close, lowered_for as _lowered
 from zoo import kernels
 from zoo.models import _layers
 
@@ -32,16 +33,6 @@ def _use(path, monkeypatch):
   # the custom VJPs' rules are traced once per shape and kept: forget them, or a case traced before under
   # the other formulation would run that one again
   jax.clear_caches()
-
-
-def _lowered(f, platform, *args):
-  """The StableHLO text of jit(f)(*args) exported for ``platform`` (CUDA works on a CPU-only machine)."""
-  return jax.export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
-
-
-def _close(a, b):
-  scale = max(1.0, float(jnp.abs(b).max()))
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * scale)
 
 
 def _check(ours, ref, x_shape, k_shape):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from helpers import assert_close_scaled as _close, lowered_for
 from zoo import kernels, onednn
 from zoo import step as step_lib
 from zoo.models import _layers
@@ -25,11 +26,6 @@ def _require():
   if not jaxlib.__version__.startswith(onednn.TESTED_JAXLIB):
     pytest.skip(f"jaxlib {jaxlib.__version__}: the encoding of its oneDNN custom calls is not checked")
   assert onednn.available(), "a checked jaxlib whose oneDNN custom calls disagree with XLA: python -c '%s'" % onednn.CHECK
-
-
-def _close(a, b):
-  scale = max(1.0, float(jnp.abs(b).max()))
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * scale)
 
 
 def _same_to_second_order(ours, ref, *args):
@@ -78,10 +74,7 @@ def test_matmul_is_a_matrix_product_to_the_second_order(m, k, n):
 def _targets(f, platform, *args):
   """The oneDNN custom calls and XLA convolutions in jit(f) lowered for ``platform``: for this CPU as jit
   lowers it (jax.export refuses custom calls without a compatibility guarantee), for CUDA by exporting."""
-  if platform == "cpu":
-    text = jax.jit(f).lower(*args).as_text()
-  else:
-    text = jax.export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
+  text = jax.jit(f).lower(*args).as_text() if platform == "cpu" else lowered_for(f, platform, *args)
   return sorted(set(re.findall(r'__onednn\$\w+', text))), len(re.findall(r"stablehlo\.convolution", text))
 
 
