@@ -58,6 +58,42 @@ def test_conv_is_xlas_convolution_to_the_second_order(x_shape, k_shape, strides,
                         lambda x, k: jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN), x, k)
 
 
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding", CONVS[:3])
+@pytest.mark.parametrize("with_bias,with_add", [(True, True), (True, False), (False, True)])
+def test_conv_with_a_fused_bias_and_add_is_xlas_to_the_second_order(x_shape, k_shape, strides, padding,
+                                                                    with_bias, with_add):
+  """(conv + bias) + add in one oneDNN call: values, the gradients in all four operands, and a second
+  derivative equal XLA's convolution plus the two additions."""
+  _require()
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape) / np.sqrt(np.prod(k_shape[:3]))
+  out_shape = jax.eval_shape(lambda: jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN))
+  b = jax.random.normal(jax.random.PRNGKey(2), out_shape.shape[3:])
+  a = jax.random.normal(jax.random.PRNGKey(3), out_shape.shape)
+
+  def ours(x, k, b, a):
+    return onednn.conv(x, k, strides, padding, b if with_bias else None, a if with_add else None)
+
+  def ref(x, k, b, a):
+    y = jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
+    return (y + b[None, None, None, :] if with_bias else y) + (a if with_add else 0.0)
+  args = (x, k, b, a)
+  _close(jax.jit(ours)(*args), ref(*args))
+  loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))   # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(*args), jax.grad(loss(ref), (0, 1, 2, 3))(*args)):
+    _close(g, h)
+  penalty = lambda f: lambda k, x, b, a: jnp.sum(jnp.square(jax.grad(loss(f))(x, k, b, a)))   # noqa: E731
+  _close(jax.jit(jax.grad(penalty(ours)))(k, x, b, a), jax.grad(penalty(ref))(k, x, b, a))
+
+
+def test_conv_refuses_a_bias_or_add_of_the_wrong_shape():
+  x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((2, 2, 2, 3))
+  with pytest.raises(ValueError, match="bias must have shape"):
+    onednn.conv(x, k, (1, 1), ((0, 0), (0, 0)), bias=jnp.ones((2,)))
+  with pytest.raises(ValueError, match="add must have the output's shape"):
+    onednn.conv(x, k, (1, 1), ((0, 0), (0, 0)), add=jnp.ones((1, 4, 4, 3)))
+
+
 def test_conv_refuses_a_negative_padding():
   with pytest.raises(ValueError, match="non-negative"):
     onednn.conv(jnp.ones((1, 4, 4, 1)), jnp.ones((2, 2, 1, 1)), (1, 1), ((-1, 1), (0, 0)))
@@ -124,6 +160,35 @@ def test_the_layers_with_onednn_compute_xlas_function(kernel, mask_type, c_in, c
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))   # noqa: E731
   for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
     _close(g, h)
+
+
+@pytest.mark.parametrize("onednn_on", [False, True])
+def test_a_layers_bias_and_residual_are_added_in_its_onednn_call(onednn_on, monkeypatch):
+  """conv2d(..., bias, add) is (conv + bias) + add, values and all four gradients, on either path; under the
+  oneDNN context the two additions are inside the one custom call (its fusions), and no XLA add is left."""
+  _require()
+  monkeypatch.setattr(_layers, "_ONEDNN_MIN_PIXELS", 1)
+  mask = _layers.causal_mask((3, 3), np.zeros(4, int), np.zeros(4, int), "B")
+
+  def ours(x, k, b, a):
+    with kernels.xla_own_kernels(), kernels.onednn_kernels(onednn_on):
+      return _layers.conv2d(x, k * mask, "SAME", mask, bias=b, add=a)
+
+  def ref(x, k, b, a):
+    return jax.lax.conv_general_dilated(x, k * mask, (1, 1), "SAME", dimension_numbers=DN) + b[None, None, None, :] + a
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 4))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 4)) / 6
+  b, a = jax.random.normal(jax.random.PRNGKey(2), (4,)), jax.random.normal(jax.random.PRNGKey(3), (2, 6, 5, 4))
+  _close(jax.jit(ours)(x, k, b, a), ref(x, k, b, a))
+  loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))   # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(x, k, b, a), jax.grad(loss(ref), (0, 1, 2, 3))(x, k, b, a)):
+    _close(g, h)
+  text = jax.jit(ours).lower(x, k, b, a).as_text()
+  fusions = re.findall(r"BIAS|BINARY_ADD", text)
+  assert fusions == (["BIAS", "BINARY_ADD"] if onednn_on else [])
+  assert len(re.findall(r"stablehlo\.add", text)) == (0 if onednn_on else 2)
+  with pytest.raises(ValueError, match="bias must have shape"):
+    _layers.conv2d(x, k, "SAME", bias=jnp.ones((3,)))
 
 
 def test_small_layers_stay_xlas(monkeypatch):

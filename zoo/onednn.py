@@ -76,10 +76,10 @@ def _conv_shape(x_shape, k_shape, strides, padding):
   return (b, (h + sum(padding[0]) - kh) // strides[0] + 1, (w + sum(padding[1]) - kw) // strides[1] + 1, c_out)
 
 
-def _conv_config(strides, padding) -> dict:
+def _conv_config(strides, padding, fusions=()) -> dict:
   data = {"batch_dim": 0, "feature_dim": 3, "spatial_dims": [1, 2]}
   return {"onednn_conv_config": {
-      "dims": 4, "feature_groups": 1,
+      "dims": 4, "feature_groups": 1, **({"fusions": {"ops": list(fusions)}} if fusions else {}),
       "input": {"dims": 4, "data": data},
       "kernel": {"dims": 4, "filter": {"input_feature_dim": 2, "output_feature_dim": 3, "spatial_dims": [0, 1]}},
       "output": {"dims": 4, "data": data},
@@ -100,13 +100,42 @@ def _conv_ct_kernel(ct, x, kernel, *, strides, padding):   # XLA's weight gradie
   return jax.vjp(lambda k: _xla_conv(x, k, strides, padding), k)[1](ct)[0]
 
 
-def conv(x, kernel, strides, padding):
+def conv(x, kernel, strides, padding, bias=None, add=None):
   """``lax.conv_general_dilated(x, kernel, strides, padding)`` (NHWC/HWIO) by oneDNN; ``padding`` is
-  ((top, bottom), (left, right)), each at least 0."""
+  ((top, bottom), (left, right)), each at least 0. With ``bias`` (C_out,) and ``add`` (the output's shape),
+  ``(conv + bias) + add`` in the same call: oneDNN adds them as the convolution writes its output (its bias
+  and a binary-add post-op), where XLA would read and write the output once more to add them."""
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   if min(min(p) for p in padding) < 0:
     raise ValueError(f"onednn.conv: padding must be non-negative, got {padding}")
-  return conv_p.bind(x, kernel, strides=tuple(int(s) for s in strides), padding=padding)
+  strides = tuple(int(s) for s in strides)
+  if bias is None and add is None:
+    return conv_p.bind(x, kernel, strides=strides, padding=padding)
+  out_shape = _conv_shape(x.shape, kernel.shape, strides, padding)
+  if bias is not None and tuple(bias.shape) != out_shape[3:]:
+    raise ValueError(f"onednn.conv: bias must have shape {out_shape[3:]}, got {tuple(bias.shape)}")
+  if add is not None and tuple(add.shape) != out_shape:
+    raise ValueError(f"onednn.conv: add must have the output's shape {out_shape}, got {tuple(add.shape)}")
+  extras = [(op, v) for op, v in (("BIAS", bias), ("BINARY_ADD", add)) if v is not None]
+  return conv_fused_p.bind(x, kernel, *(v for _, v in extras), strides=strides, padding=padding,
+                           fusions=tuple(op for op, _ in extras))
+
+
+def _conv_fused_jvp(primals, tangents, *, strides, padding, fusions):
+  """conv(x, k) + bias + add is bilinear in (x, k) plus linear terms: its tangent is the unfused
+  primitive's (``conv_p``, whose transposes are XLA's gradients) on each side, the bias's broadcast and
+  add's own tangent, so it differentiates to any order as ``conv`` does."""
+  out = conv_fused_p.bind(*primals, strides=strides, padding=padding, fusions=fusions)
+  (x, k), (dx, dk) = primals[:2], tangents[:2]
+  terms = []
+  if type(dx) is not ad.Zero:
+    terms.append(conv_p.bind(dx, k, strides=strides, padding=padding))
+  if type(dk) is not ad.Zero:
+    terms.append(conv_p.bind(x, dk, strides=strides, padding=padding))
+  for op, t in zip(fusions, tangents[2:]):
+    if type(t) is not ad.Zero:
+      terms.append(jnp.broadcast_to(t, out.shape) if op == "BIAS" else t)
+  return out, functools.reduce(jnp.add, terms)    # JAX calls a JVP rule only with some tangent not zero
 
 
 # ---- matmul: a (M, K) @ b (K, N), either operand stored transposed
@@ -145,6 +174,15 @@ def _define():
   mlir.register_lowering(conv, lambda ctx, x, k, *, strides, padding: _custom_call(
       ctx, "__onednn$convolution", (x, k), _conv_config(strides, padding)), platform="cpu")
   ad.defbilinear(conv, _conv_ct_x, _conv_ct_kernel)
+  fused = Primitive("zoo_onednn_conv_fused")
+  fused.def_abstract_eval(lambda x, k, *extras, strides, padding, fusions: jax.core.ShapedArray(
+      _conv_shape(x.shape, k.shape, strides, padding), x.dtype))
+  fused.def_impl(functools.partial(jax.jit, static_argnames=("strides", "padding", "fusions"))(
+      lambda x, k, *extras, strides, padding, fusions: fused.bind(x, k, *extras, strides=strides,
+                                                                  padding=padding, fusions=fusions)))
+  mlir.register_lowering(fused, lambda ctx, *operands, strides, padding, fusions: _custom_call(
+      ctx, "__onednn$convolution", operands, _conv_config(strides, padding, fusions)), platform="cpu")
+  ad.primitive_jvps[fused] = _conv_fused_jvp
   mm = Primitive("zoo_onednn_matmul")
   mm.def_abstract_eval(lambda a, b, *, ta, tb: jax.core.ShapedArray(_mm_shape(a.shape, b.shape, ta, tb), a.dtype))
   mm.def_impl(functools.partial(jax.jit, static_argnames=("ta", "tb"))(
@@ -153,13 +191,13 @@ def _define():
       ctx, "__onednn$matmul", (a, b), {"onednn_matmul_config": {"transpose_a": ta, "transpose_b": tb}}),
       platform="cpu")
   ad.defbilinear(mm, _mm_ct_a, _mm_ct_b)
-  return conv, mm
+  return conv, fused, mm
 
 
-conv_p = matmul_p = None
+conv_p = conv_fused_p = matmul_p = None
 if _UNSUPPORTED is None:
   try:
-    conv_p, matmul_p = _define()
+    conv_p, conv_fused_p, matmul_p = _define()
   except (AttributeError, TypeError) as e:      # a JAX whose primitive API moved
     _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
@@ -202,6 +240,13 @@ def _check() -> None:
     got = f(x, k)
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
       raise SystemExit(f"onednn.conv differs from XLA's at strides {strides}, padding {padding}")
+    bias = jnp.asarray(rng.standard_normal(want.shape[3:], np.float32))
+    add = jnp.asarray(rng.standard_normal(want.shape, np.float32))
+    for b, a in ((bias, None), (None, add), (bias, add)):
+      got = jax.jit(lambda x, k, b, a: conv(x, k, strides, padding, b, a))(x, k, b, a)
+      fused_want = want + (0 if b is None else b) + (0 if a is None else a)
+      if not np.allclose(got, fused_want, rtol=1e-5, atol=1e-5):
+        raise SystemExit(f"onednn.conv with a fused bias / add differs from XLA's at strides {strides}")
   a = jnp.asarray(rng.standard_normal((7, 5), np.float32))
   b = jnp.asarray(rng.standard_normal((5, 3), np.float32))
   loss = lambda mm: lambda a, b: jnp.sum(jnp.sin(mm(a, b)))   # noqa: E731

@@ -226,6 +226,9 @@ _MATERIALIZE_CONV_INPUT = 1
 # GAN's 4x4 level (batch 16, 256 pixels) 0.90x in two runs of 7 and 11 rounds, where the PixelCNN's layers
 # (50,176 pixels at batch 64) gained (the README, issue 7).
 _ONEDNN_MIN_PIXELS = 16384
+# Where a layer's forward pass is oneDNN's convolution, its bias and a residual given to it (``conv2d``'s
+# ``add``) are added inside that call (``zoo.onednn.conv``) rather than by XLA after it.
+_ONEDNN_FUSED_ADDS = 1
 
 
 def _on_cpu(fast, native, *args):
@@ -404,23 +407,33 @@ def _cropping_conv(x, kernel, padding, strides=(1, 1)):
   return _native_conv(x, kernel, ((0, 0), (0, 0)), strides)
 
 
-def _open_box_conv(x, kernel, padding, strides, taps, onednn_forward: bool = False):
+def _plus(y, bias=None, add=None):
+  """(y + bias) + add, leaving out what is None (bias broadcast over the last axis)."""
+  if bias is not None:
+    y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+  return y if add is None else y + add
+
+
+def _open_box_conv(x, kernel, padding, strides, taps, onednn_forward: bool = False, bias=None, add=None):
   """``_native_conv`` of a kernel whose taps outside ``taps`` are zero, over the smallest box of kernel rows
   and columns holding the open taps: the padding shrinks by the rows and columns cut (a negative padding
   crops x), so the output is the same. A PixelCNN's 3x3 mask-B kernel becomes 2x3 (6 taps, not 9), the 7x7
   mask-A 4x7: XLA's convolution and its input gradient then take 2/3 and 4/7 of the time. With
   ``onednn_forward`` the box's forward pass is oneDNN's (``zoo.onednn.conv``; both gradients XLA's, as
-  without it), unless its padding is negative (a crop)."""
+  without it), unless its padding is negative (a crop). Returns ``_plus(conv, bias, add)``: oneDNN adds
+  them as it writes the convolution's output (``zoo.onednn.conv``), which saves XLA's pass over it."""
   kh, kw = kernel.shape[:2]
   if not taps:
-    return _native_conv(x, jnp.zeros_like(kernel), padding, strides)
+    return _plus(_native_conv(x, jnp.zeros_like(kernel), padding, strides), bias, add)
   box, pads = _open_box(kernel.shape, padding, taps)
   (top, bottom), (left, right) = box
   if onednn_forward and min(min(p) for p in pads) >= 0:
-    return onednn.conv(x, kernel[top:kh - bottom, left:kw - right], strides, pads)
+    if not _ONEDNN_FUSED_ADDS:
+      return _plus(onednn.conv(x, kernel[top:kh - bottom, left:kw - right], strides, pads), bias, add)
+    return onednn.conv(x, kernel[top:kh - bottom, left:kw - right], strides, pads, bias, add)
   if box == ((0, 0), (0, 0)):
-    return _native_conv(x, kernel, padding, strides)
-  return _cropping_conv(x, kernel[top:kh - bottom, left:kw - right], pads, strides)
+    return _plus(_native_conv(x, kernel, padding, strides), bias, add)
+  return _plus(_cropping_conv(x, kernel[top:kh - bottom, left:kw - right], pads, strides), bias, add)
 
 
 def _use_onednn(x, kernel) -> bool:
@@ -551,8 +564,10 @@ def _explicit_pads(padding, x_hw, kernel_hw, strides):
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence[int] = (1, 1)):
-  """An NHWC/HWIO convolution, ``lax.conv_general_dilated(x, kernel, strides, padding)``'s function exactly.
+def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence[int] = (1, 1), bias=None,
+           add=None):
+  """An NHWC/HWIO convolution, ``lax.conv_general_dilated(x, kernel, strides, padding)``'s function exactly,
+  plus ``bias`` and then ``add`` where given.
 
   On the CPU backend its weight gradient is a matmul per kernel tap (skipping the taps that ``mask``, a
   (kh, kw, ...) 0/1 array, closes: their gradient is zero), which XLA:CPU runs several times faster than its
@@ -565,7 +580,8 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   shared train step compiling with XLA's own CPU kernels) the gradients are XLA's instead, but for a strided
   convolution's input gradient by phases; a stride-1 one then reads x as it is in memory
   (``_materialized``), so that XLA does not recompute x's producer inside its weight gradient's transpose.
-  On GPU and TPU it is XLA's convolution of the whole kernel, forward and backward, unchanged.
+  On GPU and TPU it is XLA's convolution of the whole kernel, forward and backward, unchanged. Where the
+  forward pass is oneDNN's, the bias and ``add`` (a residual, say) are added inside its call.
 
   Args:
     x: (B, H, W, C_in).
@@ -574,10 +590,15 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     mask: the kernel's mask, for the taps it closes (a tap is closed where mask[i, j] is zero throughout;
       the kernel must be zero there).
     strides: (s_h, s_w).
+    bias: (C_out,) or None.
+    add: an array of the output's shape, or None: the result is (conv + bias) + add.
   """
   strides = tuple(int(s) for s in strides)
   kh, kw = kernel.shape[:2]
   padding = _explicit_pads(padding, x.shape[1:3], (kh, kw), strides)
+  if bias is not None and tuple(bias.shape) != (kernel.shape[3],):
+    raise ValueError(f"conv2d: bias must have shape ({kernel.shape[3]},), got {tuple(bias.shape)}")
+  native = lambda x, k, b, a: _plus(_native_conv(x, k, padding, strides), b, a)   # noqa: E731
   if mask is None:
     taps = _all_taps((kh, kw))
   else:
@@ -589,18 +610,18 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too; under the
     # train step's oneDNN kernels, oneDNN's matmuls (its weight gradient 3x XLA's, above)
     dot = onednn.matmul if onednn_ok and kernel.shape[3] > 1 else jnp.dot
-    return _on_cpu(lambda x, k: dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
-                   lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
+    return _on_cpu(lambda x, k, b, a: _plus(dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
+                                            b, a), native, x, kernel, bias, add)
   own = kernels.xla_own_kernels_on()   # XLA's own gradients where they are the faster (above)
   if strides == (1, 1) and own:
-    def cpu(x, k):
+    def cpu(x, k, b, a):
       if _MATERIALIZE_CONV_INPUT:
         x = _materialized(x, k)
-      return _open_box_conv(x, k, padding, strides, taps, onednn_forward=onednn_ok)
+      return _open_box_conv(x, k, padding, strides, taps, onednn_forward=onednn_ok, bias=b, add=a)
   else:
     xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
-    cpu = lambda x, k: _conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad)   # noqa: E731
-  return _on_cpu(cpu, lambda x, k: _native_conv(x, k, padding, strides), x, kernel)
+    cpu = lambda x, k, b, a: _plus(_conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad), b, a)   # noqa: E731
+  return _on_cpu(cpu, native, x, kernel, bias, add)
 
 
 def _conv_transpose_pads(k, s, padding):
@@ -758,14 +779,15 @@ class MaskedConv(nn.Module):
                        feature_groups(self.features, self.channels, self.out_repeat), self.mask_type)
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, add=None):
+    """The convolution of x, plus the bias, plus ``add`` (an array of the output's shape, a residual) where
+    given: ``conv2d`` adds it inside the convolution's call where that can (oneDNN's, on CPU)."""
     kh, kw = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features))
     mask = self.mask(x.shape[-1])
-    y = conv2d(x, kernel * jnp.asarray(mask), ((kh // 2, kh // 2), (kw // 2, kw // 2)), mask)
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,))[None, None, None, :]
-    return y
+    bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+    return conv2d(x, kernel * jnp.asarray(mask), ((kh // 2, kh // 2), (kw // 2, kw // 2)), mask, bias=bias,
+                  add=add)
 
 
 def gaussian_log_prob(x, mean, log_std):

@@ -44,8 +44,11 @@ class _PixelCNNNet(nn.Module):
     k = f.first_kernel
     h = _layers.MaskedConv(f.features, (k, k), "A", c, name="conv_a")(x)
     for i in range(f.blocks):
-      branch = _layers.MaskedConv(f.features, (3, 3), "B", c, name=f"block_{i}")(nn.relu(h))
-      h = h + _layers.Dropout(f.dropout)(branch, deterministic)
+      block = _layers.MaskedConv(f.features, (3, 3), "B", c, name=f"block_{i}")
+      if deterministic or f.dropout == 0:   # no dropout: the residual added in the convolution's call
+        h = block(nn.relu(h), add=h)
+      else:
+        h = h + _layers.Dropout(f.dropout)(block(nn.relu(h)), deterministic)
     for j, width in enumerate(f.output_features):
       h = _layers.MaskedConv(width, (1, 1), "B", c, name=f"out_{j}")(nn.relu(h))
     out = _layers.MaskedConv(c * f.num_classes, (1, 1), "B", c, name="logits")(nn.relu(h))
