@@ -191,6 +191,32 @@ def test_a_layers_bias_and_residual_are_added_in_its_onednn_call(onednn_on, monk
     _layers.conv2d(x, k, "SAME", bias=jnp.ones((3,)))
 
 
+@pytest.mark.parametrize("transposed,c_in,c_out,size", [(True, 5, 16, 4), (True, 3, 17, 5), (False, 16, 4, 8),
+                                                         (False, 17, 3, 7)])
+def test_phases_in_onednn_compute_xlas_function(transposed, c_in, c_out, size, monkeypatch):
+  """A transposed convolution's forward pass and a strided one's input gradient by phases, each phase a
+  oneDNN convolution (``_ONEDNN_PHASES``), equal XLA's: values, both gradients, and a second derivative
+  (a GAN's gradient penalty); four phase convolutions at stride 2, odd sizes included."""
+  _require()
+  monkeypatch.setattr(_layers, "_ONEDNN_PHASE_MIN_PIXELS", 1)
+
+  def ours(x, k):
+    with kernels.xla_own_kernels(), kernels.onednn_kernels():
+      if transposed:
+        return _layers.conv_transpose2d(x, k, (2, 2), "SAME")
+      return _layers.conv2d(x, k, "SAME", strides=(2, 2))
+
+  def ref(x, k):
+    if transposed:
+      return jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=DN)
+    return jax.lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=DN)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, c_in))
+  k = jax.random.normal(jax.random.PRNGKey(1), (4, 4, c_in, c_out)) / np.sqrt(16 * c_in)
+  _same_to_second_order(ours, ref, x, k)
+  step_like = jax.jit(jax.value_and_grad(lambda x, k: ours(x, k).sum(), (0, 1)))
+  assert len(re.findall(r'__onednn\$convolution', step_like.lower(x, k).as_text())) == 4
+
+
 def test_small_layers_stay_xlas(monkeypatch):
   """Below ``_ONEDNN_MIN_PIXELS`` pixels (batch x H x W) a layer is XLA's even under the oneDNN context:
   each oneDNN call costs more than a small layer gains."""
