@@ -92,6 +92,8 @@ def test_conv_refuses_a_bias_or_add_of_the_wrong_shape():
     onednn.conv(x, k, (1, 1), ((0, 0), (0, 0)), bias=jnp.ones((2,)))
   with pytest.raises(ValueError, match="add must have the output's shape"):
     onednn.conv(x, k, (1, 1), ((0, 0), (0, 0)), add=jnp.ones((1, 4, 4, 3)))
+  with pytest.raises(ValueError, match="x's dtype"):
+    onednn.conv(x, k, (1, 1), ((0, 0), (0, 0)), bias=jnp.ones((3,), jnp.bfloat16))
 
 
 def test_conv_refuses_a_negative_padding():
@@ -181,7 +183,8 @@ def test_a_layers_bias_and_residual_are_added_in_its_onednn_call(onednn_on, monk
   b, a = jax.random.normal(jax.random.PRNGKey(2), (4,)), jax.random.normal(jax.random.PRNGKey(3), (2, 6, 5, 4))
   _close(jax.jit(ours)(x, k, b, a), ref(x, k, b, a))
   loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))   # noqa: E731
-  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(x, k, b, a), jax.grad(loss(ref), (0, 1, 2, 3))(x, k, b, a)):
+  grads = jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(x, k, b, a)
+  for g, h in zip(grads, jax.grad(loss(ref), (0, 1, 2, 3))(x, k, b, a)):
     _close(g, h)
   text = jax.jit(ours).lower(x, k, b, a).as_text()
   fusions = re.findall(r"BIAS|BINARY_ADD", text)

@@ -116,6 +116,8 @@ def conv(x, kernel, strides, padding, bias=None, add=None):
     raise ValueError(f"onednn.conv: bias must have shape {out_shape[3:]}, got {tuple(bias.shape)}")
   if add is not None and tuple(add.shape) != out_shape:
     raise ValueError(f"onednn.conv: add must have the output's shape {out_shape}, got {tuple(add.shape)}")
+  if any(v is not None and v.dtype != x.dtype for v in (bias, add)):   # oneDNN reads them as x's dtype
+    raise ValueError(f"onednn.conv: bias and add must have x's dtype {x.dtype}")
   extras = [(op, v) for op, v in (("BIAS", bias), ("BINARY_ADD", add)) if v is not None]
   return conv_fused_p.bind(x, kernel, *(v for _, v in extras), strides=strides, padding=padding,
                            fusions=tuple(op for op, _ in extras))

@@ -441,7 +441,7 @@ def _open_box_conv(x, kernel, padding, strides, taps, onednn_forward: bool = Fal
   box, pads = _open_box(kernel.shape, padding, taps)
   (top, bottom), (left, right) = box
   if onednn_forward and min(min(p) for p in pads) >= 0:
-    if not _ONEDNN_FUSED_ADDS:
+    if not _ONEDNN_FUSED_ADDS or any(v is not None and v.dtype != x.dtype for v in (bias, add)):
       return _plus(onednn.conv(x, kernel[top:kh - bottom, left:kw - right], strides, pads), bias, add)
     return onednn.conv(x, kernel[top:kh - bottom, left:kw - right], strides, pads, bias, add)
   if box == ((0, 0), (0, 0)):
@@ -648,9 +648,11 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   else:
     xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
     # the input gradient's phases (``_strided_input_grad``) convolve dy: (B, H_out, W_out) pixels
-    phases = _use_onednn_phases(math.prod(x.shape[:1]) * _conv_out_pixels(x.shape[1:3], (kh, kw), strides, padding),
-                                x, kernel)
-    cpu = lambda x, k, b, a: _plus(_conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad, phases), b, a)   # noqa: E731
+    dy_pixels = x.shape[0] * _conv_out_pixels(x.shape[1:3], (kh, kw), strides, padding)
+    phases = _use_onednn_phases(dy_pixels, x, kernel)
+
+    def cpu(x, k, b, a):
+      return _plus(_conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad, phases), b, a)
   return _on_cpu(cpu, native, x, kernel, bias, add)
 
 
