@@ -91,11 +91,13 @@ def _xla_conv(x, kernel, strides, padding):
   return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
 
 
-def _conv_ct_x(ct, x, kernel, *, strides, padding):   # XLA's input gradient
+def _conv_ct_x(ct, x, kernel, *, strides, padding, fusions):   # XLA's input gradient (of the unfused conv)
+  assert not fusions, "a fused convolution is never transposed: its tangents are unfused convolutions"
   return jax.vjp(lambda x: _xla_conv(x, kernel, strides, padding), jnp.zeros(x.aval.shape, x.aval.dtype))[1](ct)[0]
 
 
-def _conv_ct_kernel(ct, x, kernel, *, strides, padding):   # XLA's weight gradient
+def _conv_ct_kernel(ct, x, kernel, *, strides, padding, fusions):   # XLA's weight gradient (unfused)
+  assert not fusions, "a fused convolution is never transposed: its tangents are unfused convolutions"
   k = jnp.zeros(kernel.aval.shape, kernel.aval.dtype)
   return jax.vjp(lambda k: _xla_conv(x, k, strides, padding), k)[1](ct)[0]
 
@@ -109,8 +111,6 @@ def conv(x, kernel, strides, padding, bias=None, add=None):
   if min(min(p) for p in padding) < 0:
     raise ValueError(f"onednn.conv: padding must be non-negative, got {padding}")
   strides = tuple(int(s) for s in strides)
-  if bias is None and add is None:
-    return conv_p.bind(x, kernel, strides=strides, padding=padding)
   out_shape = _conv_shape(x.shape, kernel.shape, strides, padding)
   if bias is not None and tuple(bias.shape) != out_shape[3:]:
     raise ValueError(f"onednn.conv: bias must have shape {out_shape[3:]}, got {tuple(bias.shape)}")
@@ -119,21 +119,21 @@ def conv(x, kernel, strides, padding, bias=None, add=None):
   if any(v is not None and v.dtype != x.dtype for v in (bias, add)):   # oneDNN reads them as x's dtype
     raise ValueError(f"onednn.conv: bias and add must have x's dtype {x.dtype}")
   extras = [(op, v) for op, v in (("BIAS", bias), ("BINARY_ADD", add)) if v is not None]
-  return conv_fused_p.bind(x, kernel, *(v for _, v in extras), strides=strides, padding=padding,
-                           fusions=tuple(op for op, _ in extras))
+  return conv_p.bind(x, kernel, *(v for _, v in extras), strides=strides, padding=padding,
+                     fusions=tuple(op for op, _ in extras))
 
 
-def _conv_fused_jvp(primals, tangents, *, strides, padding, fusions):
-  """conv(x, k) + bias + add is bilinear in (x, k) plus linear terms: its tangent is the unfused
-  primitive's (``conv_p``, whose transposes are XLA's gradients) on each side, the bias's broadcast and
-  add's own tangent, so it differentiates to any order as ``conv`` does."""
-  out = conv_fused_p.bind(*primals, strides=strides, padding=padding, fusions=fusions)
+def _conv_jvp(primals, tangents, *, strides, padding, fusions):
+  """conv(x, k) (+ bias) (+ add) is bilinear in (x, k) plus linear terms: its tangent is the unfused
+  convolution (whose transposes are XLA's gradients) on each side, the bias's broadcast and add's own
+  tangent, so it differentiates to any order."""
+  out = conv_p.bind(*primals, strides=strides, padding=padding, fusions=fusions)
   (x, k), (dx, dk) = primals[:2], tangents[:2]
   terms = []
   if type(dx) is not ad.Zero:
-    terms.append(conv_p.bind(dx, k, strides=strides, padding=padding))
+    terms.append(conv_p.bind(dx, k, strides=strides, padding=padding, fusions=()))
   if type(dk) is not ad.Zero:
-    terms.append(conv_p.bind(x, dk, strides=strides, padding=padding))
+    terms.append(conv_p.bind(x, dk, strides=strides, padding=padding, fusions=()))
   for op, t in zip(fusions, tangents[2:]):
     if type(t) is not ad.Zero:
       terms.append(jnp.broadcast_to(t, out.shape) if op == "BIAS" else t)
@@ -168,23 +168,16 @@ def matmul(a, b):
 def _define():
   """The two primitives: abstract evaluation, eager evaluation (jitted), the CPU lowering to the custom
   calls, and their transposes (``ad.defbilinear``: linear in either operand)."""
-  conv = Primitive("zoo_onednn_conv")
-  conv.def_abstract_eval(lambda x, k, *, strides, padding: jax.core.ShapedArray(
+  conv = Primitive("zoo_onednn_conv")     # operands x, kernel and one per fused op (bias, add)
+  conv.def_abstract_eval(lambda x, k, *extras, strides, padding, fusions: jax.core.ShapedArray(
       _conv_shape(x.shape, k.shape, strides, padding), x.dtype))
-  conv.def_impl(functools.partial(jax.jit, static_argnames=("strides", "padding"))(
-      lambda x, k, *, strides, padding: conv.bind(x, k, strides=strides, padding=padding)))
-  mlir.register_lowering(conv, lambda ctx, x, k, *, strides, padding: _custom_call(
-      ctx, "__onednn$convolution", (x, k), _conv_config(strides, padding)), platform="cpu")
-  ad.defbilinear(conv, _conv_ct_x, _conv_ct_kernel)
-  fused = Primitive("zoo_onednn_conv_fused")
-  fused.def_abstract_eval(lambda x, k, *extras, strides, padding, fusions: jax.core.ShapedArray(
-      _conv_shape(x.shape, k.shape, strides, padding), x.dtype))
-  fused.def_impl(functools.partial(jax.jit, static_argnames=("strides", "padding", "fusions"))(
-      lambda x, k, *extras, strides, padding, fusions: fused.bind(x, k, *extras, strides=strides,
-                                                                  padding=padding, fusions=fusions)))
-  mlir.register_lowering(fused, lambda ctx, *operands, strides, padding, fusions: _custom_call(
+  conv.def_impl(functools.partial(jax.jit, static_argnames=("strides", "padding", "fusions"))(
+      lambda x, k, *extras, strides, padding, fusions: conv.bind(x, k, *extras, strides=strides,
+                                                                 padding=padding, fusions=fusions)))
+  mlir.register_lowering(conv, lambda ctx, *operands, strides, padding, fusions: _custom_call(
       ctx, "__onednn$convolution", operands, _conv_config(strides, padding, fusions)), platform="cpu")
-  ad.primitive_jvps[fused] = _conv_fused_jvp
+  ad.defbilinear(conv, _conv_ct_x, _conv_ct_kernel)   # the transposes of the unfused one ...
+  ad.primitive_jvps[conv] = _conv_jvp                   # ... which is what every tangent is made of
   mm = Primitive("zoo_onednn_matmul")
   mm.def_abstract_eval(lambda a, b, *, ta, tb: jax.core.ShapedArray(_mm_shape(a.shape, b.shape, ta, tb), a.dtype))
   mm.def_impl(functools.partial(jax.jit, static_argnames=("ta", "tb"))(
@@ -193,13 +186,13 @@ def _define():
       ctx, "__onednn$matmul", (a, b), {"onednn_matmul_config": {"transpose_a": ta, "transpose_b": tb}}),
       platform="cpu")
   ad.defbilinear(mm, _mm_ct_a, _mm_ct_b)
-  return conv, fused, mm
+  return conv, mm
 
 
-conv_p = conv_fused_p = matmul_p = None
+conv_p = matmul_p = None
 if _UNSUPPORTED is None:
   try:
-    conv_p, conv_fused_p, matmul_p = _define()
+    conv_p, matmul_p = _define()
   except (AttributeError, TypeError) as e:      # a JAX whose primitive API moved
     _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
@@ -246,7 +239,7 @@ def _check() -> None:
     add = jnp.asarray(rng.standard_normal(want.shape, np.float32))
     for b, a in ((bias, None), (None, add), (bias, add)):
       got = jax.jit(lambda x, k, b, a: conv(x, k, strides, padding, b, a))(x, k, b, a)
-      fused_want = want + (0 if b is None else b) + (0 if a is None else a)
+      fused_want = np.asarray(want) + (0 if b is None else np.asarray(b)) + (0 if a is None else np.asarray(a))
       if not np.allclose(got, fused_want, rtol=1e-5, atol=1e-5):
         raise SystemExit(f"onednn.conv with a fused bias / add differs from XLA's at strides {strides}")
   a = jnp.asarray(rng.standard_normal((7, 5), np.float32))
