@@ -440,28 +440,32 @@ def _open_box_conv(x, kernel, padding, strides, taps, onednn_forward: bool = Fal
     return _plus(_native_conv(x, jnp.zeros_like(kernel), padding, strides), bias, add)
   box, pads = _open_box(kernel.shape, padding, taps)
   (top, bottom), (left, right) = box
+  boxed = kernel[top:kh - bottom, left:kw - right]
   if onednn_forward and min(min(p) for p in pads) >= 0:
-    if not _ONEDNN_FUSED_ADDS or any(v is not None and v.dtype != x.dtype for v in (bias, add)):
-      return _plus(onednn.conv(x, kernel[top:kh - bottom, left:kw - right], strides, pads), bias, add)
-    return onednn.conv(x, kernel[top:kh - bottom, left:kw - right], strides, pads, bias, add)
-  if box == ((0, 0), (0, 0)):
-    return _plus(_native_conv(x, kernel, padding, strides), bias, add)
-  return _plus(_cropping_conv(x, kernel[top:kh - bottom, left:kw - right], pads, strides), bias, add)
+    if _ONEDNN_FUSED_ADDS and all(v is None or v.dtype == x.dtype for v in (bias, add)):
+      return onednn.conv(x, boxed, strides, pads, bias, add)
+    y = onednn.conv(x, boxed, strides, pads)
+  elif box == ((0, 0), (0, 0)):
+    y = _native_conv(x, kernel, padding, strides)
+  else:
+    y = _cropping_conv(x, boxed, pads, strides)
+  return _plus(y, bias, add)
 
 
-def _use_onednn(x, kernel) -> bool:
+def _use_onednn(x, kernel, pixels: int | None = None, min_pixels: int | None = None) -> bool:
   """Whether this layer emits oneDNN's kernels on CPU: traced by the train step under
-  ``kernels.onednn_kernels()``, float32, over at least ``_ONEDNN_MIN_PIXELS`` pixels."""
+  ``kernels.onednn_kernels()``, float32, over at least ``min_pixels`` (default ``_ONEDNN_MIN_PIXELS``)
+  pixels, x's batch x H x W unless ``pixels`` says how many the oneDNN call convolves."""
+  pixels = math.prod(x.shape[:3]) if pixels is None else pixels
   return (kernels.onednn_kernels_on() and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
-          and bool(kernel.size) and math.prod(x.shape[:3]) >= _ONEDNN_MIN_PIXELS)
+          and bool(kernel.size) and pixels >= (_ONEDNN_MIN_PIXELS if min_pixels is None else min_pixels))
 
 
 def _use_onednn_phases(pixels: int, x, kernel) -> bool:
   """Whether a transposed convolution's phases (``_phase_conv``: a transposed convolution's forward pass, a
-  strided one's input gradient) are oneDNN convolutions, one per phase: under ``kernels.onednn_kernels()``,
-  float32, ``_ONEDNN_PHASES`` on, the phases' input over at least ``_ONEDNN_PHASE_MIN_PIXELS`` pixels."""
-  return (bool(_ONEDNN_PHASES) and kernels.onednn_kernels_on() and x.dtype == jnp.float32
-          and kernel.dtype == jnp.float32 and bool(kernel.size) and pixels >= _ONEDNN_PHASE_MIN_PIXELS)
+  strided one's input gradient) are oneDNN convolutions, one per phase: ``_ONEDNN_PHASES`` on and
+  ``_use_onednn`` for the phases' input of ``pixels`` pixels, at least ``_ONEDNN_PHASE_MIN_PIXELS``."""
+  return bool(_ONEDNN_PHASES) and _use_onednn(x, kernel, pixels, _ONEDNN_PHASE_MIN_PIXELS)
 
 
 def _conv_out_pixels(hw, kernel_hw, strides, padding) -> int:
