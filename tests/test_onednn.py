@@ -29,14 +29,16 @@ def _require():
 
 
 def _same_to_second_order(ours, ref, *args):
-  """Values, both first derivatives and a second derivative (the gradient of a gradient's norm, as a GAN
-  penalty takes it) of ours and ref agree."""
+  """Values, the first derivatives in every argument and a second derivative (the gradient in the second
+  argument of the first one's gradient norm, as a GAN penalty takes it) of ours and ref agree."""
   _close(jax.jit(ours)(*args), ref(*args))
-  loss = lambda f: lambda a, b: jnp.sum(jnp.sin(f(a, b)))   # noqa: E731
-  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(*args), jax.grad(loss(ref), (0, 1))(*args)):
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))   # noqa: E731
+  every = tuple(range(len(args)))
+  for g, h in zip(jax.jit(jax.grad(loss(ours), every))(*args), jax.grad(loss(ref), every)(*args)):
     _close(g, h)
-  penalty = lambda f: lambda b, a: jnp.sum(jnp.square(jax.grad(lambda a: loss(f)(a, b))(a)))   # noqa: E731
-  _close(jax.jit(jax.grad(penalty(ours)))(args[1], args[0]), jax.grad(penalty(ref))(args[1], args[0]))
+  first, second, rest = args[0], args[1], args[2:]
+  penalty = lambda f: lambda b, a: jnp.sum(jnp.square(jax.grad(lambda a: loss(f)(a, b, *rest))(a)))   # noqa: E731
+  _close(jax.jit(jax.grad(penalty(ours)))(second, first), jax.grad(penalty(ref))(second, first))
 
 
 # (x shape, kernel shape, strides, padding): batch 1, odd sizes, one input channel, strides above 1,
@@ -77,13 +79,7 @@ def test_conv_with_a_fused_bias_and_add_is_xlas_to_the_second_order(x_shape, k_s
   def ref(x, k, b, a):
     y = jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
     return (y + b[None, None, None, :] if with_bias else y) + (a if with_add else 0.0)
-  args = (x, k, b, a)
-  _close(jax.jit(ours)(*args), ref(*args))
-  loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))   # noqa: E731
-  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(*args), jax.grad(loss(ref), (0, 1, 2, 3))(*args)):
-    _close(g, h)
-  penalty = lambda f: lambda k, x, b, a: jnp.sum(jnp.square(jax.grad(loss(f))(x, k, b, a)))   # noqa: E731
-  _close(jax.jit(jax.grad(penalty(ours)))(k, x, b, a), jax.grad(penalty(ref))(k, x, b, a))
+  _same_to_second_order(ours, ref, x, k, b, a)
 
 
 def test_conv_refuses_a_bias_or_add_of_the_wrong_shape():
