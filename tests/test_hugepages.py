@@ -1,4 +1,5 @@
-"""zoo/hugepages.py: when the CLI re-executes itself with glibc asked for transparent huge pages."""
+"""zoo/hugepages.py and zoo/memory.py: when the CLI re-executes itself with glibc asked for transparent huge
+pages (and the large-block cache preloaded, tests/test_bigalloc.py)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from zoo import hugepages
+from zoo import hugepages, memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,31 +30,46 @@ def test_the_tunable_is_added_only_where_it_can_help(env, thp, glibc, expected):
 
 
 def _child(code: str, **env) -> subprocess.CompletedProcess:
-  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ZOO_HUGE_PAGES")}
+  drop = ("GLIBC_TUNABLES", "ZOO_HUGE_PAGES", "LD_PRELOAD", "ZOO_BIGALLOC")
+  base = {k: v for k, v in os.environ.items() if k not in drop}
   return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                         env={**base, **env}, timeout=120)
 
 
-def test_ensure_re_executes_once_with_the_tunable_where_the_machine_allows_it():
-  code = ("import os, sys; from zoo import hugepages; print('start', flush=True); hugepages.ensure(); "
+def test_ensure_re_executes_once_with_the_tunable_where_the_machine_allows_it(tmp_path):
+  code = ("import os, sys; from zoo import memory; print('start', flush=True); memory.ensure(); "
           "print('tunables', os.environ.get('GLIBC_TUNABLES', ''))")
-  out = _child(code)
+  out = _child(code, ZOO_BIGALLOC="0")      # the cache alone: tests/test_bigalloc.py
   assert out.returncode == 0, out.stderr
   wanted = hugepages.tunables({}, hugepages._thp_mode(), hugepages._glibc_version())
   if wanted is None:        # this machine gains nothing: the process runs on as it was, once
     assert out.stdout.splitlines() == ["start", "tunables "]
   else:                     # the process ran twice: once before the re-execution, once with the tunable
     assert out.stdout.splitlines() == ["start", "start", f"tunables {hugepages.TUNABLE}"]
-  off = _child(code, ZOO_HUGE_PAGES="0")
+  off = _child(code, ZOO_HUGE_PAGES="0", ZOO_BIGALLOC="0")
   assert off.stdout.splitlines() == ["start", "tunables "]
   # a program read from stdin could not be read again: it is never re-executed
-  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ZOO_HUGE_PAGES")}
+  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ZOO_HUGE_PAGES", "LD_PRELOAD")}
   piped = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, cwd=REPO,
                          env=base, timeout=120)
   assert piped.returncode == 0 and piped.stdout.splitlines() == ["start", "tunables "], piped.stderr
 
 
-def test_the_command_line_runs_through_the_re_execution():
+@pytest.mark.parametrize("env,thp,glibc,lib,expected", [
+    ({}, "madvise", (2, 36), "/c/b.so", {"GLIBC_TUNABLES": hugepages.TUNABLE, "LD_PRELOAD": "/c/b.so"}),
+    ({}, "always", (2, 36), "/c/b.so", {"LD_PRELOAD": "/c/b.so"}),
+    ({}, "madvise", (2, 36), None, {"GLIBC_TUNABLES": hugepages.TUNABLE}),      # the cache not built
+    ({"LD_PRELOAD": "/u/jemalloc.so"}, "madvise", (2, 36), "/c/b.so",           # the user's allocator wins
+     {"GLIBC_TUNABLES": hugepages.TUNABLE}),
+    ({"ZOO_BIGALLOC": "0"}, "always", (2, 36), "/c/b.so", {}),
+    ({}, "madvise", None, "/c/b.so", {}),                                      # not glibc
+    ({memory._MARK: "/c/b.so"}, "madvise", (2, 36), "/c/b.so", {}),            # re-executed already
+])
+def test_the_re_execution_sets_what_can_help(env, thp, glibc, lib, expected):
+  assert memory.plan(env, thp, glibc, lib) == expected
+
+
+def test_the_command_line_runs_through_the_re_execution(tmp_path):
   out = subprocess.run([sys.executable, "-m", "zoo", "list"], capture_output=True, text=True, cwd=REPO,
-                       timeout=300)
+                       timeout=300, env={**os.environ, "ZOO_CACHE_DIR": str(tmp_path)})
   assert out.returncode == 0 and "vae" in out.stdout

@@ -17,7 +17,7 @@ import numpy as np
 
 from zoo import config as config_lib
 from zoo import data as data_lib
-from zoo import sharding, step as step_lib
+from zoo import bigalloc, sharding, step as step_lib
 from zoo.train import build_run
 
 
@@ -233,12 +233,24 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
 
 def machine_info() -> dict:
   """{machine, cpu_count, cpu_model, cpu_vector_isa, device_kind, platform, device_count, jax,
-  glibc_tunables}: what a timing ran on (the tunables say whether malloc asked for huge pages,
-  zoo/hugepages.py)."""
+  glibc_tunables, bigalloc}: what a timing ran on (the tunables say whether malloc asked for huge pages,
+  zoo/hugepages.py; bigalloc whether the large-block cache was preloaded and on, zoo/bigalloc.py)."""
   d = jax.devices()[0]
   return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
           **cpu_model(), "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
-          "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+          "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+          "bigalloc": bigalloc.loaded() and (bigalloc.stats() or {}).get("state") != -1}
+
+
+def _with_bigalloc(run: Runner, on: bool) -> Runner:
+  """``run`` with the large-block cache switched on or off for it, where the cache is preloaded."""
+  if not bigalloc.loaded():
+    return run
+
+  def switched(n):
+    bigalloc.set_enabled(on)
+    run(n)
+  return switched
 
 
 def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: str, benchmark: str,
@@ -253,10 +265,10 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   import argparse
   import json
   from pathlib import Path
-  from zoo import config as config_lib, hugepages
+  from zoo import config as config_lib, memory
 
   if argv is None:          # a script's command line: huge pages for both sides of the comparison
-    hugepages.ensure()
+    memory.ensure()
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
   p.add_argument("--repeats", type=int, default=5)
@@ -266,6 +278,10 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
                       "default: 0 and 1 on the CPU, 0 on CUDA)")
   p.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
                  help="where the PyTorch twin runs (auto: CUDA where JAX runs on a GPU, else the CPU)")
+  p.add_argument("--torch-allocator", default="glibc", choices=("glibc", "cache"),
+                 help="where the PyTorch twins' large blocks come from while they run, where the zoo's "
+                      "large-block cache is preloaded (zoo/bigalloc.py): glibc's malloc, as PyTorch runs by "
+                      "default (the default), or the same cache as the zoo's step")
   p.add_argument("--note", default="", help="a remark stored with the results (e.g. other load)")
   p.add_argument("--out", default=None, help="write the results as JSON here")
   p.add_argument("--cpu-devices", type=int, default=0, metavar="N",
@@ -284,11 +300,13 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   for b in args.batches:
     steps = max(args.examples // b, 4)
     zoo_run, info = step_runner(cfg, b)
-    runners = {"zoo": zoo_run}
+    runners = {"zoo": _with_bigalloc(zoo_run, True)}
     for threads in args.torch_threads:
       twin = pytorch_eager(cfg, b, threads, device)
       if twin is not None:
-        runners["torch" if not threads else f"torch_{threads}thread"], torch = twin
+        runners["torch" if not threads else f"torch_{threads}thread"] = _with_bigalloc(
+            twin[0], args.torch_allocator == "cache")
+        torch = twin[1]
         torch_version, torch_threads = torch.__version__, torch.get_num_threads()
     rounds = interleaved_rounds(runners, b, steps, args.repeats, warmup=3)
     torches = [k for k in rounds if k.startswith("torch")]
@@ -304,6 +322,7 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   result = {"benchmark": benchmark, "config": str(where.relative_to(repo) if where.is_relative_to(repo) else where),
             **machine_info(),
             "torch": torch_version, "torch_default_threads": torch_threads, "torch_device": device,
+            "torch_allocator": args.torch_allocator if bigalloc.loaded() else "glibc",
             "load_average_before": load_before, "load_average_after": load_average(),
             "note": args.note, "rows": rows}
   if args.out:

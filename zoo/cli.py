@@ -341,9 +341,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench":
 
 
 def main(argv: list[str] | None = None) -> int:
-  if argv is None:          # the command line, not a call from Python: may re-execute (zoo/hugepages.py)
-    from zoo import hugepages
-    hugepages.ensure()
+  if argv is None:          # the command line, not a call from Python: may re-execute (zoo/memory.py)
+    from zoo import memory
+    memory.ensure()
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     rest, overrides = _split_overrides(argv)

@@ -1,12 +1,13 @@
-"""Transparent huge pages for XLA:CPU's buffers: re-executes the process with glibc asked for them.
+"""Transparent huge pages for XLA:CPU's buffers: glibc's tunable that asks for them (``zoo.memory.ensure()``
+re-executes the process with it).
 
 Why: XLA:CPU takes every execution's buffers from freshly mapped memory, so a training step pays a page
 fault per 4 KB it writes. Measured on the 2-core CPU (x86_64, glibc 2.36, THP mode ``madvise``): the
 PixelCNN step of experiments/benchmarks/pixelcnn28.py at batch 64 took 205,000 minor faults and 0.7 s
 of kernel time per step (a quarter of its CPU time); with glibc's ``glibc.malloc.hugetlb=1`` tunable
 (malloc asks for transparent huge pages with ``madvise``) it takes about 600 faults and 0.13 s, and
-runs 42 -> 52 examples/s. The tunable is read when a process starts, so ``ensure()`` re-executes the
-process (the same interpreter and arguments, ``sys.orig_argv``) with it added to ``GLIBC_TUNABLES``.
+runs 42 -> 52 examples/s. The tunable is read when a process starts, so ``zoo.memory.ensure()``
+re-executes the process with it added to ``GLIBC_TUNABLES``.
 
 It does so only where it can matter: Linux with glibc >= 2.35 (the tunable's release) and the kernel's
 THP mode ``madvise`` (with ``always`` every process gets huge pages already; with ``never`` none can).
@@ -15,7 +16,6 @@ THP mode ``madvise`` (with ``always`` every process gets huge pages already; wit
 from __future__ import annotations
 
 import os
-import sys
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -46,20 +46,3 @@ def tunables(env: dict, thp_mode: str | None, glibc: tuple[int, int] | None) -> 
   if "glibc.malloc.hugetlb" in current:
     return None
   return ":".join(filter(None, [current, TUNABLE]))
-
-
-def ensure() -> None:
-  """Re-executes this process with huge pages for malloc where that helps; returns if it does not."""
-  argv = getattr(sys, "orig_argv", None) or []
-  # a program read from stdin ('-') or typed at the prompt cannot be run again: those run on as they are
-  if sys.platform != "linux" or len(argv) < 2 or argv[1] == "-":
-    return
-  new = tunables(dict(os.environ), _thp_mode(), _glibc_version())
-  if new is None:
-    return
-  sys.stdout.flush()
-  sys.stderr.flush()
-  try:
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "GLIBC_TUNABLES": new})
-  except OSError:     # cannot re-execute (an embedded interpreter, say): run on without huge pages
-    return

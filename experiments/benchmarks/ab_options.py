@@ -18,7 +18,7 @@ import argparse
 import jax
 import numpy as np
 
-from zoo import bench, hugepages, sharding
+from zoo import bench, memory, sharding
 from zoo import config as config_lib
 from zoo import data as data_lib
 from zoo import step as step_lib
@@ -37,7 +37,7 @@ def main():
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--out", help="append the result as a JSON line here")
   args = ap.parse_args()
-  hugepages.ensure()     # as the `zoo` command does
+  memory.ensure()     # as the `zoo` command does
   cfg = config_lib.with_defaults(config_lib.load(args.config))
   dataset = data_lib.load(cfg.data)
   local = dataset.batch(cfg.train_split, 0, args.batch, seed=0)

@@ -21,7 +21,7 @@ import argparse
 
 import jax
 
-from zoo import bench, hugepages
+from zoo import bench, memory
 from zoo import config as config_lib
 from zoo import step as step_lib
 from zoo.models import _layers
@@ -45,7 +45,7 @@ def main():
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--out", help="append the result as a JSON line here")
   args = ap.parse_args()
-  hugepages.ensure()     # as the `zoo` command does
+  memory.ensure()     # as the `zoo` command does
   cfg = config_lib.with_defaults(config_lib.load(args.config))
   runners, programs = {}, []
   for value in args.values:

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import hugepages, sharding
+from zoo import memory, sharding
 from zoo import step as step_lib
 from zoo.bench import load_average, machine_info
 from zoo.models import _layers
@@ -146,7 +146,7 @@ def main():
   ap.add_argument("--no-torch", action="store_true", help="leave out PyTorch's column")
   ap.add_argument("--step-options", action="store_true", help="compile as the shared train step does on CPU")
   args = ap.parse_args()
-  hugepages.ensure()     # as the `zoo` command does: XLA's buffers from huge pages (zoo/hugepages.py)
+  memory.ensure()     # as the `zoo` command does: huge pages and the large-block cache (zoo/memory.py)
   options = None
   if args.step_options:
     options = step_lib.compiler_options(sharding.make_mesh(1))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import jax
 
-from zoo import bench, hugepages
+from zoo import bench, memory
 from zoo import config as config_lib
 
 
@@ -154,5 +154,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  hugepages.ensure()     # as the `zoo` command does (it re-executes the process, so not inside main)
+  memory.ensure()     # as the `zoo` command does (it re-executes the process, so not inside main)
   main()

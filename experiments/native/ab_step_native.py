@@ -31,7 +31,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transpose import build, register, transpose_ffi  # noqa: E402
 
-from zoo import bench, hugepages  # noqa: E402
+from zoo import bench, memory  # noqa: E402
 from zoo import config as config_lib  # noqa: E402
 from zoo.models import _layers  # noqa: E402
 
@@ -71,7 +71,7 @@ def main():
   ap.add_argument("--repeats", type=int, default=9)
   ap.add_argument("--out", help="append the result as a JSON line here")
   args = ap.parse_args()
-  hugepages.ensure()
+  memory.ensure()
   cfg = config_lib.with_defaults(config_lib.load(args.config))
   with tempfile.TemporaryDirectory() as tmp:
     register(build(Path(tmp)))

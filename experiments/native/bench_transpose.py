@@ -112,9 +112,9 @@ def main(argv=None):
   ap.add_argument("--rounds", type=int, default=25)
   ap.add_argument("--out", help="write the figures as JSON here")
   args = ap.parse_args(argv)
-  from zoo import bench, hugepages, sharding, step as step_lib
+  from zoo import bench, memory, sharding, step as step_lib
   if argv is None:
-    hugepages.ensure()       # as the zoo command and the other benchmarks do
+    memory.ensure()       # as the zoo command and the other benchmarks do
   with tempfile.TemporaryDirectory() as tmp:
     register(build(Path(tmp)))
     for shape in ((16, 3, 5, 16), (32, 7, 7, 48), (args.batch, 28, 28, 64)):
