@@ -105,13 +105,16 @@ def build(directory: Path | None = None, quiet: bool = False) -> Path | None:
       os.unlink(tmp)
 
 
+def wanted(env: dict) -> bool:
+  """Whether the library should be preloaded: not turned off (``ZOO_BIGALLOC=0``) and the user preloads
+  nothing already (their allocator wins whole: a partial mix of two allocators could free one's blocks in
+  the other)."""
+  return env.get(ENV_OFF, "1") != "0" and not env.get("LD_PRELOAD", "").strip()
+
+
 def preload(env: dict, lib: str | None) -> str | None:
-  """The LD_PRELOAD to re-execute with, or None where the library should not be preloaded: off
-  (``ZOO_BIGALLOC=0``), not built, or the user preloads something already (their allocator wins whole:
-  a partial mix of two allocators could free one's blocks in the other)."""
-  if env.get(ENV_OFF, "1") == "0" or lib is None or env.get("LD_PRELOAD", "").strip():
-    return None
-  return lib
+  """The LD_PRELOAD to re-execute with: ``lib`` where it is ``wanted`` and built, else None."""
+  return lib if lib is not None and wanted(env) else None
 
 
 def _symbols():

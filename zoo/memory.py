@@ -55,8 +55,7 @@ def ensure() -> None:
     return
   env = dict(os.environ)
   glibc = hugepages._glibc_version()
-  wants_cache = glibc is not None and bigalloc.preload(env, "?") is not None
-  lib = bigalloc.build() if wants_cache else None
+  lib = bigalloc.build() if glibc is not None and bigalloc.wanted(env) else None
   changes = plan(env, hugepages._thp_mode(), glibc, None if lib is None else str(lib))
   if not changes:
     return

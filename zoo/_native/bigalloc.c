@@ -252,17 +252,10 @@ size_t malloc_usable_size(void *p) {
   return next ? next(p) : 0;
 }
 
-/* For zoo.bigalloc: turn the cache on or off for new blocks (an in-process A/B), set its threshold, and read
-   its counters: fresh blocks, reuses, releases, bytes cached (free and resident), bytes handed out, the
-   threshold; returns 1 where it is set up, 0 before its first large block, -1 where it is off. */
+/* For zoo.bigalloc: turn the cache on or off for new blocks (an in-process A/B), and read its counters:
+   fresh blocks, reuses, releases, bytes cached (free and resident), bytes handed out, the threshold;
+   returns 1 where it is set up, 0 before the first allocation, -1 where it is off. */
 void zoo_bigalloc_set_enabled(int on) { enabled = on; }
-
-void zoo_bigalloc_set_min_bytes(uint64_t n) {
-  pthread_mutex_lock(&lock);
-  setup();
-  min_bytes = n;
-  pthread_mutex_unlock(&lock);
-}
 
 int zoo_bigalloc_stats(uint64_t out[6]) {
   pthread_mutex_lock(&lock);
