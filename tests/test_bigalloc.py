@@ -225,3 +225,25 @@ def test_library_names_change_with_the_source_and_compiler():
   assert a == bigalloc.library_name(b"int x;", "cc") and a.startswith("bigalloc-") and a.endswith(".so")
   assert a != bigalloc.library_name(b"int y;", "cc") and a != bigalloc.library_name(b"int x;", "clang")
   assert np.all([c in "0123456789abcdef" for c in a[9:-3]])
+
+
+@pytest.mark.slow
+def test_zoo_train_through_the_cache_logs_the_same_numbers_as_without_it(tmp_path):
+  """The `zoo` command re-executes itself with the cache preloaded; a PixelCNN whose step allocates
+  hundreds of MB of temporaries per step trains to the same metrics, bit for bit, as with ZOO_BIGALLOC=0."""
+  # one CPU device, as a user's run has (the suite's XLA_FLAGS split the CPU into 8)
+  base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ZOO_BIGALLOC", memory._MARK, "XLA_FLAGS")}
+  logged = {}
+  for name, extra in (("cache", {}), ("glibc", {"ZOO_BIGALLOC": "0"})):
+    workdir = tmp_path / name
+    out = subprocess.run(
+        [sys.executable, "-m", "zoo", "train", "--config", "experiments/benchmarks/pixelcnn28.py:quick",
+         "--workdir", str(workdir), "--config.steps=3", "--config.eval_examples=250", "--config.num_samples=1"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**base, "ZOO_CACHE_DIR": str(tmp_path / "cache_dir"), **extra})
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["bigalloc"] is (name == "cache")
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged[name] = [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in rows]
+  assert logged["cache"] == logged["glibc"] and len(logged["cache"]) >= 2

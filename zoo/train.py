@@ -23,7 +23,7 @@ import numpy as np
 
 from zoo import config as config_lib
 from zoo import data as data_lib
-from zoo import images, optim, registry, sharding, step as step_lib
+from zoo import bigalloc, images, optim, registry, sharding, step as step_lib
 from zoo.checkpoint import Checkpointer, abstract_like
 from zoo.errors import CheckpointError, ConfigError, TrainingError, ZooError
 from zoo.family import Family
@@ -228,7 +228,7 @@ def _write_samples(run: Run, variables, workdir: Path, step: int, family: Family
 def _device_info() -> dict:
   d = jax.devices()[0]
   return {"platform": d.platform, "device_kind": d.device_kind, "device_count": jax.device_count(),
-          "process_count": jax.process_count()}
+          "process_count": jax.process_count(), "bigalloc": bigalloc.loaded()}
 
 
 def warm_start(state: TrainState, init_from: ml_collections.ConfigDict) -> TrainState:
