@@ -72,6 +72,11 @@ def test_build_is_cached_and_only_this_users_file_is_loaded(tmp_path):
   assert bigalloc.build(tmp_path) == first and first.stat().st_mtime_ns == mtime     # not built again
   os.chmod(first, 0o777)          # anyone could have replaced it: refused, not loaded
   assert bigalloc.build(tmp_path, quiet=True) is None
+  os.chmod(first, 0o755)
+  os.chmod(tmp_path, 0o777)       # ... or its directory: the same
+  assert bigalloc.build(tmp_path, quiet=True) is None
+  os.chmod(tmp_path, 0o700)
+  assert bigalloc.build(tmp_path) == first
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bigalloc-")]     # no temporary left
 
 

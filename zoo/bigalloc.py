@@ -54,13 +54,18 @@ def library_name(source: bytes, compiler: str) -> str:
   return f"bigalloc-{key}.so"
 
 
+def _mine_alone(st: os.stat_result) -> bool:
+  return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def _trusted(path: Path) -> bool:
-  """Whether ``path`` is a file of this user that nobody else can write (it is loaded into the process)."""
+  """Whether ``path`` is a file of this user in a directory of this user, neither of which anybody else
+  can write (it is loaded into the process)."""
   try:
-    st = path.stat()
+    st, parent = path.stat(), path.parent.stat()
   except OSError:
     return False
-  return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+  return stat.S_ISREG(st.st_mode) and _mine_alone(st) and _mine_alone(parent)
 
 
 def build(directory: Path | None = None, quiet: bool = False) -> Path | None:
@@ -78,9 +83,11 @@ def build(directory: Path | None = None, quiet: bool = False) -> Path | None:
   directory = cache_dir() if directory is None else Path(directory)
   lib = directory / library_name(source, compiler)
   if lib.exists():
-    return lib if _trusted(lib) else fail(f"{lib} is not this user's alone")
+    return lib if _trusted(lib) else fail(f"{lib} or its directory is not this user's alone")
   try:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not _mine_alone(directory.stat()):
+      return fail(f"{directory} is not this user's alone")
     fd, tmp = tempfile.mkstemp(prefix=".bigalloc-", suffix=".so", dir=directory)
     os.close(fd)
   except OSError as e:

@@ -75,6 +75,7 @@ static int setup(void) {
   const char *off = getenv("ZOO_BIGALLOC");
   if (off && strcmp(off, "0") == 0) return state;
   min_bytes = env_mb("ZOO_BIGALLOC_MIN_MB", min_bytes);
+  if (min_bytes < HUGE_PAGE) min_bytes = HUGE_PAGE;   /* each block takes whole 2 MB pages */
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   size_t quarter = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 4 : (size_t)4 << 30;
   cache_limit = env_mb("ZOO_BIGALLOC_CACHE_MB", quarter);
