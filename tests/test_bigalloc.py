@@ -137,6 +137,39 @@ def test_calloc_realloc_and_aligned_blocks_behave_as_mallocs(lib):
   """))
 
 
+def test_threads_allocating_at_once_never_share_a_block(lib):
+  """Four threads (ctypes calls release the GIL) take and free large and small blocks at once, each
+  stamping its blocks at both ends and in the middle and checking the stamps before it frees them: a block
+  handed to two threads, or freed under another, shows as a foreign stamp."""
+  _ok(_run(lib, """
+      import random, threading
+      errors = []
+      def work(tag):
+          rng = random.Random(tag)
+          held = []
+          for i in range(150):
+              n = rng.choice([100, 5000, 33 * MB, 40 * MB, 70 * MB])
+              p = libc.malloc(n) if rng.random() < 0.5 else libc.calloc(n, 1)
+              v = view(p, n)
+              stamp = (tag * 37 + i) % 251 + 1
+              v[0] = v[n // 2] = v[n - 1] = stamp
+              held.append((p, n, stamp))
+              if len(held) > 3 or rng.random() < 0.3:
+                  p, n, stamp = held.pop(rng.randrange(len(held)))
+                  v = view(p, n)
+                  if not (v[0] == v[n // 2] == v[n - 1] == stamp):
+                      errors.append((tag, i))
+                  libc.free(p)
+          for p, n, stamp in held:
+              libc.free(p)
+      threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+      [t.start() for t in threads]
+      [t.join() for t in threads]
+      s = bigalloc.stats()
+      assert not errors and s["live_bytes"] == 0 and s["reused"] > 50, (errors, s)
+  """))
+
+
 def test_beyond_its_limit_the_cache_gives_pages_back_and_still_reuses_correctly(lib):
   _ok(_run(lib, """
       p = libc.malloc(64 * MB); view(p, 64 * MB)[:] = 9; libc.free(p)
