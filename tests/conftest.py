@@ -45,6 +45,10 @@ if _OWNER:
   os.environ["ZOO_TEST_DATA_DIR"] = tempfile.mkdtemp(prefix="zoo_tfds_")
 _DATA_DIR = Path(os.environ["ZOO_TEST_DATA_DIR"])
 os.environ["TFDS_DATA_DIR"] = str(_DATA_DIR)
+# The `zoo` command's subprocesses build the large-block cache's library (zoo/bigalloc.py) into the same
+# session dir, not into the user's ~/.cache/zoo (a user's ZOO_CACHE_DIR is replaced for the session)
+if _OWNER:
+  os.environ["ZOO_CACHE_DIR"] = str(_DATA_DIR / "zoo_cache")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
