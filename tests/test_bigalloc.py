@@ -197,9 +197,10 @@ def test_switches_threshold_fork_and_a_bad_free(lib):
       assert os.waitpid(pid, 0)[1] == 0
   """, ZOO_BIGALLOC_MIN_MB="4"))
   off = _ok(_run(lib, """
-      p = libc.malloc(64 * MB); libc.free(p); print(bigalloc.stats()["state"], bigalloc.stats()["fresh"])
+      p = libc.malloc(64 * MB); libc.free(p)
+      print(bigalloc.stats()["state"], bigalloc.stats()["fresh"], bigalloc.loaded(), bigalloc.active())
   """, ZOO_BIGALLOC="0"))
-  assert off.split() == ["-1", "0"]
+  assert off.split() == ["-1", "0", "True", "False"]    # preloaded but off: results files say it was not used
   # a pointer into the cache's range that it did not hand out: abort, not a silent corruption
   bad = _run(lib, """
       p = libc.malloc(64 * MB); libc.free(p); libc.free(p)

@@ -234,17 +234,17 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
 def machine_info() -> dict:
   """{machine, cpu_count, cpu_model, cpu_vector_isa, device_kind, platform, device_count, jax,
   glibc_tunables, bigalloc}: what a timing ran on (the tunables say whether malloc asked for huge pages,
-  zoo/hugepages.py; bigalloc whether the large-block cache was preloaded and on, zoo/bigalloc.py)."""
+  zoo/hugepages.py; bigalloc whether the large-block cache was in use, zoo/bigalloc.py)."""
   d = jax.devices()[0]
   return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
           **cpu_model(), "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
           "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-          "bigalloc": bigalloc.loaded() and (bigalloc.stats() or {}).get("state") != -1}
+          "bigalloc": bigalloc.active()}
 
 
-def _with_bigalloc(run: Runner, on: bool) -> Runner:
-  """``run`` with the large-block cache switched on or off for it, where the cache is preloaded."""
-  if not bigalloc.loaded():
+def with_bigalloc(run: Runner, on: bool) -> Runner:
+  """``run`` with the large-block cache switched on or off for it, where the cache is in use."""
+  if not bigalloc.active():
     return run
 
   def switched(n):
@@ -300,11 +300,11 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   for b in args.batches:
     steps = max(args.examples // b, 4)
     zoo_run, info = step_runner(cfg, b)
-    runners = {"zoo": _with_bigalloc(zoo_run, True)}
+    runners = {"zoo": with_bigalloc(zoo_run, True)}
     for threads in args.torch_threads:
       twin = pytorch_eager(cfg, b, threads, device)
       if twin is not None:
-        runners["torch" if not threads else f"torch_{threads}thread"] = _with_bigalloc(
+        runners["torch" if not threads else f"torch_{threads}thread"] = with_bigalloc(
             twin[0], args.torch_allocator == "cache")
         torch = twin[1]
         torch_version, torch_threads = torch.__version__, torch.get_num_threads()
@@ -322,7 +322,7 @@ def compare_with_torch(argv: Sequence[str] | None, *, description: str, config: 
   result = {"benchmark": benchmark, "config": str(where.relative_to(repo) if where.is_relative_to(repo) else where),
             **machine_info(),
             "torch": torch_version, "torch_default_threads": torch_threads, "torch_device": device,
-            "torch_allocator": args.torch_allocator if bigalloc.loaded() else "glibc",
+            "torch_allocator": args.torch_allocator if bigalloc.active() else "glibc",
             "load_average_before": load_before, "load_average_after": load_average(),
             "note": args.note, "rows": rows}
   if args.out:

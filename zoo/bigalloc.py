@@ -18,6 +18,7 @@ allocator, say), nothing changes. ``ZOO_BIGALLOC=0`` turns it off.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -124,7 +125,9 @@ def preload(env: dict, lib: str | None) -> str | None:
   return lib if lib is not None and wanted(env) else None
 
 
+@functools.cache
 def _symbols():
+  """The process's own symbols (the preload's among them), looked up once."""
   try:
     return ctypes.CDLL(None)
   except OSError:
@@ -135,6 +138,12 @@ def loaded() -> bool:
   """Whether this process runs with the library preloaded."""
   lib = _symbols()
   return lib is not None and hasattr(lib, "zoo_bigalloc_stats")
+
+
+def active() -> bool:
+  """Whether large blocks come from the cache in this process: preloaded and not turned off
+  (``ZOO_BIGALLOC=0`` read by the library itself, or a failed setup). What results files record."""
+  return (stats() or {}).get("state", -1) != -1
 
 
 def stats() -> dict | None:

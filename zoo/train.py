@@ -228,7 +228,7 @@ def _write_samples(run: Run, variables, workdir: Path, step: int, family: Family
 def _device_info() -> dict:
   d = jax.devices()[0]
   return {"platform": d.platform, "device_kind": d.device_kind, "device_count": jax.device_count(),
-          "process_count": jax.process_count(), "bigalloc": bigalloc.loaded()}
+          "process_count": jax.process_count(), "bigalloc": bigalloc.active()}
 
 
 def warm_start(state: TrainState, init_from: ml_collections.ConfigDict) -> TrainState:

@@ -27,7 +27,7 @@ def main():
   ap.add_argument("--out", help="append the result as a JSON line here")
   args = ap.parse_args()
   memory.ensure()
-  if not bigalloc.loaded():
+  if not bigalloc.active():
     raise SystemExit("ab_bigalloc: the large-block cache is not preloaded here (no C compiler, no glibc, "
                      "ZOO_BIGALLOC=0 or a user's LD_PRELOAD): nothing to compare")
   cfg = config_lib.with_defaults(config_lib.load(args.config))
@@ -35,12 +35,11 @@ def main():
   kernel = {"glibc": [], "cache": []}
 
   def side(on: bool):
-    name = "cache" if on else "glibc"
+    name, switched = ("cache" if on else "glibc"), bench.with_bigalloc(run, on)
 
     def timed(n):
-      bigalloc.set_enabled(on)
       r0 = resource.getrusage(resource.RUSAGE_SELF)
-      run(n)
+      switched(n)
       r1 = resource.getrusage(resource.RUSAGE_SELF)
       kernel[name].append(((r1.ru_stime - r0.ru_stime) / n * 1e3, (r1.ru_minflt - r0.ru_minflt) / n))
     return timed
