@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from zoo import kernels, optim, sharding, step as step_lib
+from zoo import kernels, onednn, optim, sharding, step as step_lib
 from zoo.errors import ConfigError
 from zoo.family import Family
 
@@ -48,6 +49,16 @@ class Linear(Family):
 
   def loss(self, player, variables, batch, rng, step):
     return jnp.mean(jnp.square(batch["x"] @ variables["params"]["a"]["w"])), {}, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledLinear(Linear):
+  """Linear's loss times ``scale``: a program of its own for each scale (a constant in it)."""
+  scale: float = 1.0
+
+  def loss(self, player, variables, batch, rng, step):
+    loss, metrics, updates = super().loss(player, variables, batch, rng, step)
+    return loss * self.scale, metrics, updates
 
 
 def _run(ema=None, steps=1):
@@ -276,3 +287,33 @@ def test_the_eval_step_compiles_with_the_cpu_options_and_the_samplers_with_xlas_
   assert step_lib.compiler_options(mesh, "eval") is None
   for jitted in (step_lib.jit_eval_step, step_lib.jit_sample):
     jitted.cache_clear()
+
+
+def _step_cache_entries() -> set:
+  """The train steps (``jit_train_step``'s ``traced``) in the suite's persistent cache, which takes every
+  program (conftest)."""
+  return {name for name in os.listdir(jax.config.jax_compilation_cache_dir) if name.startswith("jit_traced-")}
+
+
+def test_a_step_with_onednn_is_compiled_without_writing_it_to_the_persistent_cache(monkeypatch):
+  """Writing an executable that holds oneDNN's custom calls to JAX's persistent cache crashes jaxlib 0.11.2
+  (zoo.onednn): where the step traces under oneDNN's kernels (one CPU device) it compiles under
+  onednn.uncached(), whether called or lowered and compiled; elsewhere it is written as any program."""
+  monkeypatch.setattr(onednn, "available", lambda: True)
+  txs, batch = {"a": optax.sgd(0.5)}, {"x": jnp.ones((8, 64))}
+  rng = np.random.default_rng()
+  written = {}
+  for use_onednn, mesh in ((True, sharding.make_mesh(1)), (False, sharding.make_mesh(1)),
+                           (True, sharding.make_mesh(2))):
+    monkeypatch.setattr(step_lib, "USE_ONEDNN", use_onednn)
+    before = _step_cache_entries()
+    for how in ("call", "lower"):
+      family = ScaledLinear(scale=float(rng.integers(1, 1 << 30)))    # a program no run compiled before
+      state = step_lib.init_state(family, txs, 0, batch)
+      step = step_lib.jit_train_step(family, txs, mesh)
+      if how == "call":
+        step(state, sharding.global_batch(batch, mesh))
+      else:
+        step.lower(state, sharding.global_batch(batch, mesh)).compile()
+    written[use_onednn, mesh.devices.size] = len(_step_cache_entries() - before)
+  assert written == {(True, 1): 0, (False, 1): 2, (True, 2): 2}   # oneDNN off, or a mesh of several: written

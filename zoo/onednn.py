@@ -26,11 +26,14 @@ split a custom call over a batch-sharded mesh).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import jax
@@ -38,11 +41,13 @@ import jax.numpy as jnp
 import jaxlib
 
 try:   # JAX internals a later JAX may move: without them oneDNN stays off (available() is False)
+  from jax._src import config as _jax_config
   from jax._src.interpreters import mlir as _mlir
+  _MIN_CACHED_COMPILE_SECS = _jax_config.persistent_cache_min_compile_time_secs
   from jax.extend.core import Primitive
   from jax.interpreters import ad, mlir
   _UNSUPPORTED = None
-except ImportError as e:
+except (ImportError, AttributeError) as e:
   _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
 # jaxlib versions whose XLA reads the configuration as ``_conv_config`` writes it (zero-based dimensions,
@@ -55,9 +60,11 @@ _ENV = "ZOO_ONEDNN"
 CHECK = "from zoo import onednn; onednn._check()"
 _DN = ("NHWC", "HWIO", "NHWC")
 # XLA cannot write an executable holding oneDNN's thunks to JAX's persistent compilation cache (the `zoo`
-# command keeps one): the write fails with bad_alloc, which JAX catches and reports as a warning, and such a
-# program is compiled afresh in each process (1.3 s for the PixelCNN benchmark's step). Nothing else
-# changes, so that one warning is not shown.
+# command keeps one, the tests too): jaxlib 0.10's serializer throws bad_alloc, which JAX catches and reports
+# as a warning, and jaxlib 0.11.2's crashes the process (a segfault in JAX's cache write, seen on a lent GPU
+# machine's CPU with the probe's own programs). Such a program is compiled afresh in each process anyway
+# (1.3 s for the PixelCNN benchmark's step), so whatever compiles one does it under ``uncached()``, which
+# skips the write; the warning is not shown where something still tries.
 warnings.filterwarnings("ignore", message=r"Error writing persistent compilation cache entry.*bad_alloc")
 
 
@@ -199,14 +206,49 @@ if _UNSUPPORTED is None:
 
 # ---- where they may be used
 
+def uncached():
+  """A context in which JAX writes nothing it compiles to its persistent compilation cache (it still reads
+  it): what compiles a program holding oneDNN's custom calls does so in it (see the warning filter above).
+  Thread-local, like JAX's other configuration contexts."""
+  if _UNSUPPORTED is not None:
+    return contextlib.nullcontext()
+  return _MIN_CACHED_COMPILE_SECS(math.inf)
+
+
+class UncachedJit:
+  """A jitted function (or its ``lower()``'s result) whose compilations run under ``uncached()``: calling
+  it, and ``lower(...).compile()``; everything else is the wrapped object's."""
+
+  def __init__(self, wrapped):
+    self._wrapped = wrapped
+
+  def __call__(self, *args, **kwargs):
+    with uncached():
+      return self._wrapped(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    return UncachedJit(self._wrapped.lower(*args, **kwargs))
+
+  def compile(self, *args, **kwargs):
+    with uncached():
+      return self._wrapped.compile(*args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._wrapped, name)
+
+
 def _probe() -> bool:
   """Both custom calls against XLA's own convolution and product, in a child process (a configuration
-  oneDNN rejects aborts the process that runs it)."""
-  env = {**os.environ, _ENV: "probing", "JAX_PLATFORMS": "cpu"}
-  try:
-    done = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, timeout=120)
-  except (OSError, subprocess.TimeoutExpired):
-    return False
+  oneDNN rejects aborts the process that runs it). The child keeps a persistent compilation cache of its
+  own that takes every program, so that it also proves ``uncached()`` keeps oneDNN's programs out of one
+  on this jaxlib (where it did not, a crashing write would end the child, and oneDNN stays off)."""
+  with tempfile.TemporaryDirectory(prefix="zoo_onednn_probe_") as cache:
+    env = {**os.environ, _ENV: "probing", "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    try:
+      done = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+      return False
   return done.returncode == 0 and b"onednn ok" in done.stdout
 
 
@@ -224,7 +266,13 @@ def available() -> bool:
 
 def _check() -> None:
   """The probe: each custom call on small random operands against XLA's, at several strides and paddings,
-  with its gradients; prints 'onednn ok' when every one agrees."""
+  with its gradients, compiled under ``uncached()``; prints 'onednn ok' when every one agrees."""
+  with uncached():
+    _compare_with_xla()
+  print("onednn ok")
+
+
+def _compare_with_xla() -> None:
   import numpy as np
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((3, 9, 8, 5), np.float32))
@@ -249,4 +297,3 @@ def _check() -> None:
   want = jax.grad(loss(jnp.dot), (0, 1))(a, b)
   if not all(np.allclose(g, w, rtol=1e-5, atol=1e-5) for g, w in zip(got, want)):
     raise SystemExit("onednn.matmul's gradients differ from XLA's")
-  print("onednn ok")

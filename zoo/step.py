@@ -161,11 +161,22 @@ def own_kernels_for(options: dict | None, mesh: Mesh | None = None):
   ``kernels.xla_own_kernels()`` where those are the step's CPU options (not None) and
   ``USE_XLA_OWN_GRADIENTS``, so that the layers take the formulations fastest under the kernels it compiles
   with (the train step, and benchmarks that compile as it does); and with them, on one device,
-  ``kernels.onednn_kernels()`` where ``USE_ONEDNN`` and ``zoo.onednn.available()``."""
+  ``kernels.onednn_kernels()`` where ``USE_ONEDNN`` and ``zoo.onednn.available()``, and then
+  ``onednn.uncached()``: what the block compiles (a benchmark's functions) is not written to the persistent
+  compilation cache (the train step, compiled after its trace, is wrapped by ``jit_train_step``)."""
   own = options is not None and USE_XLA_OWN_GRADIENTS
-  single = mesh is None or mesh.devices.size == 1
-  with kernels.xla_own_kernels(own), kernels.onednn_kernels(own and single and USE_ONEDNN and onednn.available()):
+  use_onednn = _onednn_for(options, mesh)
+  with kernels.xla_own_kernels(own), kernels.onednn_kernels(use_onednn), (
+      onednn.uncached() if use_onednn else contextlib.nullcontext()):
     yield
+
+
+def _onednn_for(options: dict | None, mesh: Mesh | None) -> bool:
+  """Whether a function compiled with ``options`` on ``mesh`` (None: one device) is traced under
+  ``kernels.onednn_kernels()`` (``own_kernels_for``)."""
+  single = mesh is None or mesh.devices.size == 1
+  return (options is not None and USE_XLA_OWN_GRADIENTS and single and USE_ONEDNN
+          and onednn.available())
 
 
 def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformation], mesh: Mesh,
@@ -178,11 +189,14 @@ def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformatio
   def traced(state, batch):     # the layers' formulations follow the kernels the step compiles with
     with own_kernels_for(options, mesh):
       return step(state, batch)
-  return jax.jit(traced,
-                 in_shardings=(rep, sharding.data_sharded(mesh)),
-                 out_shardings=(rep, rep),
-                 donate_argnums=(0,),
-                 compiler_options=options)
+  jitted = jax.jit(traced,
+                   in_shardings=(rep, sharding.data_sharded(mesh)),
+                   out_shardings=(rep, rep),
+                   donate_argnums=(0,),
+                   compiler_options=options)
+  # a step holding oneDNN's custom calls is compiled without writing it to the persistent cache (that write
+  # crashes jaxlib 0.11.2; zoo.onednn)
+  return onednn.UncachedJit(jitted) if _onednn_for(options, mesh) else jitted
 
 
 @functools.lru_cache(maxsize=64)
