@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_close_scaled as _close, lowered_for as _lowered
-from zoo import kernels
+from zoo import convgrad, kernels
 from zoo.models import _layers
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -302,3 +302,82 @@ def test_a_1x1_convolution_is_a_matmul_on_cpu():
   def ops(platform):
     return sorted(set(re.findall(r"stablehlo\.(convolution|dot_general)", _lowered(grad, platform, x, w))))
   assert ops("cpu") == ["dot_general"] and ops("cuda") == ["convolution"]
+
+
+_MASK_B = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+_MASK_A = [(i, j) for i in range(4) for j in range(7) if i < 3 or j < 3]
+# (kind, batch, (H, W), kernel, strides, padding, C_in, C_out, open taps or None for all): the PixelCNN's
+# 3x3 mask B and 7x7 mask A from 1 channel, the DCGAN's strided 4x4 from 3 channels and its transposed 4x4
+# into 3; VALID with unused rows, asymmetric padding, unequal strides, a box of taps under VALID (x
+# cropped), R's channels 16 and 32; batch 1
+NATIVE = [
+    ("conv", 2, (9, 8), 3, (1, 1), "SAME", 3, 16, _MASK_B),
+    ("conv", 1, (8, 8), 7, (1, 1), "SAME", 1, 16, _MASK_A),
+    ("conv", 3, (8, 8), 4, (2, 2), "SAME", 3, 16, None),
+    ("conv", 1, (5, 7), 5, (2, 2), "VALID", 2, 32, None),
+    ("conv", 1, (8, 8), 5, (1, 1), ASYM, 2, 16, None),
+    ("conv", 1, (5, 7), 3, (2, 1), ASYM, 2, 16, None),
+    ("conv", 2, (9, 8), 5, (1, 1), "VALID", 3, 16, [(1, 2), (2, 1), (3, 3)]),
+    ("conv_transpose", 3, (8, 8), 4, (2, 2), "SAME", 16, 3, None),
+    ("conv_transpose", 1, (5, 7), 5, (2, 2), "VALID", 16, 2, None),
+    ("conv_transpose", 2, (5, 7), 3, (2, 1), ASYM, 32, 4, None),
+    ("conv_transpose", 1, (5, 7), 3, (1, 1), "SAME", 16, 5, None),
+]
+
+
+def _native_layer(kind, k, s, padding, c_in, c_out, taps):
+  """The layer and XLA's reference, (x, kernel) -> y."""
+  if kind == "conv_transpose":
+    return (lambda x, w: _layers.conv_transpose2d(x, w, s, padding),
+            lambda x, w: jax.lax.conv_transpose(x, w, s, padding, dimension_numbers=DN))
+  mask = _tap_mask((k, k), taps if taps is not None else _layers._all_taps((k, k)), c_in, c_out)
+  return (lambda x, w: _layers.conv2d(x, w * mask, padding, mask=None if taps is None else mask, strides=s),
+          lambda x, w: jax.lax.conv_general_dilated(x, w * mask, s, padding, dimension_numbers=DN))
+
+
+@pytest.mark.skipif(convgrad._compiler() is None, reason="no C++ compiler to build zoo.convgrad's kernel")
+@pytest.mark.parametrize("kind,b,hw,k,s,padding,c_in,c_out,taps", NATIVE, ids=[
+    f"{c[0]}-b{c[1]}-k{c[3]}-s{c[4][0]}{c[4][1]}-{c[5] if isinstance(c[5], str) else 'asym'}-{c[6]}to{c[7]}"
+    f"-{'all' if c[8] is None else len(c[8])}" for c in NATIVE])
+def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, taps):
+  """Traced as the step traces them on one CPU device (XLA's own kernels and the zoo's native ones), the
+  layers take their weight gradients from zoo.convgrad's kernel (a custom call in the CPU program, none
+  in the CUDA one), and compute XLA's function and both gradients."""
+  assert convgrad.available()
+  ours, ref = _native_layer(kind, k, s, padding, c_in, c_out, taps)
+  jax.clear_caches()
+  with kernels.xla_own_kernels(), kernels.native_kernels():
+    _check(ours, ref, (b, *hw, c_in), (k, k, c_in, c_out))
+    x, w = jnp.ones((b, *hw, c_in)), jnp.ones((k, k, c_in, c_out))
+    grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), (0, 1))
+    assert convgrad.TARGET in jax.jit(grad).lower(x, w).as_text()    # (export refuses such a custom call)
+    assert convgrad.TARGET not in _lowered(grad, "cuda", x, w)
+  jax.clear_caches()        # the layers read the context while tracing; JAX's trace caches do not
+  assert convgrad.TARGET not in jax.jit(grad).lower(x, w).as_text()   # outside the step's context: not used
+
+
+@pytest.mark.skipif(convgrad._compiler() is None, reason="no C++ compiler to build zoo.convgrad's kernel")
+def test_native_weight_gradients_with_a_bias_and_a_residual_and_to_the_second_order():
+  """The stride-1 layer's bias and residual (``add``) get their gradients beside the native weight
+  gradient, and a gradient penalty differentiates through the strided, transposed and masked layers' native
+  weight gradients again."""
+  mask = _tap_mask((3, 3), _MASK_B, 16, 16)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 16))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 16)) * 0.1
+  bias, add = jax.random.normal(jax.random.PRNGKey(2), (16,)), jax.random.normal(jax.random.PRNGKey(3), x.shape)
+  ours = lambda x, w, b, a: _layers.conv2d(x, w * mask, "SAME", mask, bias=b, add=a)   # noqa: E731
+  ref = lambda x, w, b, a: jax.lax.conv_general_dilated(x, w * mask, (1, 1), "SAME", dimension_numbers=DN) + b.reshape(1, 1, 1, -1) + a  # noqa: E731
+  loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))   # noqa: E731
+  assert convgrad.available()
+  jax.clear_caches()
+  with kernels.xla_own_kernels(), kernels.native_kernels():
+    for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(x, w, bias, add),
+                    jax.grad(loss(ref), (0, 1, 2, 3))(x, w, bias, add)):
+      _close(g, h)
+    for kind, k, s, c_in, c_out, taps in (("conv", 4, (2, 2), 3, 16, None), ("conv_transpose", 4, (2, 2), 16, 3, None),
+                                          ("conv", 3, (1, 1), 3, 16, _MASK_B)):
+      layer, layer_ref = _native_layer(kind, k, s, "SAME", c_in, c_out, taps)
+      x = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 6, c_in))
+      w = jax.random.normal(jax.random.PRNGKey(5), (k, k, c_in, c_out)) * 0.3
+      penalty = lambda f: lambda w: jnp.sum(jnp.square(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w))))(x)))  # noqa: E731
+      _close(jax.jit(jax.grad(penalty(layer)))(w), jax.grad(penalty(layer_ref))(w))

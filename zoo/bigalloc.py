@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
 import shutil
-import stat
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from zoo import native
 
 SOURCE = Path(__file__).resolve().parent / "_native" / "bigalloc.c"
 ENV_OFF = "ZOO_BIGALLOC"
@@ -37,12 +34,7 @@ STATS = ("fresh", "reused", "released", "cached_bytes", "live_bytes", "min_bytes
 _CHECK = "import ctypes; ctypes.CDLL(None).zoo_bigalloc_stats"
 
 
-def cache_dir(env: dict | None = None) -> Path:
-  env = os.environ if env is None else env
-  if env.get("ZOO_CACHE_DIR"):
-    return Path(env["ZOO_CACHE_DIR"]) / "native"
-  root = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-  return root / "zoo" / "native"
+cache_dir = native.cache_dir
 
 
 def _compiler() -> str | None:
@@ -51,22 +43,11 @@ def _compiler() -> str | None:
 
 def library_name(source: bytes, compiler: str) -> str:
   """The built library's file name: a hash of the source, the compiler and the machine."""
-  key = hashlib.sha256(b"\0".join([source, compiler.encode(), platform.machine().encode()])).hexdigest()[:16]
-  return f"bigalloc-{key}.so"
+  return native.library_name("bigalloc", source, _command(compiler, "OUT"))
 
 
-def _mine_alone(st: os.stat_result) -> bool:
-  return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _trusted(path: Path) -> bool:
-  """Whether ``path`` is a file of this user in a directory of this user, neither of which anybody else
-  can write (it is loaded into the process)."""
-  try:
-    st, parent = path.stat(), path.parent.stat()
-  except OSError:
-    return False
-  return stat.S_ISREG(st.st_mode) and _mine_alone(st) and _mine_alone(parent)
+def _command(compiler: str, out: str) -> list[str]:
+  return [compiler, "-O2", "-shared", "-fPIC", "-o", out, str(SOURCE), "-lpthread"]
 
 
 def build(directory: Path | None = None, quiet: bool = False) -> Path | None:
@@ -80,37 +61,8 @@ def build(directory: Path | None = None, quiet: bool = False) -> Path | None:
   compiler = _compiler()
   if compiler is None:
     return fail("no C compiler: set CC or install one")
-  source = SOURCE.read_bytes()
-  directory = cache_dir() if directory is None else Path(directory)
-  lib = directory / library_name(source, compiler)
-  if lib.exists():
-    return lib if _trusted(lib) else fail(f"{lib} or its directory is not this user's alone")
-  try:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not _mine_alone(directory.stat()):
-      return fail(f"{directory} is not this user's alone")
-    fd, tmp = tempfile.mkstemp(prefix=".bigalloc-", suffix=".so", dir=directory)
-    os.close(fd)
-  except OSError as e:
-    return fail(f"cannot write {directory}: {e.strerror}")
-  try:
-    cc = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lpthread"],
-                        capture_output=True, text=True, timeout=120)
-    if cc.returncode:
-      return fail(f"{compiler} failed: {(cc.stderr.strip().splitlines() or ['?'])[-1]}")
-    check = subprocess.run([sys.executable, "-c", _CHECK], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "LD_PRELOAD": tmp})
-    if check.returncode or check.stderr.strip():
-      return fail(f"the built library does not load: {(check.stderr.strip().splitlines() or ['?'])[-1]}")
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, lib)
-    tmp = None
-    return lib
-  except (OSError, subprocess.SubprocessError) as e:
-    return fail(f"cannot build: {e}")
-  finally:
-    if tmp is not None and os.path.exists(tmp):
-      os.unlink(tmp)
+  return native.build("bigalloc", SOURCE, lambda out: _command(compiler, out),
+                      lambda lib: native.child_check(_CHECK, {"LD_PRELOAD": lib}), directory, fail)
 
 
 def wanted(env: dict) -> bool:

@@ -15,6 +15,7 @@ import contextvars
 
 _XLA_OWN_KERNELS = contextvars.ContextVar("zoo_xla_own_kernels", default=False)
 _ONEDNN_KERNELS = contextvars.ContextVar("zoo_onednn_kernels", default=False)
+_NATIVE_KERNELS = contextvars.ContextVar("zoo_native_kernels", default=False)
 
 
 @contextlib.contextmanager
@@ -45,3 +46,14 @@ def onednn_kernels(on: bool = True):
 def onednn_kernels_on() -> bool:
   """Whether the layers may emit oneDNN's convolution and matmul for the computation being traced."""
   return _ONEDNN_KERNELS.get()
+
+
+def native_kernels(on: bool = True):
+  """Within this block, the layers may emit the zoo's own weight-gradient kernel (``zoo.convgrad``) on CPU,
+  where it is available (if ``on``): set by the train step on one CPU device."""
+  return _set(_NATIVE_KERNELS, on)
+
+
+def native_kernels_on() -> bool:
+  """Whether the layers may emit ``zoo.convgrad``'s kernel for the computation being traced."""
+  return _NATIVE_KERNELS.get()

@@ -121,6 +121,11 @@ USE_XLA_OWN_GRADIENTS = True
 # the PixelCNN28 step 1.076x at batch 64 (9 rounds) and 1.071x at 256, the dropout PixelCNN's 1.185x, the
 # Gated PixelCNN's 0.998x, the Row LSTM's 0.929x and then 1.018x (9 rounds).
 USE_ONEDNN = True
+# With them, on one CPU device, the layers' convolution weight gradients are the zoo's own kernel
+# (``zoo.convgrad``, where it builds here) wherever the side it reads as rows has a multiple of 16 channels
+# (zoo/models/_layers.py): against XLA's own weight gradients, per layer, 2.3x (the PixelCNN's 3x3 mask B)
+# to 4x (its 7x7 mask A); the steps in the README.
+USE_NATIVE_CONV_GRADS = True
 
 
 def cpu_compiler_options() -> dict:
@@ -161,12 +166,15 @@ def own_kernels_for(options: dict | None, mesh: Mesh | None = None):
   ``kernels.xla_own_kernels()`` where those are the step's CPU options (not None) and
   ``USE_XLA_OWN_GRADIENTS``, so that the layers take the formulations fastest under the kernels it compiles
   with (the train step, and benchmarks that compile as it does); and with them, on one device,
-  ``kernels.onednn_kernels()`` where ``USE_ONEDNN`` and ``zoo.onednn.available()``, and then
+  ``kernels.native_kernels()`` where ``USE_NATIVE_CONV_GRADS`` (the layers ask ``zoo.convgrad.available()``
+  when they would use it) and ``kernels.onednn_kernels()`` where ``USE_ONEDNN`` and
+  ``zoo.onednn.available()``, and then
   ``onednn.uncached()``: what the block compiles (a benchmark's functions) is not written to the persistent
   compilation cache (the train step, compiled after its trace, is wrapped by ``jit_train_step``)."""
   own = options is not None and USE_XLA_OWN_GRADIENTS
   use_onednn = _onednn_for(options, mesh)
-  with kernels.xla_own_kernels(own), kernels.onednn_kernels(use_onednn), (
+  native = own and (mesh is None or mesh.devices.size == 1) and USE_NATIVE_CONV_GRADS
+  with kernels.xla_own_kernels(own), kernels.onednn_kernels(use_onednn), kernels.native_kernels(native), (
       onednn.uncached() if use_onednn else contextlib.nullcontext()):
     yield
 

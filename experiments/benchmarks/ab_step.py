@@ -3,7 +3,8 @@ rounds in one process (issue 7).
 
 The thresholds choose between formulations of the same function (``_DY_COPIES_MAX_RATIO``,
 ``_CONCAT_MAX_FEATURES``, ``_PHASE_MIN_FEATURES``; under XLA's own kernels ``USE_XLA_OWN_GRADIENTS``,
-``_XLA_OWN_STRIDED_GRADIENTS``, ``_MATERIALIZE_CONV_INPUT`` and ``zoo.step.USE_ONEDNN``, 0 or 1, and
+``_XLA_OWN_STRIDED_GRADIENTS``, ``_MATERIALIZE_CONV_INPUT``, ``zoo.step.USE_ONEDNN`` and
+``zoo.step.USE_NATIVE_CONV_GRADS``, 0 or 1, and
 ``_ONEDNN_MIN_PIXELS``), or compile it with XLA's options or the zoo's (``zoo.step.USE_CPU_COMPILER_OPTIONS``,
 0 or 1) and with which preferred vector width (``zoo.step.CPU_PREFER_VECTOR_WIDTH``, 0 for XLA's default, or
 512); each is read when the step is built,
@@ -30,9 +31,9 @@ from zoo.models import _layers
 THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, "_PHASE_MIN_FEATURES": _layers,
               "_XLA_OWN_STRIDED_GRADIENTS": _layers, "_MATERIALIZE_CONV_INPUT": _layers,
               "_ONEDNN_MIN_PIXELS": _layers, "_ONEDNN_FUSED_ADDS": _layers,
-              "_ONEDNN_PHASES": _layers, "_ONEDNN_PHASE_MIN_PIXELS": _layers,
+              "_ONEDNN_PHASES": _layers, "_ONEDNN_PHASE_MIN_PIXELS": _layers, "_NATIVE_STRIDED_MAX_TAPPED": _layers,
               "USE_CPU_COMPILER_OPTIONS": step_lib, "USE_XLA_OWN_GRADIENTS": step_lib,
-              "CPU_PREFER_VECTOR_WIDTH": step_lib, "USE_ONEDNN": step_lib}
+              "CPU_PREFER_VECTOR_WIDTH": step_lib, "USE_ONEDNN": step_lib, "USE_NATIVE_CONV_GRADS": step_lib}
 
 
 def main():

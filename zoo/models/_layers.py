@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import kernels, onednn
+from zoo import convgrad, kernels, onednn
 from zoo.errors import ConfigError, nearest
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -237,6 +237,18 @@ _ONEDNN_FUSED_ADDS = 1
 # and 1.09x. (Strided forward convolutions in oneDNN were mixed, 0.62-1.19x: not taken.)
 _ONEDNN_PHASES = 1
 _ONEDNN_PHASE_MIN_PIXELS = 1024
+# Traced under ``zoo.kernels.native_kernels()`` too (the train step on one CPU device), weight gradients are
+# the zoo's own kernel (``zoo.convgrad``: outer products of a block of the tapped side's entries with the
+# other side's rows of channels, summed in registers; no copies per tap) wherever the side read as rows has
+# a multiple of 16 channels: every stride-1 convolution's (the PixelCNN's 3x3 mask B 168 against XLA's 63-93
+# GFLOP/s, its 7x7 mask A 148 against 22-49), and a strided or transposed one's where the tapped side (x;
+# for a transposed one dy) has fewer than this many channels (the DCGAN's 3-channel layers, 139-150 against
+# 53-68). With more, XLA's own weight gradient is as fast or faster (the DCGAN's 8x8x128 -> 4x4x256 239
+# against 158, 4x4x256 -> 8x8x128 223 against 126): the DCGAN32 step 0.94x at batch 64 with the native kernel
+# on every layer, 0.99x and 1.00x at batch 64 and 256 with this rule (ab_step.py --threshold
+# USE_NATIVE_CONV_GRADS, 7 rounds; its 3-channel layers are a small part of its step); the PixelCNN28 step
+# 1.13x and 1.17x (results/thresholds_ab_cpu2.jsonl).
+_NATIVE_STRIDED_MAX_TAPPED = 16
 
 
 def _on_cpu(fast, native, *args):
@@ -482,22 +494,78 @@ def _open_box(kernel_shape, padding, taps):
   return box, tuple((lo - cut_lo, hi - cut_hi) for (lo, hi), (cut_lo, cut_hi) in zip(padding, box))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_tap_grad(x, kernel, padding, strides, taps, xla_weight_grad, onednn_phases=False):
+def _use_native_weight_grad(row_channels: int, *arrays) -> bool:
+  """Whether a weight gradient is ``zoo.convgrad``'s kernel: traced under ``kernels.native_kernels()`` (the
+  train step on one CPU device), float32 throughout, the side read as rows with a multiple of 16 channels,
+  and the kernel built and checked here."""
+  return (kernels.native_kernels_on() and row_channels % convgrad.ROW_MULTIPLE == 0
+          and all(a is None or a.dtype == jnp.float32 for a in arrays) and convgrad.available())
+
+
+def _native_conv_weight_grad(x, dy, kernel_shape, strides, padding, taps):
+  """conv2d's kernel gradient at the open ``taps`` (zero elsewhere) by ``zoo.convgrad``: x padded (or
+  cropped) so that tap (i, j) of output (a, b) reads P[s_h a + i, s_w b + j]; dy read as rows."""
+  pads = [(0, 0, 0)]
+  for n, k, s, (lo, _), m in zip(x.shape[1:3], kernel_shape[:2], strides, padding, dy.shape[1:3]):
+    pads.append((lo, s * (m - 1) + k - n - lo, 0))
+  p = jax.lax.pad(x, jnp.zeros((), x.dtype), (*pads, (0, 0, 0)))
+  grads = convgrad.weight_grad(p, dy, taps, strides)
+  return _kernel_of_taps(list(grads), taps, kernel_shape)
+
+
+def _native_transposed_weight_grad(x, dy, kernel_shape, strides, padding):
+  """conv_transpose2d's kernel gradient by ``zoo.convgrad``: input pixel u meets output s * u + top - i at
+  tap i (``_phases``), so with dy padded by k - 1 - top before (at least 0), tap (i, j) reads P at
+  s * u + (top - i + that padding); x read as rows. The kernel's sums come out (tap, C_out, C_in)."""
+  pads, offsets = [(0, 0, 0)], []
+  for n, k, s, (top, _), m in zip(x.shape[1:3], kernel_shape[:2], strides, padding, dy.shape[1:3]):
+    before = max(0, k - 1 - top)
+    pads.append((before, s * (n - 1) + top + 1 - m, 0))
+    offsets.append([top - i + before for i in range(k)])
+  p = jax.lax.pad(dy, jnp.zeros((), dy.dtype), (*pads, (0, 0, 0)))
+  taps = _all_taps(kernel_shape)
+  grads = convgrad.weight_grad(p, x, [(offsets[0][i], offsets[1][j]) for i, j in taps], strides)
+  return grads.transpose(0, 2, 1).reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _conv_native_grad(x, kernel, bias, add, padding, taps, onednn_forward, has_bias, has_add):
+  return _open_box_conv(x, kernel, padding, (1, 1), taps, onednn_forward, bias, add)
+
+
+def _conv_native_grad_fwd(x, kernel, bias, add, padding, taps, onednn_forward, has_bias, has_add):
+  return _open_box_conv(x, kernel, padding, (1, 1), taps, onednn_forward, bias, add), (x, kernel)
+
+
+def _conv_native_grad_bwd(padding, taps, onednn_forward, has_bias, has_add, residuals, dy):
+  """A stride-1 convolution under the train step's kernels: XLA's input gradient over the open box (as
+  XLA's autodiff of ``_open_box_conv`` takes it) and the weight gradient by ``zoo.convgrad``."""
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _open_box_conv(x, kernel, padding, (1, 1), taps), x)[1](dy)[0]
+  dk = _native_conv_weight_grad(x, dy, kernel.shape, (1, 1), padding, taps)
+  return dx, dk, jnp.sum(dy, (0, 1, 2)) if has_bias else None, dy if has_add else None
+
+
+_conv_native_grad.defvjp(_conv_native_grad_fwd, _conv_native_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv_tap_grad(x, kernel, padding, strides, taps, xla_weight_grad, onednn_phases=False, native=False):
   return _open_box_conv(x, kernel, padding, strides, taps)
 
 
-def _conv_tap_grad_fwd(x, kernel, padding, strides, taps, xla_weight_grad, onednn_phases=False):
+def _conv_tap_grad_fwd(x, kernel, padding, strides, taps, xla_weight_grad, onednn_phases=False, native=False):
   return _open_box_conv(x, kernel, padding, strides, taps), (x, kernel)
 
 
-def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, onednn_phases, residuals, dy):
+def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, onednn_phases, native, residuals, dy):
   """At stride 1 into at most twice x's channels, both gradients from dy's copies (``_from_dy_copies``).
   Otherwise the weight gradient as (C_in, N) @ (N, C_out) matmuls, one per open tap: tap (i, j) multiplies
   x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b), or with ``xla_weight_grad`` XLA's own
   (under XLA's own kernels, ``zoo.kernels``); and the input gradient XLA's over the box of open taps
   (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed convolution by
-  phases (``_strided_input_grad``; its phases oneDNN's with ``onednn_phases``)."""
+  phases (``_strided_input_grad``; its phases oneDNN's with ``onednn_phases``). With ``native`` the weight
+  gradient is ``zoo.convgrad``'s (``_native_conv_weight_grad``)."""
   x, kernel = residuals
   if strides == (1, 1) and _from_dy_copies(x, kernel, taps):
     offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
@@ -506,6 +574,8 @@ def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, onednn_phases, r
     dx = _strided_input_grad(dy, kernel, x.shape, padding, strides, onednn_phases)
   else:
     dx = jax.vjp(lambda x: _open_box_conv(x, kernel, padding, strides, taps), x)[1](dy)[0]
+  if native:
+    return dx, _native_conv_weight_grad(x, dy, kernel.shape, strides, padding, taps)
   if xla_weight_grad:
     return dx, jax.vjp(lambda k: _open_box_conv(x, k, padding, strides, taps), kernel)[1](dy)[0]
   offsets = [(i - padding[0][0], j - padding[1][0]) for i, j in taps]
@@ -538,29 +608,32 @@ def _dilated_conv(x, kernel, strides, padding, onednn_phases: bool = False):
   return _native_dilated_conv(x, kernel, strides, padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads, onednn_phases=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads, onednn_phases=False, native=False):
   return _dilated_conv(x, kernel, strides, padding, onednn_phases)
 
 
-def _conv_transpose_tap_grad_fwd(x, kernel, strides, padding, xla_grads, onednn_phases=False):
+def _conv_transpose_tap_grad_fwd(x, kernel, strides, padding, xla_grads, onednn_phases=False, native=False):
   return _dilated_conv(x, kernel, strides, padding, onednn_phases), (x, kernel)
 
 
-def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, onednn_phases, residuals, dy):
+def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, onednn_phases, native, residuals, dy):
   """The weight gradient as (C_in, N) @ (N, C_out) matmuls, one per tap: input pixel u meets output
   s * u + top - i at tap i (``_phases``), so tap (i, j) multiplies x by dy[:, s_h * u + top - i,
   s_w * v + left - j, :]; N is the input's pixels, and no products with the dilation's zeros. Into at most
   twice x's channels, the input gradient comes from those same copies of dy (``_grads_from_dy_copies``),
   else it is XLA's (a strided convolution of dy). With ``xla_grads`` (under XLA's own kernels,
-  ``zoo.kernels``) both are XLA's own strided convolutions (``_transposed_weight_grad``)."""
+  ``zoo.kernels``) both are XLA's own strided convolutions (``_transposed_weight_grad``), or with ``native``
+  the weight gradient ``zoo.convgrad``'s (``_native_transposed_weight_grad``)."""
   x, kernel = residuals
   taps = _all_taps(kernel.shape)
   offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
   if not xla_grads and _from_dy_copies(x, kernel, taps):
     return _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps)
   dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
-  if xla_grads:
+  if native:
+    dk = _native_transposed_weight_grad(x, dy, kernel.shape, strides, padding)
+  elif xla_grads:
     dk = _transposed_weight_grad(x, dy, kernel.shape, strides, padding)
   else:
     slices = _tap_slices(dy, offsets, strides, x.shape[1:3])
@@ -645,18 +718,24 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
                                             b, a), native, x, kernel, bias, add)
   own = kernels.xla_own_kernels_on()   # XLA's own gradients where they are the faster (above)
   if strides == (1, 1) and own:
+    native_wgrad = _use_native_weight_grad(kernel.shape[3], x, kernel, bias, add)
+
     def cpu(x, k, b, a):
       if _MATERIALIZE_CONV_INPUT:
         x = _materialized(x, k)
+      if native_wgrad:
+        return _conv_native_grad(x, k, b, a, padding, taps, onednn_ok, b is not None, a is not None)
       return _open_box_conv(x, k, padding, strides, taps, onednn_forward=onednn_ok, bias=b, add=a)
   else:
     xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
     # the input gradient's phases (``_strided_input_grad``) convolve dy: (B, H_out, W_out) pixels
     dy_pixels = x.shape[0] * _conv_out_pixels(x.shape[1:3], (kh, kw), strides, padding)
     phases = _use_onednn_phases(dy_pixels, x, kernel)
+    native_wgrad = (own and kernel.shape[2] < _NATIVE_STRIDED_MAX_TAPPED and
+                    _use_native_weight_grad(kernel.shape[3], x, kernel))
 
     def cpu(x, k, b, a):
-      return _plus(_conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad, phases), b, a)
+      return _plus(_conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad, phases, native_wgrad), b, a)
   return _on_cpu(cpu, native, x, kernel, bias, add)
 
 
@@ -699,7 +778,9 @@ def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
     pads = padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   xla_grads = kernels.xla_own_kernels_on() and bool(_XLA_OWN_STRIDED_GRADIENTS)   # see above
   phases = _use_onednn_phases(math.prod(x.shape[:3]), x, kernel)
-  return _on_cpu(lambda x, k: _conv_transpose_tap_grad(x, k, strides, pads, xla_grads, phases),
+  native_wgrad = (xla_grads and kernel.shape[3] < _NATIVE_STRIDED_MAX_TAPPED
+                  and _use_native_weight_grad(kernel.shape[2], x, kernel))
+  return _on_cpu(lambda x, k: _conv_transpose_tap_grad(x, k, strides, pads, xla_grads, phases, native_wgrad),
                  lambda x, k: jax.lax.conv_transpose(x, k, strides, padding, dimension_numbers=_DN),
                  x, kernel)
 

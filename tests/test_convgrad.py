@@ -1,0 +1,102 @@
+"""zoo.convgrad: the zoo's own weight-gradient kernel (an XLA FFI custom call built at first use) is the
+sum it documents, over strides, channel counts, row lengths, tap sets and thread counts, to the second
+order; bad input fails with one clear line; it can be turned off."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import assert_close_scaled as _close
+from zoo import convgrad
+
+pytestmark = pytest.mark.skipif(convgrad._compiler() is None, reason="no C++ compiler to build the kernel")
+
+
+def _case(rng, b, hw, cp, cr, strides, offsets):
+  (h, w), (sh, sw) = hw, strides
+  hp = sh * (h - 1) + max(o[0] for o in offsets) + 1 + int(rng.integers(0, 3))
+  wp = sw * (w - 1) + max(o[1] for o in offsets) + 1 + int(rng.integers(0, 3))
+  p = jnp.asarray(rng.standard_normal((b, hp, wp, cp), np.float32))
+  r = jnp.asarray(rng.standard_normal((b, h, w, cr), np.float32))
+  return p, r
+
+
+# (batch, R's (H, W), C_P, C_R, strides, offsets): one and three tapped channels and 16; rows of one pixel,
+# of 5 and of 150 (tiles of ~128 pixels cut inside a row's run); R's channels 16 (a tile of one vector),
+# 64 and 80 (64 then 16); unequal strides; a single tap; a batch of one
+CASES = [
+    (1, (1, 1), 1, 16, (1, 1), ((0, 0),)),
+    (3, (4, 5), 3, 64, (2, 2), ((0, 0), (1, 2), (2, 1), (3, 3), (0, 3))),
+    (2, (6, 7), 16, 80, (1, 1), ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1))),
+    (2, (3, 150), 1, 32, (2, 1), ((2, 0), (0, 2), (1, 1))),
+    (1, (5, 4), 7, 48, (1, 3), tuple((i, j) for i in range(3) for j in range(4))),
+]
+
+
+@pytest.mark.parametrize("b,hw,cp,cr,strides,offsets", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_weight_grad_is_the_sum_over_pixels_of_tap_times_row(b, hw, cp, cr, strides, offsets, threads):
+  assert convgrad.available()
+  p, r = _case(np.random.default_rng(0), b, hw, cp, cr, strides, offsets)
+  got = jax.jit(lambda p, r: convgrad.weight_grad(p, r, offsets, strides, threads))(p, r)
+  assert got.shape == (len(offsets), cp, cr)
+  _close(got, convgrad._reference(p, r, offsets, strides))
+
+
+def test_weight_grad_to_the_second_order():
+  """Its transposes (XLA's convolutions) give the first derivatives in P and R, and a gradient penalty's
+  second derivative, as the einsum's."""
+  assert convgrad.available()
+  offsets, strides = ((0, 0), (1, 2), (2, 1)), (2, 1)
+  p, r = _case(np.random.default_rng(1), 2, (3, 4), 3, 16, strides, offsets)
+  loss = lambda f: lambda p, r: jnp.sum(jnp.sin(f(p, r)))      # noqa: E731
+  ours = lambda p, r: convgrad.weight_grad(p, r, offsets, strides)   # noqa: E731
+  ref = lambda p, r: convgrad._reference(p, r, offsets, strides)     # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(p, r), jax.grad(loss(ref), (0, 1))(p, r)):
+    _close(g, h)
+  penalty = lambda f: lambda p, r: jnp.sum(jnp.square(jax.grad(loss(f), 1)(p, r)))   # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(penalty(ours), (0, 1)))(p, r), jax.grad(penalty(ref), (0, 1))(p, r)):
+    _close(g, h)
+
+
+@pytest.mark.parametrize("p_shape,r_shape,offsets,strides,dtype,error", [
+    ((1, 5, 5, 3), (1, 3, 3, 12), ((0, 0),), (1, 1), np.float32, "multiple of 16"),
+    ((1, 5, 5, 3), (2, 3, 3, 16), ((0, 0),), (1, 1), np.float32, "one batch"),
+    ((1, 5, 5, 3), (1, 3, 3, 16), ((0, 3),), (1, 1), np.float32, "reads outside P"),
+    ((1, 5, 5, 3), (1, 4, 3, 16), ((0, 0),), (2, 2), np.float32, "reads outside P"),
+    ((1, 5, 5, 3), (1, 3, 3, 16), ((-1, 0),), (1, 1), np.float32, "reads outside P"),
+    ((1, 5, 5, 3), (1, 3, 3, 16), (), (1, 1), np.float32, "no taps"),
+    ((1, 5, 5, 3), (1, 3, 3, 16), ((0, 0),), (1, 1), np.float16, "float32 only"),
+])
+def test_bad_input_fails_with_one_clear_line(p_shape, r_shape, offsets, strides, dtype, error):
+  p, r = jnp.zeros(p_shape, dtype), jnp.zeros(r_shape, dtype)
+  with pytest.raises(ValueError, match=error):
+    convgrad.weight_grad(p, r, offsets, strides)
+
+
+def test_weight_grad_refuses_to_run_where_the_kernel_is_not_available(monkeypatch):
+  monkeypatch.setattr(convgrad, "available", lambda: False)
+  with pytest.raises(RuntimeError, match="not available"):
+    convgrad.weight_grad(jnp.zeros((1, 3, 3, 1)), jnp.zeros((1, 3, 3, 16)), ((0, 0),), (1, 1))
+
+
+def test_the_library_is_built_once_and_can_be_turned_off(tmp_path, monkeypatch, capsys):
+  first = convgrad.build(tmp_path)
+  assert first is not None and first.parent == tmp_path
+  mtime = first.stat().st_mtime_ns
+  assert convgrad.build(tmp_path) == first and first.stat().st_mtime_ns == mtime      # not built again
+  try:
+    convgrad.available.cache_clear()
+    monkeypatch.setenv(convgrad.ENV_OFF, "0")
+    assert convgrad.available() is False
+    convgrad.available.cache_clear()
+    monkeypatch.delenv(convgrad.ENV_OFF)
+    monkeypatch.setattr(convgrad, "_compiler", lambda: None)
+    assert convgrad.available() is False
+    assert "no C++ compiler" in capsys.readouterr().err
+  finally:
+    monkeypatch.undo()
+    convgrad.available.cache_clear()
+  assert convgrad.available() is True

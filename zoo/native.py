@@ -1,0 +1,93 @@
+"""Building the zoo's small native libraries at first use: ``zoo/_native/*`` compiled with the system's
+compiler into the user's cache (``$ZOO_CACHE_DIR`` or ``$XDG_CACHE_HOME/zoo`` or ``~/.cache/zoo``, under
+``native/``), named by a hash of the source, the command and the machine, and used only where the file and
+its directory are this user's alone (the library is loaded into the process). Used by ``zoo.bigalloc`` (C,
+preloaded) and ``zoo.convgrad`` (C++, an XLA FFI handler).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+SOURCES = Path(__file__).resolve().parent / "_native"
+
+
+def cache_dir(env: dict | None = None) -> Path:
+  env = os.environ if env is None else env
+  if env.get("ZOO_CACHE_DIR"):
+    return Path(env["ZOO_CACHE_DIR"]) / "native"
+  root = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+  return root / "zoo" / "native"
+
+
+def library_name(prefix: str, source: bytes, command: Sequence[str]) -> str:
+  """The built library's file name: a hash of the source, the compile command and the machine."""
+  key = hashlib.sha256(b"\0".join([source, *(c.encode() for c in command), platform.machine().encode()]))
+  return f"{prefix}-{key.hexdigest()[:16]}.so"
+
+
+def _mine_alone(st: os.stat_result) -> bool:
+  return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def trusted(path: Path) -> bool:
+  """Whether ``path`` is a file of this user in a directory of this user, neither of which anybody else
+  can write (it is loaded into the process)."""
+  try:
+    st, parent = path.stat(), path.parent.stat()
+  except OSError:
+    return False
+  return stat.S_ISREG(st.st_mode) and _mine_alone(st) and _mine_alone(parent)
+
+
+def build(prefix: str, source: Path, command: Callable[[str], list[str]], check: Callable[[str], str | None],
+          directory: Path | None, fail: Callable[[str], None]) -> Path | None:
+  """The library built from ``source`` into ``directory`` (default ``cache_dir()``) by ``command(output)``
+  (the compiler's argv, writing ``output``), unless it is there already; ``check(path)`` is None where the
+  new library works, else why not. None, with ``fail(why)`` called, where it cannot be built or used."""
+  text = source.read_bytes()
+  directory = cache_dir() if directory is None else Path(directory)
+  lib = directory / library_name(prefix, text, command("OUT"))
+  if lib.exists():
+    return lib if trusted(lib) else fail(f"{lib} or its directory is not this user's alone")
+  try:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not _mine_alone(directory.stat()):
+      return fail(f"{directory} is not this user's alone")
+    fd, tmp = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".so", dir=directory)
+    os.close(fd)
+  except OSError as e:
+    return fail(f"cannot write {directory}: {e.strerror}")
+  try:
+    cc = subprocess.run(command(tmp), capture_output=True, text=True, timeout=300)
+    if cc.returncode:
+      return fail(f"{command(tmp)[0]} failed: {(cc.stderr.strip().splitlines() or ['?'])[-1]}")
+    why = check(tmp)
+    if why is not None:
+      return fail(f"the built library does not work: {why}")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, lib)
+    tmp = None
+    return lib
+  except (OSError, subprocess.SubprocessError) as e:
+    return fail(f"cannot build: {e}")
+  finally:
+    if tmp is not None and os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def child_check(code: str, env: dict | None = None) -> str | None:
+  """Runs ``python -c code`` in a child process: None where it exits 0 with nothing on stderr, else the
+  last line it wrote there."""
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        env={**os.environ, **(env or {})})
+  if done.returncode or done.stderr.strip():
+    return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+  return None
