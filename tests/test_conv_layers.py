@@ -309,7 +309,8 @@ _MASK_A = [(i, j) for i in range(4) for j in range(7) if i < 3 or j < 3]
 # (kind, batch, (H, W), kernel, strides, padding, C_in, C_out, open taps or None for all): the PixelCNN's
 # 3x3 mask B and 7x7 mask A from 1 channel, the DCGAN's strided 4x4 from 3 channels and its transposed 4x4
 # into 3; VALID with unused rows, asymmetric padding, unequal strides, a box of taps under VALID (x
-# cropped), R's channels 16 and 32; batch 1
+# cropped), R's channels 16 and 32, inputs (or a transposed one's outputs) of 1 to 5 and 8 channels (the
+# thin kernel takes up to 4); batch 1
 NATIVE = [
     ("conv", 2, (9, 8), 3, (1, 1), "SAME", 3, 16, _MASK_B),
     ("conv", 1, (8, 8), 7, (1, 1), "SAME", 1, 16, _MASK_A),
@@ -318,6 +319,7 @@ NATIVE = [
     ("conv", 1, (8, 8), 5, (1, 1), ASYM, 2, 16, None),
     ("conv", 1, (5, 7), 3, (2, 1), ASYM, 2, 16, None),
     ("conv", 2, (9, 8), 5, (1, 1), "VALID", 3, 16, [(1, 2), (2, 1), (3, 3)]),
+    ("conv", 1, (7, 6), 3, (1, 1), "SAME", 8, 16, None),
     ("conv_transpose", 3, (8, 8), 4, (2, 2), "SAME", 16, 3, None),
     ("conv_transpose", 1, (5, 7), 5, (2, 2), "VALID", 16, 2, None),
     ("conv_transpose", 2, (5, 7), 3, (2, 1), ASYM, 32, 4, None),
@@ -341,8 +343,10 @@ def _native_layer(kind, k, s, padding, c_in, c_out, taps):
     f"-{'all' if c[8] is None else len(c[8])}" for c in NATIVE])
 def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, taps):
   """Traced as the step traces them on one CPU device (XLA's own kernels and the zoo's native ones), the
-  layers take their weight gradients from zoo.convgrad's kernel (a custom call in the CPU program, none
-  in the CUDA one), and compute XLA's function and both gradients."""
+  layers take their weight gradients from zoo.convgrad's kernel, a strided convolution of few input
+  channels its forward pass and a transposed one into few channels its input gradient from the second, and a
+  stride-1 convolution from few channels its input gradient from the third (custom calls in the CPU program,
+  none in the CUDA one), and compute XLA's function and both gradients."""
   assert convgrad.available()
   ours, ref = _native_layer(kind, k, s, padding, c_in, c_out, taps)
   jax.clear_caches()
@@ -350,7 +354,12 @@ def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_o
     _check(ours, ref, (b, *hw, c_in), (k, k, c_in, c_out))
     x, w = jnp.ones((b, *hw, c_in)), jnp.ones((k, k, c_in, c_out))
     grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), (0, 1))
-    assert convgrad.TARGET in jax.jit(grad).lower(x, w).as_text()    # (export refuses such a custom call)
+    text = jax.jit(grad).lower(x, w).as_text()        # (export refuses such a custom call)
+    assert convgrad.TARGET in text
+    # the convolution of few input channels: a strided one's forward pass, a transposed one's input gradient
+    assert (convgrad.CONV_TARGET in text) == (kind == "conv_transpose" or s != (1, 1))
+    # the convolution into few channels: a stride-1 convolution's input gradient
+    assert (convgrad.THIN_TARGET in text) == (kind == "conv" and s == (1, 1) and c_in <= convgrad.THIN_MAX)
     assert convgrad.TARGET not in _lowered(grad, "cuda", x, w)
   jax.clear_caches()        # the layers read the context while tracing; JAX's trace caches do not
   assert convgrad.TARGET not in jax.jit(grad).lower(x, w).as_text()   # outside the step's context: not used

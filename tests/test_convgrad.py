@@ -1,6 +1,7 @@
-"""zoo.convgrad: the zoo's own weight-gradient kernel (an XLA FFI custom call built at first use) is the
-sum it documents, over strides, channel counts, row lengths, tap sets and thread counts, to the second
-order; bad input fails with one clear line; it can be turned off."""
+"""zoo.convgrad: the zoo's own kernels (XLA FFI custom calls built at first use), the weight gradient and the
+convolution of few input channels, are the sums they document, over strides, channel counts, row lengths,
+tap sets and thread counts, to the second order; bad input fails with one clear line; they can be turned
+off."""
 from __future__ import annotations
 
 import jax
@@ -45,6 +46,61 @@ def test_weight_grad_is_the_sum_over_pixels_of_tap_times_row(b, hw, cp, cr, stri
   _close(got, convgrad._reference(p, r, offsets, strides))
 
 
+@pytest.mark.parametrize("b,hw,cp,cr,strides,offsets", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_conv_taps_is_xlas_convolution_with_those_taps(b, hw, cp, cr, strides, offsets, threads):
+  """conv_taps(P, w) is XLA's convolution of P with a kernel holding w[t] at offsets[t] (zeros elsewhere),
+  cropped to the output size asked for; rows of 1 to 150 pixels cut into blocks of 6 (64 channels) or 24."""
+  assert convgrad.available()
+  rng = np.random.default_rng(2)
+  p, _ = _case(rng, b, hw, cp, cr, strides, offsets)
+  w = jnp.asarray(rng.standard_normal((len(offsets), cp, cr), np.float32))
+  want = jax.lax.conv_general_dilated(p, convgrad._taps_kernel(w, offsets), strides, "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+  got = jax.jit(lambda p, w: convgrad.conv_taps(p, w, offsets, strides, hw, threads))(p, w)
+  assert got.shape == (b, *hw, cr)
+  _close(got, want[:, :hw[0], :hw[1]])
+
+
+@pytest.mark.parametrize("b,hw,cp,cr,strides,offsets", [c for c in CASES if c[2] % 16 == 0] + [
+    (2, (5, 150), 32, 16, (1, 1), ((0, 0), (1, 1), (2, 0))), (1, (3, 4), 16, 16, (2, 3), ((1, 2),))],
+    ids=["case2", "long-rows", "strided"])
+@pytest.mark.parametrize("outputs", [1, 3, 4])
+def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides, offsets, outputs):
+  """thin_conv(P, v) is XLA's convolution of P into 1 to 4 channels with v[t] (transposed) at offsets[t]:
+  blocks of 24 / C pixels, a remainder, two threads."""
+  assert convgrad.available()
+  rng = np.random.default_rng(4)
+  p, _ = _case(rng, b, hw, cp, cr, strides, offsets)
+  v = jnp.asarray(rng.standard_normal((len(offsets), outputs, cp), np.float32))
+  got = jax.jit(lambda p, v: convgrad.thin_conv(p, v, offsets, strides, hw, 2))(p, v)
+  assert got.shape == (b, *hw, outputs)
+  _close(got, convgrad._as_conv(p, v.swapaxes(1, 2), hw, offsets, strides))
+  loss = lambda f: lambda p, v: jnp.sum(jnp.sin(f(p, v)))      # noqa: E731
+  ours = lambda p, v: convgrad.thin_conv(p, v, offsets, strides, hw)    # noqa: E731
+  ref = lambda p, v: convgrad._as_conv(p, v.swapaxes(1, 2), hw, offsets, strides)     # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(p, v), jax.grad(loss(ref), (0, 1))(p, v)):
+    _close(g, h)
+
+
+def test_conv_taps_to_the_second_order():
+  """Its transposes (XLA's convolution for P, weight_grad for w) give the first derivatives and a gradient
+  penalty's second derivative, as XLA's convolution does."""
+  assert convgrad.available()
+  offsets, strides, hw = ((0, 0), (1, 2), (2, 1)), (2, 1), (3, 4)
+  rng = np.random.default_rng(3)
+  p, _ = _case(rng, 2, hw, 3, 16, strides, offsets)
+  w = jnp.asarray(rng.standard_normal((3, 3, 16), np.float32))
+  loss = lambda f: lambda p, w: jnp.sum(jnp.sin(f(p, w)))      # noqa: E731
+  ours = lambda p, w: convgrad.conv_taps(p, w, offsets, strides, hw)    # noqa: E731
+  ref = lambda p, w: convgrad._as_conv(p, w, hw, offsets, strides)     # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(p, w), jax.grad(loss(ref), (0, 1))(p, w)):
+    _close(g, h)
+  penalty = lambda f: lambda p, w: jnp.sum(jnp.square(jax.grad(loss(f), 0)(p, w)))   # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(penalty(ours), (0, 1)))(p, w), jax.grad(penalty(ref), (0, 1))(p, w)):
+    _close(g, h)
+
+
 def test_weight_grad_to_the_second_order():
   """Its transposes (XLA's convolutions) give the first derivatives in P and R, and a gradient penalty's
   second derivative, as the einsum's."""
@@ -74,6 +130,26 @@ def test_bad_input_fails_with_one_clear_line(p_shape, r_shape, offsets, strides,
   p, r = jnp.zeros(p_shape, dtype), jnp.zeros(r_shape, dtype)
   with pytest.raises(ValueError, match=error):
     convgrad.weight_grad(p, r, offsets, strides)
+
+
+def test_conv_taps_fails_with_one_clear_line_on_bad_input():
+  p = jnp.zeros((1, 5, 5, 3))
+  with pytest.raises(ValueError, match="multiple of 16"):
+    convgrad.conv_taps(p, jnp.zeros((1, 3, 12)), ((0, 0),), (1, 1), (3, 3))
+  with pytest.raises(ValueError, match="P's channels"):
+    convgrad.conv_taps(p, jnp.zeros((2, 3, 16)), ((0, 0),), (1, 1), (3, 3))
+  with pytest.raises(ValueError, match="reads outside P"):
+    convgrad.conv_taps(p, jnp.zeros((1, 3, 16)), ((0, 0),), (1, 1), (6, 3))
+
+
+def test_thin_conv_fails_with_one_clear_line_on_bad_input():
+  p = jnp.zeros((1, 5, 5, 16))
+  with pytest.raises(ValueError, match="1 to 4 outputs"):
+    convgrad.thin_conv(p, jnp.zeros((1, 5, 16)), ((0, 0),), (1, 1), (3, 3))
+  with pytest.raises(ValueError, match="multiple of 16"):
+    convgrad.thin_conv(jnp.zeros((1, 5, 5, 8)), jnp.zeros((1, 3, 8)), ((0, 0),), (1, 1), (3, 3))
+  with pytest.raises(ValueError, match="reads outside P"):
+    convgrad.thin_conv(p, jnp.zeros((1, 3, 16)), ((3, 0),), (1, 1), (3, 3))
 
 
 def test_weight_grad_refuses_to_run_where_the_kernel_is_not_available(monkeypatch):

@@ -1,25 +1,34 @@
-"""Convolution weight gradients on CPU by a kernel of the zoo's own (``zoo/_native/convgrad.cc``), an XLA FFI
-custom call (issue 7).
+"""Convolutions on CPU by kernels of the zoo's own (``zoo/_native/convgrad.cc``), XLA FFI custom calls, for the
+shapes where XLA:CPU's are far below its matrix speed (issue 7). Each reads P, the side read at kernel taps
+(a convolution's input, padded so that every tap lies inside it; for a transposed convolution dy), at tap t
+of output pixel (i, j) at (s_h * i + offsets[t][0], s_w * j + offsets[t][1]), and makes no copies of P per
+tap (no im2col):
 
-    weight_grad(P, R, offsets, stride)[t, p, r] = sum over (b, i, j) of
-        P[b, stride * i + offsets[t][0], stride * j + offsets[t][1], p] * R[b, i, j, r]
+- ``weight_grad(P, R)[t, p, r] = sum over (b, i, j) of P[b, tap t of (i, j), p] * R[b, i, j, r]``: a
+  convolution's weight gradient (R = dy; for a transposed convolution R = x and P = dy). For each pixel a
+  block of (tap, channel) entries of P is broadcast and multiplied into R's row of 64 channels, the block's
+  sums held in vector registers over a tile of ~128 pixels; the cores split the pixels.
+- ``conv_taps(P, w)[b, i, j, r] = sum over (t, p) of P[b, tap t of (i, j), p] * w[t, p, r]``: a convolution
+  of few input channels (a DCGAN's 3-channel images, a transposed convolution's input gradient into them):
+  a block of output pixels and 64 channels in registers, w's row loaded once per block.
+- ``thin_conv(P, v)[b, i, j, c] = sum over (t, p) of P[b, tap t of (i, j), p] * v[t, c, p]``: a stride-1
+  convolution into 1 to 4 channels (a PixelCNN's first layer's input gradient): sums over P's channels, 16
+  at a time, for a block of pixels and every output at once.
 
-P is the side read at the taps (a convolution's input, padded so that every tap lies inside it; for a
-transposed convolution dy, padded), R the side read as whole rows of channels (dy; for a transposed
-convolution x), whose channels must be a multiple of 16. The kernel makes no per-tap copies of P (no im2col):
-for each pixel it broadcasts a block of (tap, channel) entries of P and multiplies them into R's row of 64
-channels, the block's sums in vector registers over a tile of ~128 pixels; the cores split the pixels. On
-the 2-core AVX-512 CPU of issue 7 (batch 64; GFLOP/s of useful work against XLA's own weight gradient under
-the train step's options, and PyTorch's oneDNN): the PixelCNN's 3x3 mask B 64 -> 64 189 against 81 (PyTorch
-145), its 7x7 mask A 1 -> 64 200 against 50 (73), the DCGAN's 32x32x3 -> 16x16x64 strided convolution 143
-against 65 (170) and its 16x16x64 -> 32x32x3 transposed one 161 against 53 (165).
+The side read as rows (R, w's outputs, P for ``thin_conv``) must have a multiple of 16 channels. On the 2-core
+AVX-512 CPU of issue 7 (batch 64; GFLOP/s of useful work, against XLA's own under the train step's options,
+and PyTorch's oneDNN): weight gradients of the PixelCNN's 3x3 mask B 64 -> 64 168 against 63-93 (PyTorch
+119-145), its 7x7 mask A 1 -> 64 148-168 against 22-49 (63-83), the DCGAN's 32x32x3 -> 16x16x64 strided
+convolution 139-165 against 53-70 (143-170) and its 16x16x64 -> 32x32x3 transposed one 149-183 against
+5-7 (141-180); that strided convolution's forward pass 118-133 against 78-103 (128-175) and the transposed
+one's input gradient 122-137 against 94-109 (132-156); the 7x7 mask A's input gradient 38-42 against 10.
 
-Built from its source with the system's C++ compiler at first use (about 2.5 s; ``zoo.native``) against the
-XLA FFI headers jaxlib ships, registered for the CPU platform, and used only after it has matched XLA's
-weight gradient on small strided, padded and masked cases in this process (``available()``). Without a
-compiler, or with ``ZOO_NATIVE_CONV=0``, the layers keep XLA's gradients. The layers call it only where the
-train step traces them under ``zoo.kernels.native_kernels()`` (one CPU device: XLA cannot split a custom call
-over a batch-sharded mesh).
+Built from its source with the system's C++ compiler at first use (about 3 s; ``zoo.native``) against the
+XLA FFI headers jaxlib ships, registered for the CPU platform, and used only after all three have matched
+an einsum or XLA's convolution on small strided, padded and masked cases in this process (``available()``).
+Without a compiler, or with ``ZOO_NATIVE_CONV=0``, the layers keep XLA's convolutions. The layers call them
+only where the train step traces them under ``zoo.kernels.native_kernels()`` (one CPU device: XLA cannot
+split a custom call over a batch-sharded mesh); which layers: ``zoo/models/_layers.py``.
 """
 from __future__ import annotations
 
@@ -38,6 +47,10 @@ from zoo import native
 
 SOURCE = native.SOURCES / "convgrad.cc"
 TARGET = "zoo_conv_weight_grad"
+CONV_TARGET = "zoo_conv_taps"
+THIN_TARGET = "zoo_thin_conv"
+# thin_conv's outputs: at most this many channels
+THIN_MAX = 4
 ENV_OFF = "ZOO_NATIVE_CONV"
 # R's channels are taken 16 at a time (a vector of floats)
 ROW_MULTIPLE = 16
@@ -64,40 +77,83 @@ def build(directory=None, quiet: bool = False):
   if compiler is None:
     return fail("no C++ compiler: set CXX or install one")
   return native.build("convgrad", SOURCE, lambda out: _command(compiler, out),
-                      lambda lib: native.child_check(f"import ctypes; ctypes.CDLL({str(lib)!r}).ZooConvWeightGrad"),
+                      lambda lib: native.child_check(f"import ctypes; l = ctypes.CDLL({str(lib)!r}); l.ZooConvWeightGrad; l.ZooConvTaps; l.ZooThinConv"),
                       directory, fail)
 
 
 def weight_grad(p, r, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], threads: int = 0):
   """(len(offsets), C_P, C_R) float32: the sums above, at strides (s_h, s_w). ``threads`` 0: as many as this
-  process may run on. Bilinear in P and R, differentiable to any order (its transposes are XLA's
-  convolutions: a GAN's gradient penalty differentiates through it)."""
+  process may run on. Differentiable in reverse mode to any order (its cotangents are XLA's convolutions:
+  a GAN's gradient penalty differentiates through it), not in forward mode (a custom VJP)."""
   offsets = tuple((int(di), int(dj)) for di, dj in offsets)
   strides = tuple(int(s) for s in strides)
   if p.ndim != 4 or r.ndim != 4 or p.shape[0] != r.shape[0] or r.shape[3] % ROW_MULTIPLE:
     raise ValueError(f"convgrad.weight_grad: P {p.shape} and R {r.shape} must be 4-D with one batch, R's "
                      f"channels a multiple of {ROW_MULTIPLE}")
-  if p.dtype != jnp.float32 or r.dtype != jnp.float32:
-    raise ValueError(f"convgrad.weight_grad: float32 only, got {p.dtype} and {r.dtype}")
+  _validate(p, r, offsets, strides, r.shape[1:3], "weight_grad")
+  return _weight_grad(p, r, offsets, strides, tuple(r.shape[1:3]), int(threads))
+
+
+def _validate(p, other, offsets, strides, out_hw, what: str) -> None:
+  if p.dtype != jnp.float32 or other.dtype != jnp.float32:
+    raise ValueError(f"convgrad.{what}: float32 only, got {p.dtype} and {other.dtype}")
   if not offsets or min(strides) < 1:
-    raise ValueError(f"convgrad.weight_grad: no taps, or strides {strides} below 1")
+    raise ValueError(f"convgrad.{what}: no taps, or strides {strides} below 1")
   for di, dj in offsets:
-    if (min(di, dj) < 0 or strides[0] * (r.shape[1] - 1) + di >= p.shape[1]
-        or strides[1] * (r.shape[2] - 1) + dj >= p.shape[2]):
-      raise ValueError(f"convgrad.weight_grad: tap offset {(di, dj)} at strides {strides} reads outside P {p.shape}")
+    if (min(di, dj) < 0 or strides[0] * (out_hw[0] - 1) + di >= p.shape[1]
+        or strides[1] * (out_hw[1] - 1) + dj >= p.shape[2]):
+      raise ValueError(f"convgrad.{what}: tap offset {(di, dj)} at strides {strides} reads outside P {p.shape}")
   if not _checking and not available():
-    raise RuntimeError("convgrad.weight_grad: the kernel is not available here (zoo.convgrad.available())")
-  return _prim.bind(p, r, offsets=offsets, strides=strides, threads=int(threads))
+    raise RuntimeError(f"convgrad.{what}: the kernel is not available here (zoo.convgrad.available())")
 
 
 _checking = False     # set while available() runs the kernel before it is known to be available
+
+
+def conv_taps(p, w, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], out_hw: tuple[int, int],
+              threads: int = 0):
+  """The convolution of P whose taps are ``w`` (len(offsets), C_P, C_R):
+
+      y[b, i, j, r] = sum over (t, p) of  P[b, s_h * i + offsets[t][0], s_w * j + offsets[t][1], p] * w[t, p, r]
+
+  for (i, j) < ``out_hw``, by the zoo's kernel: a block of output pixels and 64 of y's channels summed in
+  registers, w's row loaded once for the block (an implicit matrix product, no copies of P per tap); C_R a
+  multiple of 16. For convolutions of few input channels (a DCGAN's 3), which XLA runs as thin matmuls.
+  Differentiable in reverse mode (cotangents: XLA's convolution for P, ``weight_grad`` for w)."""
+  offsets = tuple((int(di), int(dj)) for di, dj in offsets)
+  strides, out_hw = tuple(int(s) for s in strides), tuple(int(n) for n in out_hw)
+  if p.ndim != 4 or w.ndim != 3 or w.shape != (len(offsets), p.shape[3], w.shape[2]) or w.shape[2] % ROW_MULTIPLE:
+    raise ValueError(f"convgrad.conv_taps: P {p.shape} must be 4-D and w {w.shape} (taps, P's channels, C) "
+                     f"with C a multiple of {ROW_MULTIPLE}")
+  _validate(p, w, offsets, strides, out_hw, "conv_taps")
+  return _conv_taps(p, w, offsets, strides, out_hw, int(threads))
+
+
+def thin_conv(p, v, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], out_hw: tuple[int, int],
+              threads: int = 0):
+  """The convolution of P into at most ``THIN_MAX`` channels, its taps' kernels given transposed as ``v``
+  (len(offsets), C, C_P):
+
+      y[b, i, j, c] = sum over (t, p) of  P[b, s_h * i + offsets[t][0], s_w * j + offsets[t][1], p] * v[t, c, p]
+
+  by the zoo's kernel (sums over P's channels, 16 at a time, for a block of output pixels and every output
+  channel at once); C_P a multiple of 16. For the convolutions into an image's 1 or 3 channels, which XLA
+  runs as thin matmuls. Differentiable in reverse mode (its cotangents XLA's convolutions)."""
+  offsets = tuple((int(di), int(dj)) for di, dj in offsets)
+  strides, out_hw = tuple(int(s) for s in strides), tuple(int(n) for n in out_hw)
+  if (p.ndim != 4 or v.ndim != 3 or v.shape[0] != len(offsets) or v.shape[2] != p.shape[3]
+      or not 1 <= v.shape[1] <= THIN_MAX or p.shape[3] % ROW_MULTIPLE):
+    raise ValueError(f"convgrad.thin_conv: P {p.shape} must be 4-D with a multiple of {ROW_MULTIPLE} channels "
+                     f"and v {v.shape} (taps, 1 to {THIN_MAX} outputs, P's channels)")
+  _validate(p, v, offsets, strides, out_hw, "thin_conv")
+  return _thin_conv(p, v, offsets, strides, out_hw, int(threads))
 
 
 def _taps_kernel(g, offsets):
   """The (max di + 1, max dj + 1, C_P, C_R) kernel holding g[t] at offsets[t], zeros elsewhere."""
   kh, kw = max(o[0] for o in offsets) + 1, max(o[1] for o in offsets) + 1
   k = jnp.zeros((kh, kw, *g.shape[1:]), g.dtype)
-  return k.at[tuple(np.array(offsets).T)].set(g)
+  return k.at[tuple(np.array(offsets).T)].set(g, unique_indices=True)
 
 
 def _as_conv(p, g, r_hw, offsets, strides):
@@ -109,36 +165,98 @@ def _as_conv(p, g, r_hw, offsets, strides):
   return y[:, :r_hw[0], :r_hw[1]]
 
 
-def _ct_p(ct, p, r, *, offsets, strides, threads):
-  shape = p.aval.shape
-  return jax.linear_transpose(lambda p: _as_conv(p, ct, r.shape[1:3], offsets, strides),
-                              jax.ShapeDtypeStruct(shape, ct.dtype))(r)[0]
+def _as_conv_ct_p(ct, p_shape, w, out_hw, offsets, strides):
+  """The transpose of p -> ``_as_conv(p, w)`` at ``ct``: XLA's."""
+  return jax.linear_transpose(lambda p: _as_conv(p, w, out_hw, offsets, strides),
+                              jax.ShapeDtypeStruct(p_shape, ct.dtype))(ct)[0]
 
 
-def _ct_r(ct, p, r, *, offsets, strides, threads):
-  return _as_conv(p, ct, r.aval.shape[1:3], offsets, strides)
+def _as_conv_ct_w(ct, p, w_shape, out_hw, offsets, strides):
+  """The transpose of w -> ``_as_conv(p, w)`` at ``ct``: XLA's."""
+  return jax.linear_transpose(lambda w: _as_conv(p, w, out_hw, offsets, strides),
+                              jax.ShapeDtypeStruct(w_shape, ct.dtype))(ct)[0]
 
 
-def _define():
-  from jax.extend.core import Primitive
-  from jax.interpreters import ad, mlir
-  prim = Primitive("zoo_conv_weight_grad")
-  prim.def_abstract_eval(lambda p, r, *, offsets, strides, threads: jax.core.ShapedArray(
-      (len(offsets), p.shape[3], r.shape[3]), p.dtype))
-  prim.def_impl(functools.partial(jax.jit, static_argnames=("offsets", "strides", "threads"))(
-      lambda p, r, **params: prim.bind(p, r, **params)))
-  lowering = jax.ffi.ffi_lowering(TARGET)
-  mlir.register_lowering(prim, lambda ctx, p, r, *, offsets, strides, threads: lowering(
-      ctx, p, r, strides=np.asarray(strides, np.int64), offsets=np.asarray(offsets, np.int64).reshape(-1),
+# The three kernels' derivatives (custom VJPs: each is bilinear, its cotangents are convolutions again,
+# differentiable in turn for a gradient penalty). <weight_grad(P, R), g> = <_as_conv(P, g), R> and
+# conv_taps(P, w) = _as_conv(P, w), thin_conv(P, v) = _as_conv(P, v^T).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _weight_grad(p, r, offsets, strides, out_hw, threads):
+  return _prim.bind(p, r, offsets=offsets, strides=strides, out_hw=out_hw, threads=threads)
+
+
+def _weight_grad_fwd(p, r, offsets, strides, out_hw, threads):
+  return _weight_grad(p, r, offsets, strides, out_hw, threads), (p, r)
+
+
+def _weight_grad_bwd(offsets, strides, out_hw, threads, residuals, g):
+  p, r = residuals
+  return _as_conv_ct_p(r, p.shape, g, out_hw, offsets, strides), _as_conv(p, g, out_hw, offsets, strides)
+
+
+_weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_taps(p, w, offsets, strides, out_hw, threads):
+  return _conv_prim.bind(p, w, offsets=offsets, strides=strides, out_hw=out_hw, threads=threads)
+
+
+def _conv_taps_fwd(p, w, offsets, strides, out_hw, threads):
+  return _conv_taps(p, w, offsets, strides, out_hw, threads), (p, w)
+
+
+def _conv_taps_bwd(offsets, strides, out_hw, threads, residuals, ct):
+  p, w = residuals
+  return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides),
+          _weight_grad(p, ct, offsets, strides, out_hw, threads))
+
+
+_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _thin_conv(p, v, offsets, strides, out_hw, threads):
+  return _thin_prim.bind(p, v, offsets=offsets, strides=strides, out_hw=out_hw, threads=threads)
+
+
+def _thin_conv_fwd(p, v, offsets, strides, out_hw, threads):
+  return _thin_conv(p, v, offsets, strides, out_hw, threads), (p, v)
+
+
+def _thin_conv_bwd(offsets, strides, out_hw, threads, residuals, ct):
+  p, v = residuals
+  w = v.swapaxes(1, 2)
+  return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides),
+          _as_conv_ct_w(ct, p, w.shape, out_hw, offsets, strides).swapaxes(1, 2))
+
+
+_thin_conv.defvjp(_thin_conv_fwd, _thin_conv_bwd)
+
+
+def _define(name: str, target: str, shape):
+  """A primitive (P, other; offsets, strides, out_hw, threads) of output shape ``shape(p, other, out_hw)``,
+  lowered on CPU to the FFI ``target`` (its derivatives: the custom VJPs above)."""
+  prim = Primitive(name)
+  prim.def_abstract_eval(lambda p, o, *, offsets, strides, out_hw, threads: jax.core.ShapedArray(
+      shape(p.shape, o.shape, offsets, out_hw), p.dtype))
+  prim.def_impl(functools.partial(jax.jit, static_argnames=("offsets", "strides", "out_hw", "threads"))(
+      lambda p, o, **params: prim.bind(p, o, **params)))
+  lowering = jax.ffi.ffi_lowering(target)
+  mlir.register_lowering(prim, lambda ctx, p, o, *, offsets, strides, out_hw, threads: lowering(
+      ctx, p, o, strides=np.asarray(strides, np.int64), offsets=np.asarray(offsets, np.int64).reshape(-1),
       threads=np.int64(threads)), platform="cpu")
-  ad.defbilinear(prim, _ct_p, _ct_r)
   return prim
 
 
-_prim = None
+_prim = _conv_prim = _thin_prim = None
 _UNSUPPORTED = None
 try:
-  _prim = _define()
+  from jax.extend.core import Primitive
+  from jax.interpreters import mlir
+  _prim = _define("zoo_conv_weight_grad", TARGET, lambda p, r, offsets, hw: (len(offsets), p[3], r[3]))
+  _conv_prim = _define("zoo_conv_taps", CONV_TARGET, lambda p, w, offsets, hw: (p[0], *hw, w[2]))
+  _thin_prim = _define("zoo_thin_conv", THIN_TARGET, lambda p, v, offsets, hw: (p[0], *hw, v[1]))
 except (ImportError, AttributeError, TypeError) as e:     # a JAX whose primitive or FFI API moved
   _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
@@ -150,21 +268,32 @@ def _reference(p, r, offsets, strides):
 
 
 def _check() -> str | None:
-  """None where the kernel matches an einsum on small cases (stride 1 and 2, channels 1, 3 and 16 on the
-  tapped side, 16 and 80 on the rows' side, rows of 5 and 7 pixels, one and two threads), else why not."""
+  """None where both kernels match an einsum / XLA's convolution on small cases (strides 1 and 2 and
+  unequal, channels 1, 3 and 16 on the tapped side, 16, 32 and 80 on the other, one and two threads), else
+  why not."""
   rng = np.random.default_rng(0)
   cpu = jax.devices("cpu")[0]
-  for (b, hp, wp, cp), (h, w, cr), strides, offsets in (
+  for (b, hp, wp, cp), (h, wd, cr), strides, offsets in (
       ((2, 9, 11, 3), (4, 5, 16), (2, 2), ((0, 0), (1, 2), (2, 1), (1, 0))),
       ((3, 8, 9, 16), (6, 7, 80), (1, 1), ((0, 0), (2, 2), (1, 1))),
       ((1, 9, 7, 1), (4, 5, 32), (2, 1), ((2, 0), (0, 2)))):
     p = jax.device_put(rng.standard_normal((b, hp, wp, cp), np.float32), cpu)
-    r = jax.device_put(rng.standard_normal((b, h, w, cr), np.float32), cpu)
-    want = np.asarray(_reference(p, r, offsets, strides))
+    r = jax.device_put(rng.standard_normal((b, h, wd, cr), np.float32), cpu)
+    w = jax.device_put(rng.standard_normal((len(offsets), cp, cr), np.float32), cpu)
+    want_grad = np.asarray(_reference(p, r, offsets, strides))
+    want_conv = np.asarray(_as_conv(p, w, (h, wd), offsets, strides))
     for threads in (1, 2):
       got = np.asarray(jax.jit(lambda p, r: weight_grad(p, r, offsets, strides, threads))(p, r))
-      if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
-        return f"differs from an einsum at P {p.shape}, R {r.shape}, strides {strides}, {threads} thread(s)"
+      if got.shape != want_grad.shape or not np.allclose(got, want_grad, rtol=1e-4, atol=1e-4):
+        return f"weight_grad differs from an einsum at P {p.shape}, R {r.shape}, strides {strides}, {threads} thread(s)"
+      got = np.asarray(jax.jit(lambda p, w: conv_taps(p, w, offsets, strides, (h, wd), threads))(p, w))
+      if got.shape != want_conv.shape or not np.allclose(got, want_conv, rtol=1e-4, atol=1e-4):
+        return f"conv_taps differs from XLA's convolution at P {p.shape}, w {w.shape}, strides {strides}, {threads} thread(s)"
+      if cp % ROW_MULTIPLE == 0:
+        v = w[:, :, :3].swapaxes(1, 2)      # 3 outputs
+        got = np.asarray(jax.jit(lambda p, v: thin_conv(p, v, offsets, strides, (h, wd), threads))(p, v))
+        if not np.allclose(got, want_conv[..., :3], rtol=1e-4, atol=1e-4):
+          return f"thin_conv differs from XLA's convolution at P {p.shape}, strides {strides}, {threads} thread(s)"
   return None
 
 
@@ -178,8 +307,10 @@ def available() -> bool:
   if lib is None:
     return False
   try:
-    handler = ctypes.CDLL(str(lib)).ZooConvWeightGrad
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+    handlers = ctypes.CDLL(str(lib))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handlers.ZooConvWeightGrad), platform="cpu")
+    jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(handlers.ZooConvTaps), platform="cpu")
+    jax.ffi.register_ffi_target(THIN_TARGET, jax.ffi.pycapsule(handlers.ZooThinConv), platform="cpu")
     global _checking
     _checking = True
     try:

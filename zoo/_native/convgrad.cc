@@ -21,6 +21,23 @@
 namespace ffi = xla::ffi;
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t i16 __attribute__((vector_size(64)));
+
+// The sum of a vector's 16 lanes: four halvings (shuffle and add), not a chain of 15 scalar adds.
+inline float lane_sum(v16 a) {
+#if defined(__clang__)
+  a += __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  a += __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  a += __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+#else
+  a += __builtin_shuffle(a, i16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  a += __builtin_shuffle(a, i16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  a += __builtin_shuffle(a, i16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  a += __builtin_shuffle(a, i16{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+#endif
+  return a[0];
+}
 
 namespace {
 
@@ -88,6 +105,22 @@ int threads_wanted() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+// Each tap's offset in P relative to a pixel's, per (tap, channel) row; false where a tap reads outside P.
+bool offsets_in_range(const Geometry& g, ffi::Span<const int64_t> offsets, std::vector<int64_t>* rowoff) {
+  rowoff->assign(g.taps * g.cp, 0);
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const int64_t di = offsets[2 * t], dj = offsets[2 * t + 1];
+    if (di < 0 || dj < 0 || g.sh * (g.ho - 1) + di >= g.hp || g.sw * (g.wo - 1) + dj >= g.wp) return false;
+    for (int64_t c = 0; c < g.cp; ++c) (*rowoff)[t * g.cp + c] = (di * g.wp + dj) * g.cp + c;
+  }
+  return true;
+}
+
+int thread_count(int64_t threads, int64_t rows) {
+  const int64_t want = threads > 0 ? threads : threads_wanted();
+  return (int)std::max<int64_t>(1, std::min<int64_t>(want, rows));
+}
+
 ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Result<ffi::Buffer<ffi::F32>> out,
                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads) {
   auto pd = p.dimensions(), rd = r.dimensions(), od = out->dimensions();
@@ -96,19 +129,14 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Res
   Geometry g{pd[0], pd[1], pd[2], pd[3], rd[1], rd[2], rd[3], strides[0], strides[1], (int64_t)offsets.size() / 2};
   if (rd[0] != g.b || g.cr % 16 || od[0] != g.taps || od[1] != g.cp || od[2] != g.cr || g.sh < 1 || g.sw < 1)
     return ffi::Error::InvalidArgument("zoo_conv_weight_grad: shapes do not match");
-  std::vector<int64_t> rowoff(g.taps * g.cp);
-  for (int64_t t = 0; t < g.taps; ++t) {
-    const int64_t di = offsets[2 * t], dj = offsets[2 * t + 1];
-    if (di < 0 || dj < 0 || g.sh * (g.ho - 1) + di >= g.hp || g.sw * (g.wo - 1) + dj >= g.wp)
-      return ffi::Error::InvalidArgument("zoo_conv_weight_grad: a tap reads outside P");
-    for (int64_t c = 0; c < g.cp; ++c) rowoff[t * g.cp + c] = (di * g.wp + dj) * g.cp + c;
-  }
+  std::vector<int64_t> rowoff;
+  if (!offsets_in_range(g, offsets, &rowoff))
+    return ffi::Error::InvalidArgument("zoo_conv_weight_grad: a tap reads outside P");
   const float* P = p.typed_data();
   const float* R = r.typed_data();
   float* O = out->typed_data();
   const int64_t n = g.taps * g.cp * g.cr, orows = g.b * g.ho;
-  int nt = threads > 0 ? (int)threads : threads_wanted();
-  nt = (int)std::max<int64_t>(1, std::min<int64_t>(nt, orows));
+  const int nt = thread_count(threads, orows);
   std::memset(O, 0, n * sizeof(float));
   if (nt == 1) {
     accumulate(g, P, R, rowoff.data(), 0, orows, O);
@@ -125,7 +153,171 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Res
   return ffi::Error::Success();
 }
 
+// ---- the convolution itself where its input is thin:
+//   y[b, i, j, r] = sum over (t, p) of  P[b, sh*i + di_t, sw*j + dj_t, p] * W[t, p, r]
+// (an implicit matrix product: no copies per tap). A block of NPX neighbouring output pixels and 64 of y's
+// channels is held in registers; for each (t, p), W's row is loaded once and P's NPX entries broadcast.
+
+template <int Q, int NPX>
+inline void out_block(const Geometry& g, const float* P, const float* W, const int64_t* rowoff, int64_t orow,
+                      int64_t j0, float* Y, int64_t col) {
+  v16 acc[NPX][Q];
+  for (int k = 0; k < NPX; ++k)
+    for (int q = 0; q < Q; ++q) acc[k][q] = v16{};
+  const int64_t b = orow / g.ho, i = orow % g.ho;
+  const float* pp = P + ((b * g.hp + g.sh * i) * g.wp + g.sw * j0) * g.cp;
+  const int64_t pstep = g.sw * g.cp, rows = g.taps * g.cp;
+  for (int64_t row = 0; row < rows; ++row) {
+    v16 w[Q];
+    for (int q = 0; q < Q; ++q) memcpy(&w[q], W + row * g.cr + col + 16 * q, 64);
+    const float* pr = pp + rowoff[row];
+    for (int k = 0; k < NPX; ++k) {
+      const float a = pr[k * pstep];
+      for (int q = 0; q < Q; ++q) acc[k][q] += a * w[q];
+    }
+  }
+  float* y = Y + (orow * g.wo + j0) * g.cr + col;
+  for (int k = 0; k < NPX; ++k)
+    for (int q = 0; q < Q; ++q) memcpy(y + k * g.cr + 16 * q, &acc[k][q], 64);
+}
+
+template <int Q>
+void out_row(const Geometry& g, const float* P, const float* W, const int64_t* rowoff, int64_t orow, float* Y,
+             int64_t col) {
+  constexpr int NPX = 24 / Q;
+  int64_t j = 0;
+  for (; j + NPX <= g.wo; j += NPX) out_block<Q, NPX>(g, P, W, rowoff, orow, j, Y, col);
+  for (; j < g.wo; ++j) out_block<Q, 1>(g, P, W, rowoff, orow, j, Y, col);
+}
+
+void convolve(const Geometry& g, const float* P, const float* W, const int64_t* rowoff, int64_t r0, int64_t r1,
+              float* Y) {
+  for (int64_t orow = r0; orow < r1; ++orow) {
+    int64_t col = 0;
+    for (; col + 64 <= g.cr; col += 64) out_row<4>(g, P, W, rowoff, orow, Y, col);
+    for (; col + 16 <= g.cr; col += 16) out_row<1>(g, P, W, rowoff, orow, Y, col);
+  }
+}
+
+ffi::Error Conv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Result<ffi::Buffer<ffi::F32>> y,
+                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads) {
+  auto pd = p.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (pd.size() != 4 || wd.size() != 3 || yd.size() != 4 || offsets.size() % 2 || strides.size() != 2)
+    return ffi::Error::InvalidArgument("zoo_conv_taps: P and y must be 4-D, W 3-D, offsets pairs");
+  Geometry g{pd[0], pd[1], pd[2], pd[3], yd[1], yd[2], yd[3], strides[0], strides[1], (int64_t)offsets.size() / 2};
+  if (yd[0] != g.b || g.cr % 16 || wd[0] != g.taps || wd[1] != g.cp || wd[2] != g.cr || g.sh < 1 || g.sw < 1)
+    return ffi::Error::InvalidArgument("zoo_conv_taps: shapes do not match");
+  std::vector<int64_t> rowoff;
+  if (!offsets_in_range(g, offsets, &rowoff))
+    return ffi::Error::InvalidArgument("zoo_conv_taps: a tap reads outside P");
+  const int64_t orows = g.b * g.ho;
+  const int nt = thread_count(threads, orows);
+  std::vector<std::thread> pool;
+  for (int k = 1; k < nt; ++k)
+    pool.emplace_back([&, k] { convolve(g, p.typed_data(), w.typed_data(), rowoff.data(), orows * k / nt,
+                                        orows * (k + 1) / nt, y->typed_data()); });
+  convolve(g, p.typed_data(), w.typed_data(), rowoff.data(), 0, orows / nt, y->typed_data());
+  for (auto& th : pool) th.join();
+  return ffi::Error::Success();
+}
+
+// ---- the convolution where its output is thin (1 to 4 channels) and its input is not:
+//   y[b, i, j, c] = sum over (t, p) of  P[b, sh*i + di_t, sw*j + dj_t, p] * V[t, c, p]
+// with C_P a multiple of 16: for each of NPX neighbouring output pixels and each of the C outputs, one vector
+// of partial sums over p, 16 channels at a time (NPX * C independent sums: no chain waits on the one
+// before), summed across its 16 lanes at the end. The DCGAN's last transposed convolution (64 -> 3, by
+// phases) and its first convolution's input gradient, a PixelCNN's 7x7 mask A input gradient (64 -> 1).
+
+template <int C, int NPX>
+inline void thin_block(const Geometry& g, const float* P, const float* V, const int64_t* tapoff, int64_t orow,
+                       int64_t j0, float* Y) {
+  v16 acc[NPX][C];
+  for (int k = 0; k < NPX; ++k)
+    for (int c = 0; c < C; ++c) acc[k][c] = v16{};
+  const int64_t b = orow / g.ho, i = orow % g.ho;
+  const float* pp = P + ((b * g.hp + g.sh * i) * g.wp + g.sw * j0) * g.cp;
+  const int64_t pstep = g.sw * g.cp;
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const float* pt = pp + tapoff[t];
+    const float* vt = V + t * C * g.cp;
+    for (int64_t q = 0; q < g.cp; q += 16) {
+      v16 v[C];
+      for (int c = 0; c < C; ++c) memcpy(&v[c], vt + c * g.cp + q, 64);
+      for (int k = 0; k < NPX; ++k) {
+        v16 a;
+        memcpy(&a, pt + k * pstep + q, 64);
+        for (int c = 0; c < C; ++c) acc[k][c] += a * v[c];
+      }
+    }
+  }
+  float* y = Y + (orow * g.wo + j0) * C;
+  for (int k = 0; k < NPX; ++k)
+    for (int c = 0; c < C; ++c) y[k * C + c] = lane_sum(acc[k][c]);
+}
+
+template <int C>
+void thin_rows(const Geometry& g, const float* P, const float* V, const int64_t* tapoff, int64_t r0, int64_t r1,
+               float* Y) {
+  constexpr int NPX = 24 / C;
+  for (int64_t orow = r0; orow < r1; ++orow) {
+    int64_t j = 0;
+    for (; j + NPX <= g.wo; j += NPX) thin_block<C, NPX>(g, P, V, tapoff, orow, j, Y);
+    for (; j < g.wo; ++j) thin_block<C, 1>(g, P, V, tapoff, orow, j, Y);
+  }
+}
+
+ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
+                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads) {
+  auto pd = p.dimensions(), vd = v.dimensions(), yd = y->dimensions();
+  if (pd.size() != 4 || vd.size() != 3 || yd.size() != 4 || offsets.size() % 2 || strides.size() != 2)
+    return ffi::Error::InvalidArgument("zoo_thin_conv: P and y must be 4-D, V 3-D, offsets pairs");
+  Geometry g{pd[0], pd[1], pd[2], pd[3], yd[1], yd[2], yd[3], strides[0], strides[1], (int64_t)offsets.size() / 2};
+  if (yd[0] != g.b || g.cp % 16 || g.cr < 1 || g.cr > 4 || vd[0] != g.taps || vd[1] != g.cr || vd[2] != g.cp ||
+      g.sh < 1 || g.sw < 1)
+    return ffi::Error::InvalidArgument("zoo_thin_conv: shapes do not match");
+  std::vector<int64_t> rowoff;
+  if (!offsets_in_range(g, offsets, &rowoff))
+    return ffi::Error::InvalidArgument("zoo_thin_conv: a tap reads outside P");
+  std::vector<int64_t> tapoff(g.taps);
+  for (int64_t t = 0; t < g.taps; ++t) tapoff[t] = rowoff[t * g.cp];
+  const int64_t orows = g.b * g.ho;
+  const int nt = thread_count(threads, orows);
+  auto run = [&](int64_t r0, int64_t r1) {
+    const float *P = p.typed_data(), *V = v.typed_data();
+    float* Y = y->typed_data();
+    switch (g.cr) {
+      case 1: thin_rows<1>(g, P, V, tapoff.data(), r0, r1, Y); break;
+      case 2: thin_rows<2>(g, P, V, tapoff.data(), r0, r1, Y); break;
+      case 3: thin_rows<3>(g, P, V, tapoff.data(), r0, r1, Y); break;
+      default: thin_rows<4>(g, P, V, tapoff.data(), r0, r1, Y); break;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int k = 1; k < nt; ++k) pool.emplace_back([&, k] { run(orows * k / nt, orows * (k + 1) / nt); });
+  run(0, orows / nt);
+  for (auto& th : pool) th.join();
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinConv, ThinConv,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvTaps, Conv,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvWeightGrad, WeightGrad,
                               ffi::Ffi::Bind()

@@ -237,17 +237,19 @@ _ONEDNN_FUSED_ADDS = 1
 # and 1.09x. (Strided forward convolutions in oneDNN were mixed, 0.62-1.19x: not taken.)
 _ONEDNN_PHASES = 1
 _ONEDNN_PHASE_MIN_PIXELS = 1024
-# Traced under ``zoo.kernels.native_kernels()`` too (the train step on one CPU device), weight gradients are
-# the zoo's own kernel (``zoo.convgrad``: outer products of a block of the tapped side's entries with the
-# other side's rows of channels, summed in registers; no copies per tap) wherever the side read as rows has
-# a multiple of 16 channels: every stride-1 convolution's (the PixelCNN's 3x3 mask B 168 against XLA's 63-93
-# GFLOP/s, its 7x7 mask A 148 against 22-49), and a strided or transposed one's where the tapped side (x;
-# for a transposed one dy) has fewer than this many channels (the DCGAN's 3-channel layers, 139-150 against
-# 53-68). With more, XLA's own weight gradient is as fast or faster (the DCGAN's 8x8x128 -> 4x4x256 239
-# against 158, 4x4x256 -> 8x8x128 223 against 126): the DCGAN32 step 0.94x at batch 64 with the native kernel
-# on every layer, 0.99x and 1.00x at batch 64 and 256 with this rule (ab_step.py --threshold
-# USE_NATIVE_CONV_GRADS, 7 rounds; its 3-channel layers are a small part of its step); the PixelCNN28 step
-# 1.13x and 1.17x (results/thresholds_ab_cpu2.jsonl).
+# Traced under ``zoo.kernels.native_kernels()`` too (the train step on one CPU device), the zoo's own kernels
+# (``zoo.convgrad``: outer products or dot products of blocks held in registers; no copies per tap) take
+# weight gradients wherever the side read as rows has a multiple of 16 channels: every stride-1
+# convolution's (the PixelCNN's 3x3 mask B 168 against XLA's 63-93 GFLOP/s, its 7x7 mask A 148-168 against
+# 22-49), and a strided or transposed one's where the tapped side (x; for a transposed one dy) has fewer
+# than this many channels (the DCGAN's 3-channel layers, 139-183 against 5-70). With more, XLA's own weight
+# gradient is as fast or faster (the DCGAN's 8x8x128 -> 4x4x256 239 against 158, 4x4x256 -> 8x8x128 223
+# against 126; the DCGAN32 step 0.94x at batch 64 with the kernel on every layer). Those 3-channel layers'
+# forward pass (a strided convolution) and input gradient (a transposed one) are its convolution of few
+# input channels (118-137 against 78-109), and a stride-1 convolution from at most 4 channels takes its input
+# gradient from its thin kernel. In one process (ab_step.py --threshold USE_NATIVE_CONV_GRADS, 7 rounds,
+# results/thresholds_ab_cpu2.jsonl): the PixelCNN28 step 1.13x and 1.17x at batch 64 and 256, the DCGAN32
+# step 1.02x and 1.02x.
 _NATIVE_STRIDED_MAX_TAPPED = 16
 
 
@@ -502,30 +504,60 @@ def _use_native_weight_grad(row_channels: int, *arrays) -> bool:
           and all(a is None or a.dtype == jnp.float32 for a in arrays) and convgrad.available())
 
 
-def _native_conv_weight_grad(x, dy, kernel_shape, strides, padding, taps):
-  """conv2d's kernel gradient at the open ``taps`` (zero elsewhere) by ``zoo.convgrad``: x padded (or
-  cropped) so that tap (i, j) of output (a, b) reads P[s_h a + i, s_w b + j]; dy read as rows."""
+def _conv_taps_input(x, kernel_shape, strides, padding, out_hw):
+  """x padded (or cropped) so that tap (i, j) of a convolution's output (a, b) reads it at
+  (s_h a + i, s_w b + j): ``zoo.convgrad``'s P."""
   pads = [(0, 0, 0)]
-  for n, k, s, (lo, _), m in zip(x.shape[1:3], kernel_shape[:2], strides, padding, dy.shape[1:3]):
+  for n, k, s, (lo, _), m in zip(x.shape[1:3], kernel_shape[:2], strides, padding, out_hw):
     pads.append((lo, s * (m - 1) + k - n - lo, 0))
-  p = jax.lax.pad(x, jnp.zeros((), x.dtype), (*pads, (0, 0, 0)))
+  return jax.lax.pad(x, jnp.zeros((), x.dtype), (*pads, (0, 0, 0)))
+
+
+def _native_conv_weight_grad(x, dy, kernel_shape, strides, padding, taps):
+  """conv2d's kernel gradient at the open ``taps`` (zero elsewhere) by ``zoo.convgrad``; dy read as rows."""
+  p = _conv_taps_input(x, kernel_shape, strides, padding, dy.shape[1:3])
   grads = convgrad.weight_grad(p, dy, taps, strides)
   return _kernel_of_taps(list(grads), taps, kernel_shape)
 
 
-def _native_transposed_weight_grad(x, dy, kernel_shape, strides, padding):
-  """conv_transpose2d's kernel gradient by ``zoo.convgrad``: input pixel u meets output s * u + top - i at
-  tap i (``_phases``), so with dy padded by k - 1 - top before (at least 0), tap (i, j) reads P at
-  s * u + (top - i + that padding); x read as rows. The kernel's sums come out (tap, C_out, C_in)."""
+def _native_thin_conv_stride1(x, kernel, padding, taps=None):
+  """A stride-1 convolution (padding (lo, hi) per axis, may be negative) into few channels by
+  ``zoo.convgrad.thin_conv``, over ``taps`` (default all; the others' kernels are zero)."""
+  taps = _all_taps(kernel.shape) if taps is None else taps
+  out_hw = tuple(n + lo + hi - k + 1 for n, k, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], padding))
+  p = _conv_taps_input(x, kernel.shape, (1, 1), padding, out_hw)
+  v = jnp.stack([kernel[i, j].T for i, j in taps])
+  return convgrad.thin_conv(p, v, taps, (1, 1), out_hw)
+
+
+def _native_thin_conv(x, kernel, padding, strides, taps):
+  """conv2d of an x of few channels by ``zoo.convgrad.conv_taps`` (the open taps' kernels as its w)."""
+  out_hw = tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+  p = _conv_taps_input(x, kernel.shape, strides, padding, out_hw)
+  return convgrad.conv_taps(p, jnp.stack([kernel[i, j] for i, j in taps]), taps, strides, out_hw)
+
+
+def _transposed_taps(x_hw, dy, kernel_shape, strides, padding):
+  """A transposed convolution's dy as ``zoo.convgrad``'s P, and each tap's offset in it: input pixel u meets
+  output s * u + top - i at tap i (``_phases``), so with dy padded by k - 1 - top before (at least 0), tap
+  (i, j) reads P at s * u + (top - i + that padding)."""
   pads, offsets = [(0, 0, 0)], []
-  for n, k, s, (top, _), m in zip(x.shape[1:3], kernel_shape[:2], strides, padding, dy.shape[1:3]):
+  for n, k, s, (top, _), m in zip(x_hw, kernel_shape[:2], strides, padding, dy.shape[1:3]):
     before = max(0, k - 1 - top)
     pads.append((before, s * (n - 1) + top + 1 - m, 0))
     offsets.append([top - i + before for i in range(k)])
   p = jax.lax.pad(dy, jnp.zeros((), dy.dtype), (*pads, (0, 0, 0)))
-  taps = _all_taps(kernel_shape)
-  grads = convgrad.weight_grad(p, x, [(offsets[0][i], offsets[1][j]) for i, j in taps], strides)
-  return grads.transpose(0, 2, 1).reshape(kernel_shape)
+  return p, [(offsets[0][i], offsets[1][j]) for i, j in _all_taps(kernel_shape)]
+
+
+def _native_transposed_grads(x, kernel, dy, strides, padding):
+  """conv_transpose2d's both gradients by ``zoo.convgrad``, from one padded dy: dx[u] = sum_t P[s u + o_t]
+  kernel[t]^T (``conv_taps``) and the kernel's gradient (``weight_grad``, x read as rows; its sums come out
+  (tap, C_out, C_in))."""
+  p, offsets = _transposed_taps(x.shape[1:3], dy, kernel.shape, strides, padding)
+  k_t = kernel.reshape(-1, *kernel.shape[2:]).swapaxes(1, 2)
+  dx = convgrad.conv_taps(p, k_t, offsets, strides, x.shape[1:3])
+  return dx, convgrad.weight_grad(p, x, offsets, strides).transpose(0, 2, 1).reshape(kernel.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
@@ -541,7 +573,17 @@ def _conv_native_grad_bwd(padding, taps, onednn_forward, has_bias, has_add, resi
   """A stride-1 convolution under the train step's kernels: XLA's input gradient over the open box (as
   XLA's autodiff of ``_open_box_conv`` takes it) and the weight gradient by ``zoo.convgrad``."""
   x, kernel = residuals
-  dx = jax.vjp(lambda x: _open_box_conv(x, kernel, padding, (1, 1), taps), x)[1](dy)[0]
+  if kernel.shape[2] <= convgrad.THIN_MAX and kernel.shape[3] % convgrad.ROW_MULTIPLE == 0:
+    # into few channels (a PixelCNN's first layer): dx[u] = sum over the open taps of dy[u + lo - i] k[i]^T,
+    # the thin kernel over dy padded by k - 1 - lo before, each tap at offset k - 1 - i (the 7x7 mask A's
+    # 38-42 GFLOP/s against XLA's 10 at batch 64; a strided convolution's input gradient and a transposed
+    # one's forward pass into 3 channels, by phases, ran 25-28 against XLA's 52-60: those stay XLA's)
+    kh, kw = kernel.shape[:2]
+    flipped = [(kh - 1 - i, kw - 1 - j) for i, j in taps]
+    pads = tuple((k - 1 - lo, n - m + lo) for k, (lo, _), n, m in zip((kh, kw), padding, x.shape[1:3], dy.shape[1:3]))
+    dx = _native_thin_conv_stride1(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), pads, flipped)
+  else:
+    dx = jax.vjp(lambda x: _open_box_conv(x, kernel, padding, (1, 1), taps), x)[1](dy)[0]
   dk = _native_conv_weight_grad(x, dy, kernel.shape, (1, 1), padding, taps)
   return dx, dk, jnp.sum(dy, (0, 1, 2)) if has_bias else None, dy if has_add else None
 
@@ -551,11 +593,13 @@ _conv_native_grad.defvjp(_conv_native_grad_fwd, _conv_native_grad_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
 def _conv_tap_grad(x, kernel, padding, strides, taps, xla_weight_grad, onednn_phases=False, native=False):
+  if native and taps:     # an x of few channels (``_NATIVE_STRIDED_MAX_TAPPED``): XLA runs it as thin matmuls
+    return _native_thin_conv(x, kernel, padding, strides, taps)
   return _open_box_conv(x, kernel, padding, strides, taps)
 
 
 def _conv_tap_grad_fwd(x, kernel, padding, strides, taps, xla_weight_grad, onednn_phases=False, native=False):
-  return _open_box_conv(x, kernel, padding, strides, taps), (x, kernel)
+  return _conv_tap_grad(x, kernel, padding, strides, taps, xla_weight_grad, onednn_phases, native), (x, kernel)
 
 
 def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, onednn_phases, native, residuals, dy):
@@ -564,8 +608,9 @@ def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, onednn_phases, n
   x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b), or with ``xla_weight_grad`` XLA's own
   (under XLA's own kernels, ``zoo.kernels``); and the input gradient XLA's over the box of open taps
   (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed convolution by
-  phases (``_strided_input_grad``; its phases oneDNN's with ``onednn_phases``). With ``native`` the weight
-  gradient is ``zoo.convgrad``'s (``_native_conv_weight_grad``)."""
+  phases (``_strided_input_grad``; its phases oneDNN's with ``onednn_phases``). With ``native`` (an x of few
+  channels) the weight gradient is ``zoo.convgrad``'s (``_native_conv_weight_grad``), and so is the forward
+  pass (``_native_thin_conv``)."""
   x, kernel = residuals
   if strides == (1, 1) and _from_dy_copies(x, kernel, taps):
     offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
@@ -614,7 +659,7 @@ def _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads, onednn_phas
 
 
 def _conv_transpose_tap_grad_fwd(x, kernel, strides, padding, xla_grads, onednn_phases=False, native=False):
-  return _dilated_conv(x, kernel, strides, padding, onednn_phases), (x, kernel)
+  return _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads, onednn_phases, native), (x, kernel)
 
 
 def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, onednn_phases, native, residuals, dy):
@@ -624,16 +669,16 @@ def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, onednn_phases, nat
   twice x's channels, the input gradient comes from those same copies of dy (``_grads_from_dy_copies``),
   else it is XLA's (a strided convolution of dy). With ``xla_grads`` (under XLA's own kernels,
   ``zoo.kernels``) both are XLA's own strided convolutions (``_transposed_weight_grad``), or with ``native``
-  the weight gradient ``zoo.convgrad``'s (``_native_transposed_weight_grad``)."""
+  both ``zoo.convgrad``'s (``_native_transposed_grads``)."""
   x, kernel = residuals
+  if native:
+    return _native_transposed_grads(x, kernel, dy, strides, padding)
   taps = _all_taps(kernel.shape)
   offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
   if not xla_grads and _from_dy_copies(x, kernel, taps):
     return _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps)
   dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
-  if native:
-    dk = _native_transposed_weight_grad(x, dy, kernel.shape, strides, padding)
-  elif xla_grads:
+  if xla_grads:
     dk = _transposed_weight_grad(x, dy, kernel.shape, strides, padding)
   else:
     slices = _tap_slices(dy, offsets, strides, x.shape[1:3])
