@@ -341,13 +341,14 @@ def _native_layer(kind, k, s, padding, c_in, c_out, taps):
 @pytest.mark.parametrize("kind,b,hw,k,s,padding,c_in,c_out,taps", NATIVE, ids=[
     f"{c[0]}-b{c[1]}-k{c[3]}-s{c[4][0]}{c[4][1]}-{c[5] if isinstance(c[5], str) else 'asym'}-{c[6]}to{c[7]}"
     f"-{'all' if c[8] is None else len(c[8])}" for c in NATIVE])
-def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, taps):
+def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, taps, monkeypatch):
   """Traced as the step traces them on one CPU device (XLA's own kernels and the zoo's native ones), the
   layers take their weight gradients from zoo.convgrad's kernel, a strided convolution of few input
   channels its forward pass and a transposed one into few channels its input gradient from the second, and a
   stride-1 convolution from few channels its input gradient from the third (custom calls in the CPU program,
   none in the CUDA one), and compute XLA's function and both gradients."""
   assert convgrad.available()
+  monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", 0)      # these small cases take the kernels too
   ours, ref = _native_layer(kind, k, s, padding, c_in, c_out, taps)
   jax.clear_caches()
   with kernels.xla_own_kernels(), kernels.native_kernels():
@@ -363,10 +364,14 @@ def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_o
     assert convgrad.TARGET not in _lowered(grad, "cuda", x, w)
   jax.clear_caches()        # the layers read the context while tracing; JAX's trace caches do not
   assert convgrad.TARGET not in jax.jit(grad).lower(x, w).as_text()   # outside the step's context: not used
+  monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", b * hw[0] * hw[1] * 4 + 1)
+  jax.clear_caches()
+  with kernels.xla_own_kernels(), kernels.native_kernels():
+    assert convgrad.TARGET not in jax.jit(grad).lower(x, w).as_text()  # under the pixel floor: XLA's
 
 
 @pytest.mark.skipif(convgrad._compiler() is None, reason="no C++ compiler to build zoo.convgrad's kernel")
-def test_native_weight_gradients_with_a_bias_and_a_residual_and_to_the_second_order():
+def test_native_weight_gradients_with_a_bias_and_a_residual_and_to_the_second_order(monkeypatch):
   """The stride-1 layer's bias and residual (``add``) get their gradients beside the native weight
   gradient, and a gradient penalty differentiates through the strided, transposed and masked layers' native
   weight gradients again."""
@@ -378,6 +383,7 @@ def test_native_weight_gradients_with_a_bias_and_a_residual_and_to_the_second_or
   ref = lambda x, w, b, a: jax.lax.conv_general_dilated(x, w * mask, (1, 1), "SAME", dimension_numbers=DN) + b.reshape(1, 1, 1, -1) + a  # noqa: E731
   loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))   # noqa: E731
   assert convgrad.available()
+  monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", 0)
   jax.clear_caches()
   with kernels.xla_own_kernels(), kernels.native_kernels():
     for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(x, w, bias, add),

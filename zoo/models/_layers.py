@@ -251,6 +251,11 @@ _ONEDNN_PHASE_MIN_PIXELS = 1024
 # results/thresholds_ab_cpu2.jsonl): the PixelCNN28 step 1.13x and 1.17x at batch 64 and 256, the DCGAN32
 # step 1.02x and 1.02x.
 _NATIVE_STRIDED_MAX_TAPPED = 16
+# ... and only over at least this many pixels (batch x H x W of the side read as rows): each call starts its
+# threads and sums their copies of the result (tens of microseconds), and the MNIST Progressive GAN's first
+# level (4x4, batch 16: 256 pixels) ran 0.89x with the kernels (ab_step.py, 7 rounds), where the PixelCNN's
+# (50,176 pixels at batch 64) and the DCGAN's (16,384) gain. oneDNN's floor is the same (_ONEDNN_MIN_PIXELS).
+_NATIVE_MIN_PIXELS = 16384
 
 
 def _on_cpu(fast, native, *args):
@@ -496,11 +501,12 @@ def _open_box(kernel_shape, padding, taps):
   return box, tuple((lo - cut_lo, hi - cut_hi) for (lo, hi), (cut_lo, cut_hi) in zip(padding, box))
 
 
-def _use_native_weight_grad(row_channels: int, *arrays) -> bool:
+def _use_native_weight_grad(row_channels: int, pixels: int, *arrays) -> bool:
   """Whether a weight gradient is ``zoo.convgrad``'s kernel: traced under ``kernels.native_kernels()`` (the
-  train step on one CPU device), float32 throughout, the side read as rows with a multiple of 16 channels,
-  and the kernel built and checked here."""
+  train step on one CPU device), float32 throughout, the side read as rows with a multiple of 16 channels
+  and at least ``_NATIVE_MIN_PIXELS`` pixels, and the kernel built and checked here."""
   return (kernels.native_kernels_on() and row_channels % convgrad.ROW_MULTIPLE == 0
+          and pixels >= _NATIVE_MIN_PIXELS
           and all(a is None or a.dtype == jnp.float32 for a in arrays) and convgrad.available())
 
 
@@ -763,7 +769,8 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
                                             b, a), native, x, kernel, bias, add)
   own = kernels.xla_own_kernels_on()   # XLA's own gradients where they are the faster (above)
   if strides == (1, 1) and own:
-    native_wgrad = _use_native_weight_grad(kernel.shape[3], x, kernel, bias, add)
+    out_pixels = x.shape[0] * _conv_out_pixels(x.shape[1:3], (kh, kw), strides, padding)
+    native_wgrad = _use_native_weight_grad(kernel.shape[3], out_pixels, x, kernel, bias, add)
 
     def cpu(x, k, b, a):
       if _MATERIALIZE_CONV_INPUT:
@@ -777,7 +784,7 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     dy_pixels = x.shape[0] * _conv_out_pixels(x.shape[1:3], (kh, kw), strides, padding)
     phases = _use_onednn_phases(dy_pixels, x, kernel)
     native_wgrad = (own and kernel.shape[2] < _NATIVE_STRIDED_MAX_TAPPED and
-                    _use_native_weight_grad(kernel.shape[3], x, kernel))
+                    _use_native_weight_grad(kernel.shape[3], dy_pixels, x, kernel))
 
     def cpu(x, k, b, a):
       return _plus(_conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad, phases, native_wgrad), b, a)
@@ -824,7 +831,7 @@ def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
   xla_grads = kernels.xla_own_kernels_on() and bool(_XLA_OWN_STRIDED_GRADIENTS)   # see above
   phases = _use_onednn_phases(math.prod(x.shape[:3]), x, kernel)
   native_wgrad = (xla_grads and kernel.shape[3] < _NATIVE_STRIDED_MAX_TAPPED
-                  and _use_native_weight_grad(kernel.shape[2], x, kernel))
+                  and _use_native_weight_grad(kernel.shape[2], math.prod(x.shape[:3]), x, kernel))
   return _on_cpu(lambda x, k: _conv_transpose_tap_grad(x, k, strides, pads, xla_grads, phases, native_wgrad),
                  lambda x, k: jax.lax.conv_transpose(x, k, strides, padding, dimension_numbers=_DN),
                  x, kernel)
