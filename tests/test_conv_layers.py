@@ -344,9 +344,10 @@ def _native_layer(kind, k, s, padding, c_in, c_out, taps):
 def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, taps, monkeypatch):
   """Traced as the step traces them on one CPU device (XLA's own kernels and the zoo's native ones), the
   layers take their weight gradients from zoo.convgrad's kernel, a strided convolution of few input
-  channels its forward pass and a transposed one into few channels its input gradient from the second, and a
-  stride-1 convolution from few channels its input gradient from the third (custom calls in the CPU program,
-  none in the CUDA one), and compute XLA's function and both gradients."""
+  channels its forward pass and a transposed one into few channels its input gradient from the second, a
+  stride-1 convolution from few channels its input gradient from the third, and a transposed convolution
+  into few channels its forward pass and a strided one from few its input gradient from the fourth (custom
+  calls in the CPU program, none in the CUDA one), and compute XLA's function and both gradients."""
   assert convgrad.available()
   monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", 0)      # these small cases take the kernels too
   ours, ref = _native_layer(kind, k, s, padding, c_in, c_out, taps)
@@ -361,6 +362,10 @@ def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_o
     assert (convgrad.CONV_TARGET in text) == (kind == "conv_transpose" or s != (1, 1))
     # the convolution into few channels: a stride-1 convolution's input gradient
     assert (convgrad.THIN_TARGET in text) == (kind == "conv" and s == (1, 1) and c_in <= convgrad.THIN_MAX)
+    # a transposed convolution into few channels: its forward pass, and a strided convolution's input gradient
+    assert (convgrad.TRANSPOSED_TARGET in text) == (
+        (kind == "conv" and s != (1, 1) and c_in <= convgrad.THIN_MAX)
+        or (kind == "conv_transpose" and c_out <= convgrad.THIN_MAX))
     assert convgrad.TARGET not in _lowered(grad, "cuda", x, w)
   jax.clear_caches()        # the layers read the context while tracing; JAX's trace caches do not
   assert convgrad.TARGET not in jax.jit(grad).lower(x, w).as_text()   # outside the step's context: not used

@@ -83,6 +83,31 @@ def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides,
     _close(g, h)
 
 
+@pytest.mark.parametrize("x_shape,k,c,strides,lo", [
+    ((2, 5, 7, 16), (4, 4), 3, (2, 2), (2, 2)),       # a DCGAN's last layer, 'SAME'
+    ((1, 6, 5, 32), (3, 5), 2, (2, 1), (1, 3)),
+    ((3, 4, 4, 16), (3, 3), 1, (1, 1), (1, 1)),
+    ((1, 3, 9, 16), (5, 2), 4, (3, 2), (0, 4)),       # lo beyond the kernel: edge columns with no taps
+    ((2, 30, 40, 16), (4, 4), 3, (2, 2), (1, 2)),     # rows long enough for blocks of 8, edges between
+])
+def test_thin_transposed_is_xlas_transposed_convolution(x_shape, k, c, strides, lo):
+  assert convgrad.available()
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+  v = jnp.asarray(rng.standard_normal((*k, c, x_shape[3]), np.float32))
+  out_hw = tuple((n - 1) * s + 3 for n, s in zip(x_shape[1:3], strides))
+  want = convgrad._transposed_reference(x, v, strides, lo, out_hw)
+  for threads in (1, 3):
+    _close(jax.jit(lambda x, v: convgrad.thin_transposed(x, v, strides, lo, out_hw, threads))(x, v), want)
+  loss = lambda f: lambda x, v: jnp.sum(jnp.sin(f(x, v)))      # noqa: E731
+  ours = lambda x, v: convgrad.thin_transposed(x, v, strides, lo, out_hw)      # noqa: E731
+  ref = lambda x, v: convgrad._transposed_reference(x, v, strides, lo, out_hw)     # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(x, v), jax.grad(loss(ref), (0, 1))(x, v)):
+    _close(g, h)
+  with pytest.raises(ValueError, match="1 to 4 outputs"):
+    convgrad.thin_transposed(x, jnp.zeros((*k, 5, x_shape[3])), strides, lo, out_hw)
+
+
 def test_conv_taps_to_the_second_order():
   """Its transposes (XLA's convolution for P, weight_grad for w) give the first derivatives and a gradient
   penalty's second derivative, as XLA's convolution does."""

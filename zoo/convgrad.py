@@ -14,6 +14,9 @@ tap (no im2col):
 - ``thin_conv(P, v)[b, i, j, c] = sum over (t, p) of P[b, tap t of (i, j), p] * v[t, c, p]``: a stride-1
   convolution into 1 to 4 channels (a PixelCNN's first layer's input gradient): sums over P's channels, 16
   at a time, for a block of pixels and every output at once.
+- ``thin_transposed(x, v)``: a transposed convolution into 1 to 4 channels read from x directly (no padded
+  copy, no phases; a DCGAN's last layer, and a strided convolution's input gradient into 3 channels): the
+  output pixels of one row and column parity share their taps, blocks of them summed as in ``thin_conv``.
 
 The side read as rows (R, w's outputs, P for ``thin_conv``) must have a multiple of 16 channels. On the 2-core
 AVX-512 CPU of issue 7 (batch 64; GFLOP/s of useful work, against XLA's own under the train step's options,
@@ -21,10 +24,12 @@ and PyTorch's oneDNN): weight gradients of the PixelCNN's 3x3 mask B 64 -> 64 16
 119-145), its 7x7 mask A 1 -> 64 148-168 against 22-49 (63-83), the DCGAN's 32x32x3 -> 16x16x64 strided
 convolution 139-165 against 53-70 (143-170) and its 16x16x64 -> 32x32x3 transposed one 149-183 against
 5-7 (141-180); that strided convolution's forward pass 118-133 against 78-103 (128-175) and the transposed
-one's input gradient 122-137 against 94-109 (132-156); the 7x7 mask A's input gradient 38-42 against 10.
+one's input gradient 122-137 against 94-109 (132-156); the 7x7 mask A's input gradient 38-42 against 10;
+the transposed one's forward pass 71-77 against 46-63 (34-38) and the strided one's input gradient 56-76
+against 55-61 (34-37).
 
 Built from its source with the system's C++ compiler at first use (about 3 s; ``zoo.native``) against the
-XLA FFI headers jaxlib ships, registered for the CPU platform, and used only after all three have matched
+XLA FFI headers jaxlib ships, registered for the CPU platform, and used only after all four have matched
 an einsum or XLA's convolution on small strided, padded and masked cases in this process (``available()``).
 Without a compiler, or with ``ZOO_NATIVE_CONV=0``, the layers keep XLA's convolutions. The layers call them
 only where the train step traces them under ``zoo.kernels.native_kernels()`` (one CPU device: XLA cannot
@@ -49,6 +54,7 @@ SOURCE = native.SOURCES / "convgrad.cc"
 TARGET = "zoo_conv_weight_grad"
 CONV_TARGET = "zoo_conv_taps"
 THIN_TARGET = "zoo_thin_conv"
+TRANSPOSED_TARGET = "zoo_thin_transposed"
 # thin_conv's outputs: at most this many channels
 THIN_MAX = 4
 ENV_OFF = "ZOO_NATIVE_CONV"
@@ -77,7 +83,7 @@ def build(directory=None, quiet: bool = False):
   if compiler is None:
     return fail("no C++ compiler: set CXX or install one")
   return native.build("convgrad", SOURCE, lambda out: _command(compiler, out),
-                      lambda lib: native.child_check(f"import ctypes; l = ctypes.CDLL({str(lib)!r}); l.ZooConvWeightGrad; l.ZooConvTaps; l.ZooThinConv"),
+                      lambda lib: native.child_check(f"import ctypes; l = ctypes.CDLL({str(lib)!r}); l.ZooConvWeightGrad; l.ZooConvTaps; l.ZooThinConv; l.ZooThinTransposed"),
                       directory, fail)
 
 
@@ -147,6 +153,32 @@ def thin_conv(p, v, offsets: Sequence[tuple[int, int]], strides: tuple[int, int]
                      f"and v {v.shape} (taps, 1 to {THIN_MAX} outputs, P's channels)")
   _validate(p, v, offsets, strides, out_hw, "thin_conv")
   return _thin_conv(p, v, offsets, strides, out_hw, int(threads))
+
+
+def thin_transposed(x, v, strides: tuple[int, int], lo: tuple[int, int], out_hw: tuple[int, int], threads: int = 0):
+  """``lax.conv_transpose`` of x into at most ``THIN_MAX`` channels, read from x directly (no padded copy,
+  no phases): y[o] = sum over taps i of x[u] v[i] where o = s * u + lo - i on each axis (the dilated input
+  padded by lo before, as lax.conv_transpose's explicit padding), v (kh, kw, C, C_x) the kernel with its
+  channels swapped, C_x a multiple of 16, y's size ``out_hw``. A DCGAN's last layer into 3 channels, and a
+  strided convolution's input gradient into them (its kernel flipped, lo = k - 1 - its padding).
+  Differentiable in reverse mode (its cotangents XLA's convolutions)."""
+  strides, lo, out_hw = (tuple(int(a) for a in t) for t in (strides, lo, out_hw))
+  if (x.ndim != 4 or v.ndim != 4 or v.shape[3] != x.shape[3] or not 1 <= v.shape[2] <= THIN_MAX
+      or x.shape[3] % ROW_MULTIPLE or min(strides) < 1):
+    raise ValueError(f"convgrad.thin_transposed: x {x.shape} must be 4-D with a multiple of {ROW_MULTIPLE} "
+                     f"channels and v {v.shape} (kh, kw, 1 to {THIN_MAX} outputs, x's channels), strides >= 1")
+  if x.dtype != jnp.float32 or v.dtype != jnp.float32:
+    raise ValueError(f"convgrad.thin_transposed: float32 only, got {x.dtype} and {v.dtype}")
+  if not _checking and not available():
+    raise RuntimeError("convgrad.thin_transposed: the kernel is not available here (zoo.convgrad.available())")
+  return _thin_transposed(x, v, strides, lo, out_hw, int(threads))
+
+
+def _transposed_reference(x, v, strides, lo, out_hw):
+  """``thin_transposed``'s function as XLA's convolution of x dilated by the strides."""
+  pads = [(l, o - (n - 1) * s - 1 - l + k - 1) for n, k, s, l, o in zip(x.shape[1:3], v.shape[:2], strides, lo, out_hw)]
+  return jax.lax.conv_general_dilated(x, v.swapaxes(2, 3), (1, 1), pads, strides,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
 
 
 def _taps_kernel(g, offsets):
@@ -234,6 +266,23 @@ def _thin_conv_bwd(offsets, strides, out_hw, threads, residuals, ct):
 _thin_conv.defvjp(_thin_conv_fwd, _thin_conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _thin_transposed(x, v, strides, lo, out_hw, threads):
+  return _transposed_prim.bind(x, v, strides=strides, lo=lo, out_hw=out_hw, threads=threads)
+
+
+def _thin_transposed_fwd(x, v, strides, lo, out_hw, threads):
+  return _thin_transposed(x, v, strides, lo, out_hw, threads), (x, v)
+
+
+def _thin_transposed_bwd(strides, lo, out_hw, threads, residuals, ct):
+  x, v = residuals
+  return jax.vjp(lambda x, v: _transposed_reference(x, v, strides, lo, out_hw), x, v)[1](ct)
+
+
+_thin_transposed.defvjp(_thin_transposed_fwd, _thin_transposed_bwd)
+
+
 def _define(name: str, target: str, shape):
   """A primitive (P, other; offsets, strides, out_hw, threads) of output shape ``shape(p, other, out_hw)``,
   lowered on CPU to the FFI ``target`` (its derivatives: the custom VJPs above)."""
@@ -249,7 +298,20 @@ def _define(name: str, target: str, shape):
   return prim
 
 
-_prim = _conv_prim = _thin_prim = None
+def _define_transposed():
+  prim = Primitive("zoo_thin_transposed")
+  prim.def_abstract_eval(lambda x, v, *, strides, lo, out_hw, threads: jax.core.ShapedArray(
+      (x.shape[0], *out_hw, v.shape[2]), x.dtype))
+  prim.def_impl(functools.partial(jax.jit, static_argnames=("strides", "lo", "out_hw", "threads"))(
+      lambda x, v, **params: prim.bind(x, v, **params)))
+  lowering = jax.ffi.ffi_lowering(TRANSPOSED_TARGET)
+  mlir.register_lowering(prim, lambda ctx, x, v, *, strides, lo, out_hw, threads: lowering(
+      ctx, x, v, strides=np.asarray(strides, np.int64), pads=np.asarray(lo, np.int64), threads=np.int64(threads)),
+      platform="cpu")
+  return prim
+
+
+_prim = _conv_prim = _thin_prim = _transposed_prim = None
 _UNSUPPORTED = None
 try:
   from jax.extend.core import Primitive
@@ -257,6 +319,7 @@ try:
   _prim = _define("zoo_conv_weight_grad", TARGET, lambda p, r, offsets, hw: (len(offsets), p[3], r[3]))
   _conv_prim = _define("zoo_conv_taps", CONV_TARGET, lambda p, w, offsets, hw: (p[0], *hw, w[2]))
   _thin_prim = _define("zoo_thin_conv", THIN_TARGET, lambda p, v, offsets, hw: (p[0], *hw, v[1]))
+  _transposed_prim = _define_transposed()
 except (ImportError, AttributeError, TypeError) as e:     # a JAX whose primitive or FFI API moved
   _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
@@ -294,6 +357,16 @@ def _check() -> str | None:
         got = np.asarray(jax.jit(lambda p, v: thin_conv(p, v, offsets, strides, (h, wd), threads))(p, v))
         if not np.allclose(got, want_conv[..., :3], rtol=1e-4, atol=1e-4):
           return f"thin_conv differs from XLA's convolution at P {p.shape}, strides {strides}, {threads} thread(s)"
+  for (b, h, wd, cx), (kh, kw, c), strides, lo in (((2, 5, 7, 16), (4, 4, 3), (2, 2), (2, 2)),
+                                                  ((1, 6, 5, 32), (3, 5, 2), (2, 1), (1, 3))):
+    x = jax.device_put(rng.standard_normal((b, h, wd, cx), np.float32), cpu)
+    v = jax.device_put(rng.standard_normal((kh, kw, c, cx), np.float32), cpu)
+    out_hw = ((h - 1) * strides[0] + 2, (wd - 1) * strides[1] + 1)
+    want = np.asarray(_transposed_reference(x, v, strides, lo, out_hw))
+    for threads in (1, 2):
+      got = np.asarray(jax.jit(lambda x, v: thin_transposed(x, v, strides, lo, out_hw, threads))(x, v))
+      if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+        return f"thin_transposed differs from XLA's at x {x.shape}, v {v.shape}, strides {strides}, {threads} thread(s)"
   return None
 
 
@@ -311,6 +384,7 @@ def available() -> bool:
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handlers.ZooConvWeightGrad), platform="cpu")
     jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(handlers.ZooConvTaps), platform="cpu")
     jax.ffi.register_ffi_target(THIN_TARGET, jax.ffi.pycapsule(handlers.ZooThinConv), platform="cpu")
+    jax.ffi.register_ffi_target(TRANSPOSED_TARGET, jax.ffi.pycapsule(handlers.ZooThinTransposed), platform="cpu")
     global _checking
     _checking = True
     try:

@@ -299,7 +299,134 @@ ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Resul
   return ffi::Error::Success();
 }
 
+// ---- a transposed convolution into 1 to 4 channels, read from x directly (no padding, no phases):
+//   y[b, o_h, o_w, c] = sum over taps (i, j) and p of  x[b, u_h, u_w, p] * V[i, j, c, p]
+// where o = s * u + lo - i on each axis (lax.conv_transpose's dilated input padded by lo), C_P a multiple
+// of 16. Output pixels of one row and one column parity share their taps and read neighbouring x pixels:
+// blocks of NPX of them are summed in registers, 16 of x's channels at a time; the edges pixel by pixel.
+
+struct Transposed {
+  int64_t b, h, w, cp;       // x
+  int64_t ho, wo, c;         // y
+  int64_t kh, kw, sh, sw, lo_h, lo_w;
+};
+
+template <int C, int NPX>
+inline void tt_block(const Transposed& g, const float* X, const float* V, int64_t b, int64_t oy, int64_t ox0,
+                     const int64_t* rows_i, const int64_t* rows_u, int nrows, const int64_t* cols_j,
+                     const int64_t* cols_u, int ncols, float* Y) {
+  v16 acc[NPX][C];
+  for (int k = 0; k < NPX; ++k)
+    for (int c = 0; c < C; ++c) acc[k][c] = v16{};
+  for (int r = 0; r < nrows; ++r)
+    for (int q = 0; q < ncols; ++q) {
+      const float* xp = X + ((b * g.h + rows_u[r]) * g.w + cols_u[q]) * g.cp;
+      const float* vp = V + ((rows_i[r] * g.kw + cols_j[q]) * C) * g.cp;
+      for (int64_t p = 0; p < g.cp; p += 16) {
+        v16 v[C];
+        for (int c = 0; c < C; ++c) memcpy(&v[c], vp + c * g.cp + p, 64);
+        for (int k = 0; k < NPX; ++k) {
+          v16 a;
+          memcpy(&a, xp + k * g.cp + p, 64);
+          for (int c = 0; c < C; ++c) acc[k][c] += a * v[c];
+        }
+      }
+    }
+  float* y = Y + ((b * g.ho + oy) * g.wo + ox0) * C;
+  for (int k = 0; k < NPX; ++k)
+    for (int c = 0; c < C; ++c) y[k * g.sw * C + c] = lane_sum(acc[k][c]);
+}
+
+// the taps meeting output index o on one axis (size n of x, kernel k, stride s, padding lo): tap i where
+// o - lo + i is a multiple of s, reading x at (o - lo + i) / s; `first`/`last`: the range of x read
+void axis_taps(int64_t o, int64_t n, int64_t k, int64_t s, int64_t lo, std::vector<int64_t>* taps,
+               std::vector<int64_t>* at) {
+  taps->clear();
+  at->clear();
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t d = o - lo + i;
+    if (d % s == 0 && d >= 0 && d / s < n) {
+      taps->push_back(i);
+      at->push_back(d / s);
+    }
+  }
+}
+
+template <int C>
+void tt_rows(const Transposed& g, const float* X, const float* V, int64_t r0, int64_t r1, float* Y) {
+  constexpr int NPX = 24 / C;
+  std::vector<int64_t> ri, ru, cj, cu;
+  for (int64_t orow = r0; orow < r1; ++orow) {
+    const int64_t b = orow / g.ho, oy = orow % g.ho;
+    axis_taps(oy, g.h, g.kh, g.sh, g.lo_h, &ri, &ru);
+    for (int64_t par = 0; par < g.sw && par < g.wo; ++par) {
+      // columns par, par + sw, ...: the first with every one of its parity's taps inside x starts the blocks
+      int64_t ox = par;
+      auto one = [&](int64_t x0) {
+        axis_taps(x0, g.w, g.kw, g.sw, g.lo_w, &cj, &cu);
+        tt_block<C, 1>(g, X, V, b, oy, x0, ri.data(), ru.data(), (int)ri.size(), cj.data(), cu.data(),
+                       (int)cj.size(), Y);
+      };
+      // the taps of this parity (those of some column far from the edges)
+      std::vector<int64_t> pj;
+      for (int64_t j = 0; j < g.kw; ++j)
+        if (((par - g.lo_w + j) % g.sw + g.sw) % g.sw == 0) pj.push_back(j);
+      for (; ox < g.wo; ox += g.sw) {
+        bool inside = true;
+        for (int64_t j : pj) {
+          const int64_t d = ox - g.lo_w + j;
+          if (d < 0 || d / g.sw + NPX > g.w) inside = false;
+        }
+        if (inside && !pj.empty() && ox + g.sw * (NPX - 1) < g.wo) {
+          axis_taps(ox, g.w, g.kw, g.sw, g.lo_w, &cj, &cu);
+          tt_block<C, NPX>(g, X, V, b, oy, ox, ri.data(), ru.data(), (int)ri.size(), cj.data(), cu.data(),
+                           (int)cj.size(), Y);
+          ox += g.sw * (NPX - 1);
+        } else {
+          one(ox);
+        }
+      }
+    }
+  }
+}
+
+ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads, int64_t threads) {
+  auto xd = x.dimensions(), vd = v.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || vd.size() != 4 || yd.size() != 4 || strides.size() != 2 || pads.size() != 2)
+    return ffi::Error::InvalidArgument("zoo_thin_transposed: x, v and y must be 4-D, strides and pads pairs");
+  Transposed g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], vd[0], vd[1], strides[0], strides[1], pads[0], pads[1]};
+  if (yd[0] != g.b || g.cp % 16 || g.c < 1 || g.c > 4 || vd[2] != g.c || vd[3] != g.cp || g.sh < 1 || g.sw < 1)
+    return ffi::Error::InvalidArgument("zoo_thin_transposed: shapes do not match");
+  const int64_t orows = g.b * g.ho;
+  const int nt = thread_count(threads, orows);
+  auto run = [&](int64_t r0, int64_t r1) {
+    const float *X = x.typed_data(), *V = v.typed_data();
+    float* Y = y->typed_data();
+    switch (g.c) {
+      case 1: tt_rows<1>(g, X, V, r0, r1, Y); break;
+      case 2: tt_rows<2>(g, X, V, r0, r1, Y); break;
+      case 3: tt_rows<3>(g, X, V, r0, r1, Y); break;
+      default: tt_rows<4>(g, X, V, r0, r1, Y); break;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int k = 1; k < nt; ++k) pool.emplace_back([&, k] { run(orows * k / nt, orows * (k + 1) / nt); });
+  run(0, orows / nt);
+  for (auto& th : pool) th.join();
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinTransposed, ThinTransposed,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("pads")
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinConv, ThinConv,
                               ffi::Ffi::Bind()

@@ -246,10 +246,11 @@ _ONEDNN_PHASE_MIN_PIXELS = 1024
 # gradient is as fast or faster (the DCGAN's 8x8x128 -> 4x4x256 239 against 158, 4x4x256 -> 8x8x128 223
 # against 126; the DCGAN32 step 0.94x at batch 64 with the kernel on every layer). Those 3-channel layers'
 # forward pass (a strided convolution) and input gradient (a transposed one) are its convolution of few
-# input channels (118-137 against 78-109), and a stride-1 convolution from at most 4 channels takes its input
-# gradient from its thin kernel. In one process (ab_step.py --threshold USE_NATIVE_CONV_GRADS, 7 rounds,
-# results/thresholds_ab_cpu2.jsonl): the PixelCNN28 step 1.13x and 1.17x at batch 64 and 256, the DCGAN32
-# step 1.02x and 1.02x.
+# input channels (118-137 against 78-109); the transposed one's forward pass and the strided one's input
+# gradient into 3 channels its transposed kernel for thin outputs (71-77 against 46-63, 56-76 against 55-61),
+# and a stride-1 convolution from at most 4 channels takes its input gradient from its thin kernel. In one
+# process (ab_step.py --threshold USE_NATIVE_CONV_GRADS, 7 rounds, results/thresholds_ab_cpu2.jsonl): the
+# PixelCNN28 step 1.13x and 1.17x at batch 64 and 256, the DCGAN32 step 1.00x and 1.02x.
 _NATIVE_STRIDED_MAX_TAPPED = 16
 # ... and only over at least this many pixels (batch x H x W of the side read as rows): each call starts its
 # threads and sums their copies of the result (tens of microseconds), and the MNIST Progressive GAN's first
@@ -621,7 +622,12 @@ def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, onednn_phases, n
   if strides == (1, 1) and _from_dy_copies(x, kernel, taps):
     offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
     return _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps)
-  if strides != (1, 1) and kernel.shape[2] >= _PHASE_MIN_FEATURES:
+  if native and kernel.shape[2] <= convgrad.THIN_MAX:
+    # into an image's few channels: the transposed convolution of dy, u = s o + i - lo, as o' = s u' + lo' - i'
+    # with the taps flipped (i' = k - 1 - i) and lo' = k - 1 - lo
+    dx = convgrad.thin_transposed(dy, jnp.flip(kernel, (0, 1)), strides,
+                                  tuple(k - 1 - lo for k, (lo, _) in zip(kernel.shape[:2], padding)), x.shape[1:3])
+  elif strides != (1, 1) and kernel.shape[2] >= _PHASE_MIN_FEATURES:
     dx = _strided_input_grad(dy, kernel, x.shape, padding, strides, onednn_phases)
   else:
     dx = jax.vjp(lambda x: _open_box_conv(x, kernel, padding, strides, taps), x)[1](dy)[0]
@@ -661,6 +667,9 @@ def _dilated_conv(x, kernel, strides, padding, onednn_phases: bool = False):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads, onednn_phases=False, native=False):
+  if native and kernel.shape[3] <= convgrad.THIN_MAX:     # into an image's channels
+    out_hw = tuple((n - 1) * s + lo + hi - k + 2 for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+    return convgrad.thin_transposed(x, kernel.swapaxes(2, 3), strides, tuple(lo for lo, _ in padding), out_hw)
   return _dilated_conv(x, kernel, strides, padding, onednn_phases)
 
 
