@@ -385,7 +385,8 @@ def test_native_weight_gradients_with_a_bias_and_a_residual_and_to_the_second_or
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 16)) * 0.1
   bias, add = jax.random.normal(jax.random.PRNGKey(2), (16,)), jax.random.normal(jax.random.PRNGKey(3), x.shape)
   ours = lambda x, w, b, a: _layers.conv2d(x, w * mask, "SAME", mask, bias=b, add=a)   # noqa: E731
-  ref = lambda x, w, b, a: jax.lax.conv_general_dilated(x, w * mask, (1, 1), "SAME", dimension_numbers=DN) + b.reshape(1, 1, 1, -1) + a  # noqa: E731
+  ref = lambda x, w, b, a: (jax.lax.conv_general_dilated(x, w * mask, (1, 1), "SAME", dimension_numbers=DN)  # noqa: E731
+                            + b.reshape(1, 1, 1, -1) + a)
   loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))   # noqa: E731
   assert convgrad.available()
   monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", 0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_close_scaled as _close
-from zoo import convgrad
+from zoo import convgrad, native
 
 pytestmark = pytest.mark.skipif(convgrad._compiler() is None, reason="no C++ compiler to build the kernel")
 
@@ -201,3 +201,12 @@ def test_the_library_is_built_once_and_can_be_turned_off(tmp_path, monkeypatch, 
     monkeypatch.undo()
     convgrad.available.cache_clear()
   assert convgrad.available() is True
+
+
+def test_the_library_is_named_by_the_cpu_it_was_built_for(monkeypatch):
+  """Built with -march=native, the library runs only on CPUs with this one's instruction sets: a cache
+  directory shared by two machines (a home directory on a cluster) holds one library per CPU."""
+  here = native.library_name("convgrad", b"source", ["c++", "-march=native"])
+  assert here == native.library_name("convgrad", b"source", ["c++", "-march=native"])
+  monkeypatch.setattr(native, "cpu_identity", lambda: b"x86_64|flags : fpu sse sse2")
+  assert native.library_name("convgrad", b"source", ["c++", "-march=native"]) != here

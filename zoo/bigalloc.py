@@ -21,7 +21,6 @@ import ctypes
 import functools
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from zoo import native
@@ -53,16 +52,9 @@ def _command(compiler: str, out: str) -> list[str]:
 def build(directory: Path | None = None, quiet: bool = False) -> Path | None:
   """The library, compiled into ``directory`` (default ``cache_dir()``) if it is not there yet; None where it
   cannot be built or loaded here (a one-line reason on stderr unless ``quiet``)."""
-  def fail(why: str) -> None:
-    if not quiet:
-      print(f"zoo: large-block cache off ({why})", file=sys.stderr)
-    return None
-
-  compiler = _compiler()
-  if compiler is None:
-    return fail("no C compiler: set CC or install one")
-  return native.build("bigalloc", SOURCE, lambda out: _command(compiler, out),
-                      lambda lib: native.child_check(_CHECK, {"LD_PRELOAD": lib}), directory, fail)
+  return native.build("bigalloc", SOURCE, _compiler(), _command,
+                      lambda lib: native.child_check(_CHECK, {"LD_PRELOAD": lib}), directory, quiet,
+                      "large-block cache off", "no C compiler: set CC or install one")
 
 
 def wanted(env: dict) -> bool:

@@ -74,17 +74,9 @@ def _command(compiler: str, out: str) -> list[str]:
 def build(directory=None, quiet: bool = False):
   """The library, compiled into ``directory`` (default ``zoo.native.cache_dir()``) if it is not there yet;
   None where it cannot be (a one-line reason on stderr unless ``quiet``)."""
-  def fail(why: str) -> None:
-    if not quiet:
-      print(f"zoo: native convolution weight gradients off ({why})", file=sys.stderr)
-    return None
-
-  compiler = _compiler()
-  if compiler is None:
-    return fail("no C++ compiler: set CXX or install one")
-  return native.build("convgrad", SOURCE, lambda out: _command(compiler, out),
-                      lambda lib: native.child_check(f"import ctypes; l = ctypes.CDLL({str(lib)!r}); l.ZooConvWeightGrad; l.ZooConvTaps; l.ZooThinConv; l.ZooThinTransposed"),
-                      directory, fail)
+  check = "import ctypes; l = ctypes.CDLL({!r}); l.ZooConvWeightGrad; l.ZooConvTaps; l.ZooThinConv; l.ZooThinTransposed"
+  return native.build("convgrad", SOURCE, _compiler(), _command, lambda lib: native.child_check(check.format(str(lib))),
+                      directory, quiet, "native convolution kernels off", "no C++ compiler: set CXX or install one")
 
 
 def weight_grad(p, r, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], threads: int = 0):
@@ -97,7 +89,8 @@ def weight_grad(p, r, offsets: Sequence[tuple[int, int]], strides: tuple[int, in
     raise ValueError(f"convgrad.weight_grad: P {p.shape} and R {r.shape} must be 4-D with one batch, R's "
                      f"channels a multiple of {ROW_MULTIPLE}")
   _validate(p, r, offsets, strides, r.shape[1:3], "weight_grad")
-  return _weight_grad(p, r, offsets, strides, tuple(r.shape[1:3]), int(threads))
+  return _weight_grad(p, r, (("offsets", offsets), ("strides", strides), ("out_hw", tuple(r.shape[1:3])),
+                             ("threads", int(threads))))
 
 
 def _validate(p, other, offsets, strides, out_hw, what: str) -> None:
@@ -132,7 +125,7 @@ def conv_taps(p, w, offsets: Sequence[tuple[int, int]], strides: tuple[int, int]
     raise ValueError(f"convgrad.conv_taps: P {p.shape} must be 4-D and w {w.shape} (taps, P's channels, C) "
                      f"with C a multiple of {ROW_MULTIPLE}")
   _validate(p, w, offsets, strides, out_hw, "conv_taps")
-  return _conv_taps(p, w, offsets, strides, out_hw, int(threads))
+  return _conv_taps(p, w, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("threads", int(threads))))
 
 
 def thin_conv(p, v, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], out_hw: tuple[int, int],
@@ -152,7 +145,7 @@ def thin_conv(p, v, offsets: Sequence[tuple[int, int]], strides: tuple[int, int]
     raise ValueError(f"convgrad.thin_conv: P {p.shape} must be 4-D with a multiple of {ROW_MULTIPLE} channels "
                      f"and v {v.shape} (taps, 1 to {THIN_MAX} outputs, P's channels)")
   _validate(p, v, offsets, strides, out_hw, "thin_conv")
-  return _thin_conv(p, v, offsets, strides, out_hw, int(threads))
+  return _thin_conv(p, v, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("threads", int(threads))))
 
 
 def thin_transposed(x, v, strides: tuple[int, int], lo: tuple[int, int], out_hw: tuple[int, int], threads: int = 0):
@@ -171,7 +164,7 @@ def thin_transposed(x, v, strides: tuple[int, int], lo: tuple[int, int], out_hw:
     raise ValueError(f"convgrad.thin_transposed: float32 only, got {x.dtype} and {v.dtype}")
   if not _checking and not available():
     raise RuntimeError("convgrad.thin_transposed: the kernel is not available here (zoo.convgrad.available())")
-  return _thin_transposed(x, v, strides, lo, out_hw, int(threads))
+  return _thin_transposed(x, v, (("strides", strides), ("lo", lo), ("out_hw", out_hw), ("threads", int(threads))))
 
 
 def _transposed_reference(x, v, strides, lo, out_hw):
@@ -209,78 +202,50 @@ def _as_conv_ct_w(ct, p, w_shape, out_hw, offsets, strides):
                               jax.ShapeDtypeStruct(w_shape, ct.dtype))(ct)[0]
 
 
-# The three kernels' derivatives (custom VJPs: each is bilinear, its cotangents are convolutions again,
-# differentiable in turn for a gradient penalty). <weight_grad(P, R), g> = <_as_conv(P, g), R> and
-# conv_taps(P, w) = _as_conv(P, w), thin_conv(P, v) = _as_conv(P, v^T).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _weight_grad(p, r, offsets, strides, out_hw, threads):
-  return _prim.bind(p, r, offsets=offsets, strides=strides, out_hw=out_hw, threads=threads)
-
-
-def _weight_grad_fwd(p, r, offsets, strides, out_hw, threads):
-  return _weight_grad(p, r, offsets, strides, out_hw, threads), (p, r)
-
-
-def _weight_grad_bwd(offsets, strides, out_hw, threads, residuals, g):
-  p, r = residuals
+# The kernels' derivatives: custom VJPs whose cotangents are XLA's convolutions (or the weight-gradient
+# kernel), differentiable in turn for a gradient penalty. Each kernel is bilinear:
+# <weight_grad(P, R), g> = <_as_conv(P, g), R>, conv_taps(P, w) = _as_conv(P, w),
+# thin_conv(P, v) = _as_conv(P, v^T), and thin_transposed is ``_transposed_reference``.
+def _weight_grad_cts(p, r, g, *, offsets, strides, out_hw, threads):
   return _as_conv_ct_p(r, p.shape, g, out_hw, offsets, strides), _as_conv(p, g, out_hw, offsets, strides)
 
 
-_weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_taps(p, w, offsets, strides, out_hw, threads):
-  return _conv_prim.bind(p, w, offsets=offsets, strides=strides, out_hw=out_hw, threads=threads)
-
-
-def _conv_taps_fwd(p, w, offsets, strides, out_hw, threads):
-  return _conv_taps(p, w, offsets, strides, out_hw, threads), (p, w)
-
-
-def _conv_taps_bwd(offsets, strides, out_hw, threads, residuals, ct):
-  p, w = residuals
+def _conv_taps_cts(p, w, ct, *, offsets, strides, out_hw, threads):
   return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides),
-          _weight_grad(p, ct, offsets, strides, out_hw, threads))
+          _weight_grad(p, ct, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("threads", threads))))
 
 
-_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _thin_conv(p, v, offsets, strides, out_hw, threads):
-  return _thin_prim.bind(p, v, offsets=offsets, strides=strides, out_hw=out_hw, threads=threads)
-
-
-def _thin_conv_fwd(p, v, offsets, strides, out_hw, threads):
-  return _thin_conv(p, v, offsets, strides, out_hw, threads), (p, v)
-
-
-def _thin_conv_bwd(offsets, strides, out_hw, threads, residuals, ct):
-  p, v = residuals
+def _thin_conv_cts(p, v, ct, *, offsets, strides, out_hw, threads):
   w = v.swapaxes(1, 2)
   return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides),
           _as_conv_ct_w(ct, p, w.shape, out_hw, offsets, strides).swapaxes(1, 2))
 
 
-_thin_conv.defvjp(_thin_conv_fwd, _thin_conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _thin_transposed(x, v, strides, lo, out_hw, threads):
-  return _transposed_prim.bind(x, v, strides=strides, lo=lo, out_hw=out_hw, threads=threads)
-
-
-def _thin_transposed_fwd(x, v, strides, lo, out_hw, threads):
-  return _thin_transposed(x, v, strides, lo, out_hw, threads), (x, v)
-
-
-def _thin_transposed_bwd(strides, lo, out_hw, threads, residuals, ct):
-  x, v = residuals
+def _thin_transposed_cts(x, v, ct, *, strides, lo, out_hw, threads):
   return jax.vjp(lambda x, v: _transposed_reference(x, v, strides, lo, out_hw), x, v)[1](ct)
 
 
-_thin_transposed.defvjp(_thin_transposed_fwd, _thin_transposed_bwd)
+def _with_vjp(prim_of, cotangents):
+  """f(a, b, params) = the primitive (``prim_of()``, bound when called) on (a, b) with ``params`` (a tuple of
+  (name, value) pairs), its VJP ``cotangents(a, b, ct, **params)``."""
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+  def f(a, b, params):
+    return prim_of().bind(a, b, **dict(params))
+
+  def fwd(a, b, params):
+    return f(a, b, params), (a, b)
+
+  def bwd(params, residuals, ct):
+    return cotangents(*residuals, ct, **dict(params))
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+_weight_grad = _with_vjp(lambda: _prim, _weight_grad_cts)
+_conv_taps = _with_vjp(lambda: _conv_prim, _conv_taps_cts)
+_thin_conv = _with_vjp(lambda: _thin_prim, _thin_conv_cts)
+_thin_transposed = _with_vjp(lambda: _transposed_prim, _thin_transposed_cts)
 
 
 def _define(name: str, target: str, shape):
@@ -351,7 +316,8 @@ def _check() -> str | None:
         return f"weight_grad differs from an einsum at P {p.shape}, R {r.shape}, strides {strides}, {threads} thread(s)"
       got = np.asarray(jax.jit(lambda p, w: conv_taps(p, w, offsets, strides, (h, wd), threads))(p, w))
       if got.shape != want_conv.shape or not np.allclose(got, want_conv, rtol=1e-4, atol=1e-4):
-        return f"conv_taps differs from XLA's convolution at P {p.shape}, w {w.shape}, strides {strides}, {threads} thread(s)"
+        return (f"conv_taps differs from XLA's convolution at P {p.shape}, w {w.shape}, strides {strides}, "
+                f"{threads} thread(s)")
       if cp % ROW_MULTIPLE == 0:
         v = w[:, :, :3].swapaxes(1, 2)      # 3 outputs
         got = np.asarray(jax.jit(lambda p, v: thin_conv(p, v, offsets, strides, (h, wd), threads))(p, v))
@@ -395,6 +361,6 @@ def available() -> bool:
   except Exception as e:       # a JAX whose FFI API moved, a library that does not load
     why = f"{type(e).__name__}: {e}"
   if why is not None:
-    print(f"zoo: native convolution weight gradients off ({why})", file=sys.stderr)
+    print(f"zoo: native convolution kernels off ({why})", file=sys.stderr)
     return False
   return True

@@ -6,6 +6,7 @@ preloaded) and ``zoo.convgrad`` (C++, an XLA FFI handler).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -27,9 +28,23 @@ def cache_dir(env: dict | None = None) -> Path:
   return root / "zoo" / "native"
 
 
+@functools.cache
+def cpu_identity() -> bytes:
+  """This CPU's architecture and instruction-set flags (Linux: /proc/cpuinfo's first 'flags' line): a
+  library compiled with ``-march=native`` runs only on CPUs that have them, and a cache directory may be
+  shared by machines that do not (a home directory on a cluster)."""
+  flags = b""
+  try:
+    with open("/proc/cpuinfo", "rb") as f:
+      flags = next((line for line in f if line.startswith((b"flags", b"Features"))), b"")
+  except OSError:
+    pass
+  return platform.machine().encode() + b"|" + (flags.strip() or platform.processor().encode())
+
+
 def library_name(prefix: str, source: bytes, command: Sequence[str]) -> str:
-  """The built library's file name: a hash of the source, the compile command and the machine."""
-  key = hashlib.sha256(b"\0".join([source, *(c.encode() for c in command), platform.machine().encode()]))
+  """The built library's file name: a hash of the source, the compile command and the CPU."""
+  key = hashlib.sha256(b"\0".join([source, *(c.encode() for c in command), cpu_identity()]))
   return f"{prefix}-{key.hexdigest()[:16]}.so"
 
 
@@ -47,11 +62,21 @@ def trusted(path: Path) -> bool:
   return stat.S_ISREG(st.st_mode) and _mine_alone(st) and _mine_alone(parent)
 
 
-def build(prefix: str, source: Path, command: Callable[[str], list[str]], check: Callable[[str], str | None],
-          directory: Path | None, fail: Callable[[str], None]) -> Path | None:
-  """The library built from ``source`` into ``directory`` (default ``cache_dir()``) by ``command(output)``
-  (the compiler's argv, writing ``output``), unless it is there already; ``check(path)`` is None where the
-  new library works, else why not. None, with ``fail(why)`` called, where it cannot be built or used."""
+def build(prefix: str, source: Path, compiler: str | None, command: Callable[[str, str], list[str]],
+          check: Callable[[str], str | None], directory: Path | None, quiet: bool, off: str,
+          missing: str) -> Path | None:
+  """The library built from ``source`` into ``directory`` (default ``cache_dir()``) by ``command(compiler,
+  output)`` (the compiler's argv, writing ``output``), unless it is there already; ``check(path)`` is None
+  where the new library works, else why not. None where there is no ``compiler`` or it cannot be built or
+  used, with one line on stderr, "zoo: {off} (why)", unless ``quiet`` (``missing``: why, without a compiler)."""
+  def fail(why: str) -> None:
+    if not quiet:
+      print(f"zoo: {off} ({why})", file=sys.stderr)
+    return None
+
+  if compiler is None:
+    return fail(missing)
+  command = functools.partial(command, compiler)
   text = source.read_bytes()
   directory = cache_dir() if directory is None else Path(directory)
   lib = directory / library_name(prefix, text, command("OUT"))

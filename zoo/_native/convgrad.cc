@@ -121,6 +121,16 @@ int thread_count(int64_t threads, int64_t rows) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(want, rows));
 }
 
+// run(k, r0, r1) for the nt parts [rows * k / nt, rows * (k + 1) / nt) of the rows: part 0 on this thread,
+// the others on threads of their own
+template <class F>
+void in_parts(int nt, int64_t rows, F run) {
+  std::vector<std::thread> pool;
+  for (int k = 1; k < nt; ++k) pool.emplace_back([&, k] { run(k, rows * k / nt, rows * (k + 1) / nt); });
+  run(0, 0, rows / nt);
+  for (auto& th : pool) th.join();
+}
+
 ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Result<ffi::Buffer<ffi::F32>> out,
                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads) {
   auto pd = p.dimensions(), rd = r.dimensions(), od = out->dimensions();
@@ -143,11 +153,9 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Res
     return ffi::Error::Success();
   }
   std::vector<std::vector<float>> parts(nt - 1, std::vector<float>(n, 0.0f));
-  std::vector<std::thread> pool;
-  for (int w = 1; w < nt; ++w)
-    pool.emplace_back([&, w] { accumulate(g, P, R, rowoff.data(), orows * w / nt, orows * (w + 1) / nt, parts[w - 1].data()); });
-  accumulate(g, P, R, rowoff.data(), 0, orows / nt, O);
-  for (auto& th : pool) th.join();
+  in_parts(nt, orows, [&](int k, int64_t r0, int64_t r1) {
+    accumulate(g, P, R, rowoff.data(), r0, r1, k ? parts[k - 1].data() : O);
+  });
   for (auto& part : parts)
     for (int64_t k = 0; k < n; ++k) O[k] += part[k];
   return ffi::Error::Success();
@@ -212,12 +220,9 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Result<ff
     return ffi::Error::InvalidArgument("zoo_conv_taps: a tap reads outside P");
   const int64_t orows = g.b * g.ho;
   const int nt = thread_count(threads, orows);
-  std::vector<std::thread> pool;
-  for (int k = 1; k < nt; ++k)
-    pool.emplace_back([&, k] { convolve(g, p.typed_data(), w.typed_data(), rowoff.data(), orows * k / nt,
-                                        orows * (k + 1) / nt, y->typed_data()); });
-  convolve(g, p.typed_data(), w.typed_data(), rowoff.data(), 0, orows / nt, y->typed_data());
-  for (auto& th : pool) th.join();
+  in_parts(nt, orows, [&](int, int64_t r0, int64_t r1) {
+    convolve(g, p.typed_data(), w.typed_data(), rowoff.data(), r0, r1, y->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -292,10 +297,7 @@ ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Resul
       default: thin_rows<4>(g, P, V, tapoff.data(), r0, r1, Y); break;
     }
   };
-  std::vector<std::thread> pool;
-  for (int k = 1; k < nt; ++k) pool.emplace_back([&, k] { run(orows * k / nt, orows * (k + 1) / nt); });
-  run(0, orows / nt);
-  for (auto& th : pool) th.join();
+  in_parts(nt, orows, [&](int, int64_t r0, int64_t r1) { run(r0, r1); });
   return ffi::Error::Success();
 }
 
@@ -410,47 +412,25 @@ ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi:
       default: tt_rows<4>(g, X, V, r0, r1, Y); break;
     }
   };
-  std::vector<std::thread> pool;
-  for (int k = 1; k < nt; ++k) pool.emplace_back([&, k] { run(orows * k / nt, orows * (k + 1) / nt); });
-  run(0, orows / nt);
-  for (auto& th : pool) th.join();
+  in_parts(nt, orows, [&](int, int64_t r0, int64_t r1) { run(r0, r1); });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinTransposed, ThinTransposed,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("pads")
-                                  .Attr<int64_t>("threads"));
+// Every handler: two float32 operands, one result, the strides, the taps' offsets (or the transposed
+// kernel's paddings) and a thread count.
+#define ZOO_HANDLER(symbol, impl, taps)                                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, impl,                                           \
+                                ffi::Ffi::Bind()                                        \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                       \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                       \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                       \
+                                    .Attr<ffi::Span<const int64_t>>("strides")          \
+                                    .Attr<ffi::Span<const int64_t>>(taps)               \
+                                    .Attr<int64_t>("threads"))
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinConv, ThinConv,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("offsets")
-                                  .Attr<int64_t>("threads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvTaps, Conv,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("offsets")
-                                  .Attr<int64_t>("threads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvWeightGrad, WeightGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("offsets")
-                                  .Attr<int64_t>("threads"));
+ZOO_HANDLER(ZooConvWeightGrad, WeightGrad, "offsets");
+ZOO_HANDLER(ZooConvTaps, Conv, "offsets");
+ZOO_HANDLER(ZooThinConv, ThinConv, "offsets");
+ZOO_HANDLER(ZooThinTransposed, ThinTransposed, "pads");

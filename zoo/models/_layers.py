@@ -539,7 +539,8 @@ def _native_thin_conv_stride1(x, kernel, padding, taps=None):
 
 def _native_thin_conv(x, kernel, padding, strides, taps):
   """conv2d of an x of few channels by ``zoo.convgrad.conv_taps`` (the open taps' kernels as its w)."""
-  out_hw = tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+  out_hw = tuple((n + lo + hi - k) // s + 1
+                 for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
   p = _conv_taps_input(x, kernel.shape, strides, padding, out_hw)
   return convgrad.conv_taps(p, jnp.stack([kernel[i, j] for i, j in taps]), taps, strides, out_hw)
 
@@ -668,7 +669,8 @@ def _dilated_conv(x, kernel, strides, padding, onednn_phases: bool = False):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads, onednn_phases=False, native=False):
   if native and kernel.shape[3] <= convgrad.THIN_MAX:     # into an image's channels
-    out_hw = tuple((n - 1) * s + lo + hi - k + 2 for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+    out_hw = tuple((n - 1) * s + lo + hi - k + 2
+                   for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
     return convgrad.thin_transposed(x, kernel.swapaxes(2, 3), strides, tuple(lo for lo, _ in padding), out_hw)
   return _dilated_conv(x, kernel, strides, padding, onednn_phases)
 
