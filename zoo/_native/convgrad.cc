@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <sched.h>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -122,11 +123,17 @@ int thread_count(int64_t threads, int64_t rows) {
 }
 
 // run(k, r0, r1) for the nt parts [rows * k / nt, rows * (k + 1) / nt) of the rows: part 0 on this thread,
-// the others on threads of their own
+// the others on threads of their own (on this thread too where a thread cannot be started: an exception
+// escaping an FFI handler would end the process)
 template <class F>
 void in_parts(int nt, int64_t rows, F run) {
   std::vector<std::thread> pool;
-  for (int k = 1; k < nt; ++k) pool.emplace_back([&, k] { run(k, rows * k / nt, rows * (k + 1) / nt); });
+  int k = 1;
+  try {
+    for (; k < nt; ++k) pool.emplace_back([&, k] { run(k, rows * k / nt, rows * (k + 1) / nt); });
+  } catch (const std::system_error&) {
+  }
+  for (int rest = k; rest < nt; ++rest) run(rest, rows * rest / nt, rows * (rest + 1) / nt);
   run(0, 0, rows / nt);
   for (auto& th : pool) th.join();
 }
