@@ -23,7 +23,7 @@ AVX-512 CPU of issue 7 (batch 64; GFLOP/s of useful work, against XLA's own unde
 and PyTorch's oneDNN): weight gradients of the PixelCNN's 3x3 mask B 64 -> 64 168 against 63-93 (PyTorch
 119-145), its 7x7 mask A 1 -> 64 148-168 against 22-49 (63-83), the DCGAN's 32x32x3 -> 16x16x64 strided
 convolution 139-165 against 53-70 (143-170) and its 16x16x64 -> 32x32x3 transposed one 149-183 against
-5-7 (141-180); that strided convolution's forward pass 118-133 against 78-103 (128-175) and the transposed
+5-7 (141-180); that strided convolution's forward pass 110-153 against 70-103 (96-175) and the transposed
 one's input gradient 122-137 against 94-109 (132-156); the 7x7 mask A's input gradient 38-42 against 10;
 the transposed one's forward pass 71-77 against 46-63 (34-38) and the strided one's input gradient 56-76
 against 55-61 (34-37).

@@ -246,7 +246,7 @@ _ONEDNN_PHASE_MIN_PIXELS = 1024
 # gradient is as fast or faster (the DCGAN's 8x8x128 -> 4x4x256 239 against 158, 4x4x256 -> 8x8x128 223
 # against 126; the DCGAN32 step 0.94x at batch 64 with the kernel on every layer). Those 3-channel layers'
 # forward pass (a strided convolution) and input gradient (a transposed one) are its convolution of few
-# input channels (118-137 against 78-109); the transposed one's forward pass and the strided one's input
+# input channels (110-157 against 62-109); the transposed one's forward pass and the strided one's input
 # gradient into 3 channels its transposed kernel for thin outputs (71-77 against 46-63, 56-76 against 55-61),
 # and a stride-1 convolution from at most 4 channels takes its input gradient from its thin kernel. In one
 # process (ab_step.py --threshold USE_NATIVE_CONV_GRADS, 7 rounds, results/thresholds_ab_cpu2.jsonl): the
