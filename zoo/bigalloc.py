@@ -33,15 +33,12 @@ STATS = ("fresh", "reused", "released", "cached_bytes", "live_bytes", "min_bytes
 _CHECK = "import ctypes; ctypes.CDLL(None).zoo_bigalloc_stats"
 
 
-cache_dir = native.cache_dir
-
-
 def _compiler() -> str | None:
   return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def library_name(source: bytes, compiler: str) -> str:
-  """The built library's file name: a hash of the source, the compiler and the machine."""
+  """The built library's file name: a hash of the source, the compile command and the CPU."""
   return native.library_name("bigalloc", source, _command(compiler, "OUT"))
 
 
@@ -50,8 +47,8 @@ def _command(compiler: str, out: str) -> list[str]:
 
 
 def build(directory: Path | None = None, quiet: bool = False) -> Path | None:
-  """The library, compiled into ``directory`` (default ``cache_dir()``) if it is not there yet; None where it
-  cannot be built or loaded here (a one-line reason on stderr unless ``quiet``)."""
+  """The library, compiled into ``directory`` (default ``zoo.native.cache_dir()``) if it is not there yet;
+  None where it cannot be built or loaded here (a one-line reason on stderr unless ``quiet``)."""
   return native.build("bigalloc", SOURCE, _compiler(), _command,
                       lambda lib: native.child_check(_CHECK, {"LD_PRELOAD": lib}), directory, quiet,
                       "large-block cache off", "no C compiler: set CC or install one")

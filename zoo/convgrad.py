@@ -94,14 +94,20 @@ def weight_grad(p, r, offsets: Sequence[tuple[int, int]], strides: tuple[int, in
 
 
 def _validate(p, other, offsets, strides, out_hw, what: str) -> None:
-  if p.dtype != jnp.float32 or other.dtype != jnp.float32:
-    raise ValueError(f"convgrad.{what}: float32 only, got {p.dtype} and {other.dtype}")
+  """A kernel reading P at taps: ``_require`` and every tap of every output pixel inside P."""
   if not offsets or min(strides) < 1:
     raise ValueError(f"convgrad.{what}: no taps, or strides {strides} below 1")
   for di, dj in offsets:
     if (min(di, dj) < 0 or strides[0] * (out_hw[0] - 1) + di >= p.shape[1]
         or strides[1] * (out_hw[1] - 1) + dj >= p.shape[2]):
       raise ValueError(f"convgrad.{what}: tap offset {(di, dj)} at strides {strides} reads outside P {p.shape}")
+  _require(p, other, what)
+
+
+def _require(a, b, what: str) -> None:
+  """Every kernel: float32 operands, and the kernels available here (but while ``available()`` checks them)."""
+  if a.dtype != jnp.float32 or b.dtype != jnp.float32:
+    raise ValueError(f"convgrad.{what}: float32 only, got {a.dtype} and {b.dtype}")
   if not _checking and not available():
     raise RuntimeError(f"convgrad.{what}: the kernel is not available here (zoo.convgrad.available())")
 
@@ -160,10 +166,7 @@ def thin_transposed(x, v, strides: tuple[int, int], lo: tuple[int, int], out_hw:
       or x.shape[3] % ROW_MULTIPLE or min(strides) < 1):
     raise ValueError(f"convgrad.thin_transposed: x {x.shape} must be 4-D with a multiple of {ROW_MULTIPLE} "
                      f"channels and v {v.shape} (kh, kw, 1 to {THIN_MAX} outputs, x's channels), strides >= 1")
-  if x.dtype != jnp.float32 or v.dtype != jnp.float32:
-    raise ValueError(f"convgrad.thin_transposed: float32 only, got {x.dtype} and {v.dtype}")
-  if not _checking and not available():
-    raise RuntimeError("convgrad.thin_transposed: the kernel is not available here (zoo.convgrad.available())")
+  _require(x, v, "thin_transposed")
   return _thin_transposed(x, v, (("strides", strides), ("lo", lo), ("out_hw", out_hw), ("threads", int(threads))))
 
 

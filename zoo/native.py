@@ -1,6 +1,6 @@
 """Building the zoo's small native libraries at first use: ``zoo/_native/*`` compiled with the system's
 compiler into the user's cache (``$ZOO_CACHE_DIR`` or ``$XDG_CACHE_HOME/zoo`` or ``~/.cache/zoo``, under
-``native/``), named by a hash of the source, the command and the machine, and used only where the file and
+``native/``), named by a hash of the source, the command and the CPU, and used only where the file and
 its directory are this user's alone (the library is loaded into the process). Used by ``zoo.bigalloc`` (C,
 preloaded) and ``zoo.convgrad`` (C++, an XLA FFI handler).
 """

@@ -168,22 +168,27 @@ def own_kernels_for(options: dict | None, mesh: Mesh | None = None):
   with (the train step, and benchmarks that compile as it does); and with them, on one device,
   ``kernels.native_kernels()`` where ``USE_NATIVE_CONV_GRADS`` (the layers ask ``zoo.convgrad.available()``
   when they would use it) and ``kernels.onednn_kernels()`` where ``USE_ONEDNN`` and
-  ``zoo.onednn.available()``, and then
-  ``onednn.uncached()``: what the block compiles (a benchmark's functions) is not written to the persistent
-  compilation cache (the train step, compiled after its trace, is wrapped by ``jit_train_step``)."""
+  ``zoo.onednn.available()``, and then ``onednn.uncached()``: what the block compiles (a benchmark's
+  functions) is not written to the persistent compilation cache (the train step, compiled after its trace,
+  is wrapped by ``jit_train_step``)."""
   own = options is not None and USE_XLA_OWN_GRADIENTS
   use_onednn = _onednn_for(options, mesh)
-  native = own and (mesh is None or mesh.devices.size == 1) and USE_NATIVE_CONV_GRADS
+  native = own and _one_device(mesh) and USE_NATIVE_CONV_GRADS
   with kernels.xla_own_kernels(own), kernels.onednn_kernels(use_onednn), kernels.native_kernels(native), (
       onednn.uncached() if use_onednn else contextlib.nullcontext()):
     yield
 
 
+def _one_device(mesh: Mesh | None) -> bool:
+  """Whether ``mesh`` (None: one device) has one device: the custom calls of oneDNN and of the zoo's own
+  kernels cannot be split by XLA's partitioner over a batch-sharded mesh."""
+  return mesh is None or mesh.devices.size == 1
+
+
 def _onednn_for(options: dict | None, mesh: Mesh | None) -> bool:
   """Whether a function compiled with ``options`` on ``mesh`` (None: one device) is traced under
   ``kernels.onednn_kernels()`` (``own_kernels_for``)."""
-  single = mesh is None or mesh.devices.size == 1
-  return (options is not None and USE_XLA_OWN_GRADIENTS and single and USE_ONEDNN
+  return (options is not None and USE_XLA_OWN_GRADIENTS and _one_device(mesh) and USE_ONEDNN
           and onednn.available())
 
 

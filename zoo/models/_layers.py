@@ -488,9 +488,9 @@ def _use_onednn_phases(pixels: int, x, kernel) -> bool:
   return bool(_ONEDNN_PHASES) and _use_onednn(x, kernel, pixels, _ONEDNN_PHASE_MIN_PIXELS)
 
 
-def _conv_out_pixels(hw, kernel_hw, strides, padding) -> int:
-  """H_out * W_out of a convolution with explicit padding."""
-  return math.prod((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(hw, kernel_hw, strides, padding))
+def _conv_out_hw(hw, kernel_hw, strides, padding) -> tuple[int, int]:
+  """(H_out, W_out) of a convolution with explicit padding."""
+  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(hw, kernel_hw, strides, padding))
 
 
 def _open_box(kernel_shape, padding, taps):
@@ -531,7 +531,7 @@ def _native_thin_conv_stride1(x, kernel, padding, taps=None):
   """A stride-1 convolution (padding (lo, hi) per axis, may be negative) into few channels by
   ``zoo.convgrad.thin_conv``, over ``taps`` (default all; the others' kernels are zero)."""
   taps = _all_taps(kernel.shape) if taps is None else taps
-  out_hw = tuple(n + lo + hi - k + 1 for n, k, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], padding))
+  out_hw = _conv_out_hw(x.shape[1:3], kernel.shape[:2], (1, 1), padding)
   p = _conv_taps_input(x, kernel.shape, (1, 1), padding, out_hw)
   v = jnp.stack([kernel[i, j].T for i, j in taps])
   return convgrad.thin_conv(p, v, taps, (1, 1), out_hw)
@@ -539,8 +539,7 @@ def _native_thin_conv_stride1(x, kernel, padding, taps=None):
 
 def _native_thin_conv(x, kernel, padding, strides, taps):
   """conv2d of an x of few channels by ``zoo.convgrad.conv_taps`` (the open taps' kernels as its w)."""
-  out_hw = tuple((n + lo + hi - k) // s + 1
-                 for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+  out_hw = _conv_out_hw(x.shape[1:3], kernel.shape[:2], strides, padding)
   p = _conv_taps_input(x, kernel.shape, strides, padding, out_hw)
   return convgrad.conv_taps(p, jnp.stack([kernel[i, j] for i, j in taps]), taps, strides, out_hw)
 
@@ -779,9 +778,10 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
     return _on_cpu(lambda x, k, b, a: _plus(dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
                                             b, a), native, x, kernel, bias, add)
   own = kernels.xla_own_kernels_on()   # XLA's own gradients where they are the faster (above)
+  # dy's pixels: the native weight gradient reads them as rows; a strided input gradient's phases convolve them
+  dy_pixels = x.shape[0] * math.prod(_conv_out_hw(x.shape[1:3], (kh, kw), strides, padding))
   if strides == (1, 1) and own:
-    out_pixels = x.shape[0] * _conv_out_pixels(x.shape[1:3], (kh, kw), strides, padding)
-    native_wgrad = _use_native_weight_grad(kernel.shape[3], out_pixels, x, kernel, bias, add)
+    native_wgrad = _use_native_weight_grad(kernel.shape[3], dy_pixels, x, kernel, bias, add)
 
     def cpu(x, k, b, a):
       if _MATERIALIZE_CONV_INPUT:
@@ -791,8 +791,6 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
       return _open_box_conv(x, k, padding, strides, taps, onednn_forward=onednn_ok, bias=b, add=a)
   else:
     xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
-    # the input gradient's phases (``_strided_input_grad``) convolve dy: (B, H_out, W_out) pixels
-    dy_pixels = x.shape[0] * _conv_out_pixels(x.shape[1:3], (kh, kw), strides, padding)
     phases = _use_onednn_phases(dy_pixels, x, kernel)
     native_wgrad = (own and kernel.shape[2] < _NATIVE_STRIDED_MAX_TAPPED and
                     _use_native_weight_grad(kernel.shape[3], dy_pixels, x, kernel))
