@@ -68,7 +68,7 @@ def test_conv_taps_is_xlas_convolution_with_those_taps(b, hw, cp, cr, strides, o
 @pytest.mark.parametrize("outputs", [1, 3, 4])
 def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides, offsets, outputs):
   """thin_conv(P, v) is XLA's convolution of P into 1 to 4 channels with v[t] (transposed) at offsets[t]:
-  blocks of 24 / C pixels, a remainder, two threads."""
+  blocks of up to 16 / C pixels as even as can be, two threads."""
   assert convgrad.available()
   rng = np.random.default_rng(4)
   p, _ = _case(rng, b, hw, cp, cr, strides, offsets)
@@ -88,7 +88,7 @@ def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides,
     ((1, 6, 5, 32), (3, 5), 2, (2, 1), (1, 3)),
     ((3, 4, 4, 16), (3, 3), 1, (1, 1), (1, 1)),
     ((1, 3, 9, 16), (5, 2), 4, (3, 2), (0, 4)),       # lo beyond the kernel: edge columns with no taps
-    ((2, 30, 40, 16), (4, 4), 3, (2, 2), (1, 2)),     # rows long enough for blocks of 8, edges between
+    ((2, 30, 40, 16), (4, 4), 3, (2, 2), (1, 2)),     # 40-41 pixels per column parity: blocks of 4-5, edges
 ])
 def test_thin_transposed_is_xlas_transposed_convolution(x_shape, k, c, strides, lo):
   assert convgrad.available()

@@ -21,7 +21,7 @@ does on CPU: with ``zoo.step.CPU_COMPILER_OPTIONS`` (XLA's own dot and convoluti
 under ``zoo.kernels.xla_own_kernels()``; without it, with XLA's defaults (YNNPACK), as a caller's own ``jit``.
 
   python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--no-torch] [--step-options]
-      [--out FILE.jsonl]
+      [--layers NAME ...] [--out FILE.jsonl]
 """
 from __future__ import annotations
 
@@ -145,7 +145,11 @@ def main():
   ap.add_argument("--out", help="write one JSON line per measurement here")
   ap.add_argument("--no-torch", action="store_true", help="leave out PyTorch's column")
   ap.add_argument("--step-options", action="store_true", help="compile as the shared train step does on CPU")
+  ap.add_argument("--layers", nargs="+", metavar="NAME",
+                  help="only the layers whose names contain one of these (e.g. 'deconv_2' '7x7')")
   args = ap.parse_args()
+  if args.layers and not any(part in name for name, *_ in LAYERS for part in args.layers):
+    raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[name for name, *_ in LAYERS]}")
   memory.ensure()     # as the `zoo` command does: huge pages and the large-block cache (zoo/memory.py)
   options = None
   if args.step_options:
@@ -174,6 +178,8 @@ def run(args, options):
         f"{'zoo/nat':>7}  GFLOP/s")
   rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
   for name, kind, (h, w, c_in), k, s, c_out, batches in LAYERS:
+    if args.layers and not any(part in name for part in args.layers):
+      continue
     for b in batches or args.batches:
       x = jax.random.normal(jax.random.PRNGKey(1), (b, h, w, c_in), jnp.float32)
       kern = jax.random.normal(jax.random.PRNGKey(2), (k, k, c_in, c_out), jnp.float32) * 0.05

@@ -10,10 +10,12 @@
 // over a tile of pixels. R's channels are processed 64 at a time (4 vectors of 16 floats), so C_R must be a
 // multiple of 16. Threads split the pixels; each sums into its own copy of out, added at the end.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <sched.h>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -24,20 +26,46 @@ namespace ffi = xla::ffi;
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef int32_t i16 __attribute__((vector_size(64)));
 
-// The sum of a vector's 16 lanes: four halvings (shuffle and add), not a chain of 15 scalar adds.
-inline float lane_sum(v16 a) {
+// Two-vector shuffles (GCC's and Clang's spellings).
 #if defined(__clang__)
-  a += __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  a += __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  a += __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+#define SHUF2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
-  a += __builtin_shuffle(a, i16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  a += __builtin_shuffle(a, i16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  a += __builtin_shuffle(a, i16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  a += __builtin_shuffle(a, i16{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+#define SHUF2(a, b, ...) __builtin_shuffle(a, b, i16{__VA_ARGS__})
 #endif
-  return a[0];
+
+// Pins a loaded vector in a register: without it GCC folds the load into every multiply-add that uses it,
+// and the loop issues a load per multiply-add (the thin kernels ran at half speed so: load-bound). Only
+// where a v16 is one register (AVX-512).
+#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+#define IN_REGISTER(x) __asm__("" : "+v"(x))
+#else
+#define IN_REGISTER(x)
+#endif
+
+// The lane sums of 16 vectors at once, by a tree of two-vector shuffles (30 shuffles and 15 adds, against
+// 64 and 64 for a halving per vector): lane SUM_AT(i) of the result is the sum of a[i]'s 16 lanes.
+#define SUM_AT(i) (4 * ((i) % 4) + (i) / 4)
+inline v16 halves(v16 a, v16 b) {   // 8 partial sums of a, then 8 of b
+  return SHUF2(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+         SHUF2(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+inline v16 quarters(v16 a, v16 b) {   // of halves(a0, a1) and halves(a2, a3): 4 partial sums each of a0 .. a3
+  return SHUF2(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+         SHUF2(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+}
+inline v16 pairs(v16 a, v16 b) {   // of quarters of a0 .. a3 and of a4 .. a7: group l of 4 lanes 2 each of a_l, a_4+l
+  return SHUF2(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+         SHUF2(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+}
+__attribute__((always_inline)) inline v16 lane_sums16(const v16* a) {
+  v16 r[8], s[4];
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; ++k) r[k] = halves(a[2 * k], a[2 * k + 1]);
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) s[k] = quarters(r[2 * k], r[2 * k + 1]);
+  const v16 t0 = pairs(s[0], s[1]), t1 = pairs(s[2], s[3]);
+  return SHUF2(t0, t1, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30) +   // [4l + m]: a[l + 4m]'s
+         SHUF2(t0, t1, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31);
 }
 
 namespace {
@@ -122,24 +150,35 @@ int thread_count(int64_t threads, int64_t rows) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(want, rows));
 }
 
-// run(k, r0, r1) for the nt parts [rows * k / nt, rows * (k + 1) / nt) of the rows: part 0 on this thread,
-// the others on threads of their own (on this thread too where a thread cannot be started: an exception
-// escaping an FFI handler would end the process)
+// run(k, r0, r1) for the nt parts [rows * k / nt, rows * (k + 1) / nt) of the rows, on this thread and XLA's
+// own threads (its intra-op pool, whose idle threads spin a while before they sleep: a thread started per
+// call, or one of our own woken from sleep, took ~0.1 ms on the 2-core VM, a quarter of a 3-channel
+// layer's pass at batch 64). The pool may run a task late, or on this thread, or not while this one
+// waits (XLA promises no parallelism): so each task and this thread take parts from one counter until none
+// are left, and this thread waits only for parts another thread has taken. A task that starts after the
+// call has returned finds none left (the counter outlives the call; `run` and the rows do not).
 template <class F>
-void in_parts(int nt, int64_t rows, F run) {
-  std::vector<std::thread> pool;
-  int k = 1;
-  try {
-    for (; k < nt; ++k) pool.emplace_back([&, k] { run(k, rows * k / nt, rows * (k + 1) / nt); });
-  } catch (const std::system_error&) {
-  }
-  for (int rest = k; rest < nt; ++rest) run(rest, rows * rest / nt, rows * (rest + 1) / nt);
-  run(0, 0, rows / nt);
-  for (auto& th : pool) th.join();
+void in_parts(ffi::ThreadPool& pool, int nt, int64_t rows, F run) {
+  if (nt <= 1) return run(0, 0, rows);
+  struct Parts {
+    std::atomic<int> next{0}, done{0};
+    int n = 0;
+    std::function<void(int)> part;
+    void work() {
+      for (int k; (k = next.fetch_add(1)) < n; done.fetch_add(1)) part(k);
+    }
+  };
+  auto parts = std::make_shared<Parts>();
+  parts->n = nt;
+  parts->part = [&](int k) { run(k, rows * k / nt, rows * (k + 1) / nt); };
+  for (int k = 1; k < nt; ++k) pool.Schedule([parts] { parts->work(); });
+  parts->work();
+  while (parts->done.load() < nt) std::this_thread::yield();
 }
 
 ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Result<ffi::Buffer<ffi::F32>> out,
-                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads) {
+                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads,
+                      ffi::ThreadPool pool) {
   auto pd = p.dimensions(), rd = r.dimensions(), od = out->dimensions();
   if (pd.size() != 4 || rd.size() != 4 || od.size() != 3 || offsets.size() % 2 || strides.size() != 2)
     return ffi::Error::InvalidArgument("zoo_conv_weight_grad: P and R must be 4-D, out 3-D, offsets pairs");
@@ -160,7 +199,7 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Res
     return ffi::Error::Success();
   }
   std::vector<std::vector<float>> parts(nt - 1, std::vector<float>(n, 0.0f));
-  in_parts(nt, orows, [&](int k, int64_t r0, int64_t r1) {
+  in_parts(pool, nt, orows, [&](int k, int64_t r0, int64_t r1) {
     accumulate(g, P, R, rowoff.data(), r0, r1, k ? parts[k - 1].data() : O);
   });
   for (auto& part : parts)
@@ -215,7 +254,8 @@ void convolve(const Geometry& g, const float* P, const float* W, const int64_t* 
 }
 
 ffi::Error Conv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Result<ffi::Buffer<ffi::F32>> y,
-                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads) {
+                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads,
+                ffi::ThreadPool pool) {
   auto pd = p.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   if (pd.size() != 4 || wd.size() != 3 || yd.size() != 4 || offsets.size() % 2 || strides.size() != 2)
     return ffi::Error::InvalidArgument("zoo_conv_taps: P and y must be 4-D, W 3-D, offsets pairs");
@@ -227,59 +267,151 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Result<ff
     return ffi::Error::InvalidArgument("zoo_conv_taps: a tap reads outside P");
   const int64_t orows = g.b * g.ho;
   const int nt = thread_count(threads, orows);
-  in_parts(nt, orows, [&](int, int64_t r0, int64_t r1) {
+  in_parts(pool, nt, orows, [&](int, int64_t r0, int64_t r1) {
     convolve(g, p.typed_data(), w.typed_data(), rowoff.data(), r0, r1, y->typed_data());
   });
   return ffi::Error::Success();
 }
 
-// ---- the convolution where its output is thin (1 to 4 channels) and its input is not:
-//   y[b, i, j, c] = sum over (t, p) of  P[b, sh*i + di_t, sw*j + dj_t, p] * V[t, c, p]
-// with C_P a multiple of 16: for each of NPX neighbouring output pixels and each of the C outputs, one vector
-// of partial sums over p, 16 channels at a time (NPX * C independent sums: no chain waits on the one
-// before), summed across its 16 lanes at the end. The DCGAN's last transposed convolution (64 -> 3, by
-// phases) and its first convolution's input gradient, a PixelCNN's 7x7 mask A input gradient (64 -> 1).
+// ---- the convolutions whose output is thin (1 to 4 channels) and whose input is not:
+//   y[b, o, c] = sum over taps t and p of  x[b, at_t(o), p] * V_t[c, p]
+// with C_x a multiple of 16: a block of NPX output pixels of one row that read x at a fixed step from one
+// tap to the next holds NPX * C <= 16 vectors of partial sums over p, 16 channels at a time, and sums their
+// lanes together at the end (lane_sums16). Each (16 channels, tap) step loads NPX vectors of x and C of V
+// into registers for NPX * C multiply-adds. Which pixels and taps make a block is planned once per call
+// (per output row, the same for every batch item). The DCGAN's last transposed convolution (64 -> 3, by
+// parity of the output column) and its first convolution's input gradient, a PixelCNN's 7x7 mask A input
+// gradient (64 -> 1).
 
-template <int C, int NPX>
-inline void thin_block(const Geometry& g, const float* P, const float* V, const int64_t* tapoff, int64_t orow,
-                       int64_t j0, float* Y) {
-  v16 acc[NPX][C];
-  for (int k = 0; k < NPX; ++k)
-    for (int c = 0; c < C; ++c) acc[k][c] = v16{};
-  const int64_t b = orow / g.ho, i = orow % g.ho;
-  const float* pp = P + ((b * g.hp + g.sh * i) * g.wp + g.sw * j0) * g.cp;
-  const int64_t pstep = g.sw * g.cp;
-  for (int64_t t = 0; t < g.taps; ++t) {
-    const float* pt = pp + tapoff[t];
-    const float* vt = V + t * C * g.cp;
-    for (int64_t q = 0; q < g.cp; q += 16) {
-      v16 v[C];
-      for (int c = 0; c < C; ++c) memcpy(&v[c], vt + c * g.cp + q, 64);
-      for (int k = 0; k < NPX; ++k) {
-        v16 a;
-        memcpy(&a, pt + k * pstep + q, 64);
-        for (int c = 0; c < C; ++c) acc[k][c] += a * v[c];
+// One tap of a block: its pixel k reads x at off + k * step (from the batch item's start) for k in [lo, hi),
+// zeros elsewhere (a transposed convolution's edges); v: the tap's kernel (C, C_x).
+struct Tap {
+  int64_t off;
+  const float* v;
+  int lo, hi;
+};
+
+struct Block {
+  int64_t out;     // its first pixel in y (from the batch item's start)
+  int nb;          // pixels
+  bool edge;       // some tap reads zeros for some pixel
+  size_t t0, nt;   // taps: plan.taps[t0, t0 + nt)
+};
+
+struct Plan {
+  std::vector<std::vector<Block>> rows;   // per output row
+  std::vector<Tap> taps;
+  int64_t step, ostep;                    // x's and y's step from one pixel of a block to the next
+  int64_t xbatch, ybatch, cx;             // a batch item's size in x and y; x's channels
+  std::vector<float> zeros;               // one pixel's channels of zeros
+};
+
+template <int C, int NPX, bool EDGE>
+__attribute__((always_inline)) inline void thin_block(const Plan& plan, const Block& blk, const float* X, float* Y) {
+  static_assert(C * NPX <= 16, "one tree of sums");
+  v16 acc[16];
+#pragma GCC unroll 16
+  for (int k = 0; k < 16; ++k) acc[k] = v16{};
+  const int64_t cx = plan.cx;
+  // do-while (blk.nt >= 1): with a path that skips the loop, GCC keeps the sums in memory, not registers
+  size_t t = blk.t0;
+  do {
+    const Tap& tap = plan.taps[t];
+    const float* x[NPX];
+    for (int k = 0; k < NPX; ++k) {
+      const intptr_t at = (intptr_t)X + (intptr_t)((tap.off + k * plan.step) * sizeof(float));
+      if (EDGE) {   // without a branch: a branch per pixel and tap ran slower than the blocks' arithmetic
+        const intptr_t in = -(intptr_t)((uint32_t)(k - tap.lo) < (uint32_t)(tap.hi - tap.lo));
+        x[k] = (const float*)((at & in) | ((intptr_t)plan.zeros.data() & ~in));
+      } else {
+        x[k] = (const float*)at;
       }
     }
-  }
-  float* y = Y + (orow * g.wo + j0) * C;
+    for (int64_t p = 0; p < cx; p += 16) {
+      v16 w[C];
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        memcpy(&w[c], tap.v + c * cx + p, 64);
+        IN_REGISTER(w[c]);
+      }
+#pragma GCC unroll 16
+      for (int k = 0; k < NPX; ++k) {
+        v16 a;
+        memcpy(&a, x[k] + p, 64);
+        IN_REGISTER(a);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) acc[k * C + c] += a * w[c];
+      }
+    }
+  } while (++t < blk.t0 + blk.nt);
+  const v16 sums = lane_sums16(acc);
+  float* y = Y + blk.out;
   for (int k = 0; k < NPX; ++k)
-    for (int c = 0; c < C; ++c) y[k * C + c] = lane_sum(acc[k][c]);
+    for (int c = 0; c < C; ++c) y[k * plan.ostep + c] = sums[SUM_AT(k * C + c)];
 }
 
+// thin_block with NPX = blk.nb (at most N)
+template <int C, int N>
+__attribute__((always_inline)) inline void thin_block_of(const Plan& plan, const Block& blk, const float* X, float* Y) {
+  if constexpr (N > 1) {
+    if (blk.nb < N) return thin_block_of<C, N - 1>(plan, blk, X, Y);
+  }
+  if (blk.edge)
+    thin_block<C, N, true>(plan, blk, X, Y);
+  else
+    thin_block<C, N, false>(plan, blk, X, Y);
+}
+
+// Pixels per block: C * NPX <= 16 sums in registers, with the C vectors of V and one of x (24 sums in two
+// trees ran 0.93x as fast, GCC keeping some of them in memory).
 template <int C>
-void thin_rows(const Geometry& g, const float* P, const float* V, const int64_t* tapoff, int64_t r0, int64_t r1,
-               float* Y) {
-  constexpr int NPX = 24 / C;
-  for (int64_t orow = r0; orow < r1; ++orow) {
-    int64_t j = 0;
-    for (; j + NPX <= g.wo; j += NPX) thin_block<C, NPX>(g, P, V, tapoff, orow, j, Y);
-    for (; j < g.wo; ++j) thin_block<C, 1>(g, P, V, tapoff, orow, j, Y);
+constexpr int npx() { return 16 / C; }
+inline int npx_of(int64_t c) { return 16 / (int)c; }
+
+// output rows [r0, r1) of all batch items' rows (plan.rows.size() per item)
+template <int C>
+void thin_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
+  const int64_t ho = (int64_t)plan.rows.size();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* Xb = X + (r / ho) * plan.xbatch;
+    float* Yb = Y + (r / ho) * plan.ybatch;
+    for (const Block& blk : plan.rows[r % ho]) {
+      if (blk.nt)
+        thin_block_of<C, npx<C>()>(plan, blk, Xb, Yb);
+      else
+        for (int k = 0; k < blk.nb; ++k)
+          for (int c = 0; c < C; ++c) Yb[blk.out + k * plan.ostep + c] = 0.0f;
+    }
   }
 }
 
+// n pixels as blocks of at most npx, as even as can be: (first, count)
+std::vector<std::pair<int64_t, int>> blocks_of(int64_t n, int npx) {
+  std::vector<std::pair<int64_t, int>> out;
+  const int64_t count = (n + npx - 1) / npx;
+  for (int64_t i = 0; i < count; ++i) out.push_back({n * i / count, (int)(n * (i + 1) / count - n * i / count)});
+  return out;
+}
+
+// The plan's blocks on all threads; channels c (1 to 4) a template argument.
+ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, const float* X, float* Y, int64_t rows,
+                         int64_t threads) {
+  const int nt = thread_count(threads, rows);
+  in_parts(pool, nt, rows, [&](int, int64_t r0, int64_t r1) {
+    switch (c) {
+      case 1: thin_run<1>(plan, X, Y, r0, r1); break;
+      case 2: thin_run<2>(plan, X, Y, r0, r1); break;
+      case 3: thin_run<3>(plan, X, Y, r0, r1); break;
+      default: thin_run<4>(plan, X, Y, r0, r1); break;
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// A convolution of the padded P: output pixel (i, j) reads P at (sh * i + di_t, sw * j + dj_t) at tap t.
 ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
-                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads) {
+                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads,
+                    ffi::ThreadPool pool) {
   auto pd = p.dimensions(), vd = v.dimensions(), yd = y->dimensions();
   if (pd.size() != 4 || vd.size() != 3 || yd.size() != 4 || offsets.size() % 2 || strides.size() != 2)
     return ffi::Error::InvalidArgument("zoo_thin_conv: P and y must be 4-D, V 3-D, offsets pairs");
@@ -290,143 +422,93 @@ ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Resul
   std::vector<int64_t> rowoff;
   if (!offsets_in_range(g, offsets, &rowoff))
     return ffi::Error::InvalidArgument("zoo_thin_conv: a tap reads outside P");
-  std::vector<int64_t> tapoff(g.taps);
-  for (int64_t t = 0; t < g.taps; ++t) tapoff[t] = rowoff[t * g.cp];
-  const int64_t orows = g.b * g.ho;
-  const int nt = thread_count(threads, orows);
-  auto run = [&](int64_t r0, int64_t r1) {
-    const float *P = p.typed_data(), *V = v.typed_data();
-    float* Y = y->typed_data();
-    switch (g.cr) {
-      case 1: thin_rows<1>(g, P, V, tapoff.data(), r0, r1, Y); break;
-      case 2: thin_rows<2>(g, P, V, tapoff.data(), r0, r1, Y); break;
-      case 3: thin_rows<3>(g, P, V, tapoff.data(), r0, r1, Y); break;
-      default: thin_rows<4>(g, P, V, tapoff.data(), r0, r1, Y); break;
+  Plan plan;
+  plan.step = g.sw * g.cp, plan.ostep = g.cr, plan.cx = g.cp;
+  plan.xbatch = g.hp * g.wp * g.cp, plan.ybatch = g.ho * g.wo * g.cr;
+  plan.rows.resize(g.ho);
+  const float* V = v.typed_data();
+  for (int64_t i = 0; i < g.ho; ++i)
+    for (auto [j0, nb] : blocks_of(g.wo, npx_of(g.cr))) {
+      plan.rows[i].push_back(Block{(i * g.wo + j0) * g.cr, nb, false, plan.taps.size(), (size_t)g.taps});
+      for (int64_t t = 0; t < g.taps; ++t)
+        plan.taps.push_back(Tap{(g.sh * i * g.wp + g.sw * j0) * g.cp + rowoff[t * g.cp], V + t * g.cr * g.cp, 0, nb});
     }
-  };
-  in_parts(nt, orows, [&](int, int64_t r0, int64_t r1) { run(r0, r1); });
-  return ffi::Error::Success();
+  return thin_in_parts(pool, plan, g.cr, p.typed_data(), y->typed_data(), g.b * g.ho, threads);
 }
 
 // ---- a transposed convolution into 1 to 4 channels, read from x directly (no padding, no phases):
 //   y[b, o_h, o_w, c] = sum over taps (i, j) and p of  x[b, u_h, u_w, p] * V[i, j, c, p]
-// where o = s * u + lo - i on each axis (lax.conv_transpose's dilated input padded by lo), C_P a multiple
-// of 16. Output pixels of one row and one column parity share their taps and read neighbouring x pixels:
-// blocks of NPX of them are summed in registers, 16 of x's channels at a time; the edges pixel by pixel.
+// where o = s * u + lo - i on each axis (lax.conv_transpose's dilated input padded by lo). The output
+// pixels of one row and one column parity (o_w = par + s_w * m) meet the same taps, and tap j reads x's
+// column m + d_j: blocks of them, x's pixels outside it read as zeros.
 
-struct Transposed {
-  int64_t b, h, w, cp;       // x
-  int64_t ho, wo, c;         // y
-  int64_t kh, kw, sh, sw, lo_h, lo_w;
-};
-
-template <int C, int NPX>
-inline void tt_block(const Transposed& g, const float* X, const float* V, int64_t b, int64_t oy, int64_t ox0,
-                     const int64_t* rows_i, const int64_t* rows_u, int nrows, const int64_t* cols_j,
-                     const int64_t* cols_u, int ncols, float* Y) {
-  v16 acc[NPX][C];
-  for (int k = 0; k < NPX; ++k)
-    for (int c = 0; c < C; ++c) acc[k][c] = v16{};
-  for (int r = 0; r < nrows; ++r)
-    for (int q = 0; q < ncols; ++q) {
-      const float* xp = X + ((b * g.h + rows_u[r]) * g.w + cols_u[q]) * g.cp;
-      const float* vp = V + ((rows_i[r] * g.kw + cols_j[q]) * C) * g.cp;
-      for (int64_t p = 0; p < g.cp; p += 16) {
-        v16 v[C];
-        for (int c = 0; c < C; ++c) memcpy(&v[c], vp + c * g.cp + p, 64);
-        for (int k = 0; k < NPX; ++k) {
-          v16 a;
-          memcpy(&a, xp + k * g.cp + p, 64);
-          for (int c = 0; c < C; ++c) acc[k][c] += a * v[c];
-        }
-      }
-    }
-  float* y = Y + ((b * g.ho + oy) * g.wo + ox0) * C;
-  for (int k = 0; k < NPX; ++k)
-    for (int c = 0; c < C; ++c) y[k * g.sw * C + c] = lane_sum(acc[k][c]);
-}
-
-// the taps meeting output index o on one axis (size n of x, kernel k, stride s, padding lo): tap i where
-// o - lo + i is a multiple of s, reading x at (o - lo + i) / s; `first`/`last`: the range of x read
-void axis_taps(int64_t o, int64_t n, int64_t k, int64_t s, int64_t lo, std::vector<int64_t>* taps,
+// On one axis, the taps i that meet output index o (size n of x, kernel k, stride s, padding lo) where
+// o - lo + i is a multiple of s, and (d_i) x's index (o - lo + i) / s; `inside` keeps only those in x.
+void axis_taps(int64_t o, int64_t n, int64_t k, int64_t s, int64_t lo, bool inside, std::vector<int64_t>* taps,
                std::vector<int64_t>* at) {
   taps->clear();
   at->clear();
   for (int64_t i = 0; i < k; ++i) {
     const int64_t d = o - lo + i;
-    if (d % s == 0 && d >= 0 && d / s < n) {
+    const int64_t q = d >= 0 ? d / s : -((-d + s - 1) / s);   // floor
+    if (d - q * s == 0 && (!inside || (q >= 0 && q < n))) {
       taps->push_back(i);
-      at->push_back(d / s);
+      at->push_back(q);
     }
   }
 }
 
-template <int C>
-void tt_rows(const Transposed& g, const float* X, const float* V, int64_t r0, int64_t r1, float* Y) {
-  constexpr int NPX = 24 / C;
-  std::vector<int64_t> ri, ru, cj, cu;
-  for (int64_t orow = r0; orow < r1; ++orow) {
-    const int64_t b = orow / g.ho, oy = orow % g.ho;
-    axis_taps(oy, g.h, g.kh, g.sh, g.lo_h, &ri, &ru);
-    for (int64_t par = 0; par < g.sw && par < g.wo; ++par) {
-      // columns par, par + sw, ...: the first with every one of its parity's taps inside x starts the blocks
-      int64_t ox = par;
-      auto one = [&](int64_t x0) {
-        axis_taps(x0, g.w, g.kw, g.sw, g.lo_w, &cj, &cu);
-        tt_block<C, 1>(g, X, V, b, oy, x0, ri.data(), ru.data(), (int)ri.size(), cj.data(), cu.data(),
-                       (int)cj.size(), Y);
-      };
-      // the taps of this parity (those of some column far from the edges)
-      std::vector<int64_t> pj;
-      for (int64_t j = 0; j < g.kw; ++j)
-        if (((par - g.lo_w + j) % g.sw + g.sw) % g.sw == 0) pj.push_back(j);
-      for (; ox < g.wo; ox += g.sw) {
-        bool inside = true;
-        for (int64_t j : pj) {
-          const int64_t d = ox - g.lo_w + j;
-          if (d < 0 || d / g.sw + NPX > g.w) inside = false;
-        }
-        if (inside && !pj.empty() && ox + g.sw * (NPX - 1) < g.wo) {
-          axis_taps(ox, g.w, g.kw, g.sw, g.lo_w, &cj, &cu);
-          tt_block<C, NPX>(g, X, V, b, oy, ox, ri.data(), ru.data(), (int)ri.size(), cj.data(), cu.data(),
-                           (int)cj.size(), Y);
-          ox += g.sw * (NPX - 1);
-        } else {
-          one(ox);
-        }
+// The plan of a transposed convolution of x (b, h, w, cx) by V (kh, kw, c, cx) into y (b, ho, wo, c).
+Plan transposed_plan(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, int64_t c, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t lo_h, int64_t lo_w, const float* V) {
+  Plan plan;
+  plan.step = cx, plan.ostep = sw * c, plan.cx = cx;
+  plan.xbatch = h * w * cx, plan.ybatch = ho * wo * c;
+  plan.zeros.assign(cx, 0.0f);
+  plan.rows.resize(ho);
+  std::vector<int64_t> ri, ru, cj, cd;
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    axis_taps(oy, h, kh, sh, lo_h, true, &ri, &ru);
+    for (int64_t par = 0; par < sw && par < wo; ++par) {
+      axis_taps(par, w, kw, sw, lo_w, false, &cj, &cd);
+      // pixel m of a block from m0 reads x's column cd[q] + m0 + m at tap q (zeros outside x)
+      for (auto [m0, nb] : blocks_of((wo - par + sw - 1) / sw, npx_of(c))) {
+        Block blk{(oy * wo + par + sw * m0) * c, nb, false, plan.taps.size(), 0};
+        for (size_t r = 0; r < ri.size(); ++r)
+          for (size_t q = 0; q < cj.size(); ++q) {
+            const int64_t u0 = cd[q] + m0;
+            const int lo = (int)std::max<int64_t>(0, -u0), hi = (int)std::min<int64_t>(nb, w - u0);
+            if (lo >= hi) continue;
+            blk.edge = blk.edge || lo > 0 || hi < nb;
+            plan.taps.push_back(Tap{(ru[r] * w + u0) * cx, V + (ri[r] * kw + cj[q]) * c * cx, lo, hi});
+          }
+        blk.nt = plan.taps.size() - blk.t0;
+        plan.rows[oy].push_back(blk);
       }
     }
   }
+  return plan;
 }
 
 ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
-                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads, int64_t threads) {
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads, int64_t threads,
+                          ffi::ThreadPool pool) {
   auto xd = x.dimensions(), vd = v.dimensions(), yd = y->dimensions();
   if (xd.size() != 4 || vd.size() != 4 || yd.size() != 4 || strides.size() != 2 || pads.size() != 2)
     return ffi::Error::InvalidArgument("zoo_thin_transposed: x, v and y must be 4-D, strides and pads pairs");
-  Transposed g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], vd[0], vd[1], strides[0], strides[1], pads[0], pads[1]};
-  if (yd[0] != g.b || g.cp % 16 || g.c < 1 || g.c > 4 || vd[2] != g.c || vd[3] != g.cp || g.sh < 1 || g.sw < 1)
+  const int64_t c = yd[3];
+  if (yd[0] != xd[0] || xd[3] % 16 || c < 1 || c > 4 || vd[2] != c || vd[3] != xd[3] || strides[0] < 1 ||
+      strides[1] < 1)
     return ffi::Error::InvalidArgument("zoo_thin_transposed: shapes do not match");
-  const int64_t orows = g.b * g.ho;
-  const int nt = thread_count(threads, orows);
-  auto run = [&](int64_t r0, int64_t r1) {
-    const float *X = x.typed_data(), *V = v.typed_data();
-    float* Y = y->typed_data();
-    switch (g.c) {
-      case 1: tt_rows<1>(g, X, V, r0, r1, Y); break;
-      case 2: tt_rows<2>(g, X, V, r0, r1, Y); break;
-      case 3: tt_rows<3>(g, X, V, r0, r1, Y); break;
-      default: tt_rows<4>(g, X, V, r0, r1, Y); break;
-    }
-  };
-  in_parts(nt, orows, [&](int, int64_t r0, int64_t r1) { run(r0, r1); });
-  return ffi::Error::Success();
+  const Plan plan = transposed_plan(xd[1], xd[2], xd[3], yd[1], yd[2], c, vd[0], vd[1], strides[0], strides[1],
+                                    pads[0], pads[1], v.typed_data());
+  return thin_in_parts(pool, plan, c, x.typed_data(), y->typed_data(), xd[0] * yd[1], threads);
 }
 
 }  // namespace
 
 // Every handler: two float32 operands, one result, the strides, the taps' offsets (or the transposed
-// kernel's paddings) and a thread count.
+// kernel's paddings), a thread count and XLA's thread pool.
 #define ZOO_HANDLER(symbol, impl, taps)                                                 \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, impl,                                           \
                                 ffi::Ffi::Bind()                                        \
@@ -435,7 +517,8 @@ ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi:
                                     .Ret<ffi::Buffer<ffi::F32>>()                       \
                                     .Attr<ffi::Span<const int64_t>>("strides")          \
                                     .Attr<ffi::Span<const int64_t>>(taps)               \
-                                    .Attr<int64_t>("threads"))
+                                    .Attr<int64_t>("threads")                           \
+                                    .Ctx<ffi::ThreadPool>())
 
 ZOO_HANDLER(ZooConvWeightGrad, WeightGrad, "offsets");
 ZOO_HANDLER(ZooConvTaps, Conv, "offsets");
