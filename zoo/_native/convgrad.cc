@@ -306,20 +306,21 @@ struct Plan {
   std::vector<float> zeros;               // one pixel's channels of zeros
 };
 
-template <int C, int NPX, bool EDGE>
+// CX: x's channels where they are a constant (and x's pixels follow each other), else 0
+template <int C, int NPX, bool EDGE, int CX>
 __attribute__((always_inline)) inline void thin_block(const Plan& plan, const Block& blk, const float* X, float* Y) {
   static_assert(C * NPX <= 16, "one tree of sums");
   v16 acc[16];
 #pragma GCC unroll 16
   for (int k = 0; k < 16; ++k) acc[k] = v16{};
-  const int64_t cx = plan.cx;
+  const int64_t cx = CX ? CX : plan.cx, step = CX ? CX : plan.step;
   // do-while (blk.nt >= 1): with a path that skips the loop, GCC keeps the sums in memory, not registers
   size_t t = blk.t0;
   do {
     const Tap& tap = plan.taps[t];
     const float* x[NPX];
     for (int k = 0; k < NPX; ++k) {
-      const intptr_t at = (intptr_t)X + (intptr_t)((tap.off + k * plan.step) * sizeof(float));
+      const intptr_t at = (intptr_t)X + (intptr_t)((tap.off + k * step) * sizeof(float));
       if (EDGE) {   // without a branch: a branch per pixel and tap ran slower than the blocks' arithmetic
         const intptr_t in = -(intptr_t)((uint32_t)(k - tap.lo) < (uint32_t)(tap.hi - tap.lo));
         x[k] = (const float*)((at & in) | ((intptr_t)plan.zeros.data() & ~in));
@@ -351,15 +352,15 @@ __attribute__((always_inline)) inline void thin_block(const Plan& plan, const Bl
 }
 
 // thin_block with NPX = blk.nb (at most N)
-template <int C, int N>
+template <int C, int N, int CX>
 __attribute__((always_inline)) inline void thin_block_of(const Plan& plan, const Block& blk, const float* X, float* Y) {
   if constexpr (N > 1) {
-    if (blk.nb < N) return thin_block_of<C, N - 1>(plan, blk, X, Y);
+    if (blk.nb < N) return thin_block_of<C, N - 1, CX>(plan, blk, X, Y);
   }
   if (blk.edge)
-    thin_block<C, N, true>(plan, blk, X, Y);
+    thin_block<C, N, true, CX>(plan, blk, X, Y);
   else
-    thin_block<C, N, false>(plan, blk, X, Y);
+    thin_block<C, N, false, CX>(plan, blk, X, Y);
 }
 
 // Pixels per block: C * NPX <= 16 sums in registers, with the C vectors of V and one of x (24 sums in two
@@ -369,7 +370,7 @@ constexpr int npx() { return 16 / C; }
 inline int npx_of(int64_t c) { return 16 / (int)c; }
 
 // output rows [r0, r1) of all batch items' rows (plan.rows.size() per item)
-template <int C>
+template <int C, int CX>
 void thin_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
   const int64_t ho = (int64_t)plan.rows.size();
   for (int64_t r = r0; r < r1; ++r) {
@@ -377,7 +378,7 @@ void thin_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1
     float* Yb = Y + (r / ho) * plan.ybatch;
     for (const Block& blk : plan.rows[r % ho]) {
       if (blk.nt)
-        thin_block_of<C, npx<C>()>(plan, blk, Xb, Yb);
+        thin_block_of<C, npx<C>(), CX>(plan, blk, Xb, Yb);
       else
         for (int k = 0; k < blk.nb; ++k)
           for (int c = 0; c < C; ++c) Yb[blk.out + k * plan.ostep + c] = 0.0f;
@@ -398,12 +399,17 @@ ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, con
                          int64_t threads) {
   const int nt = thread_count(threads, rows);
   in_parts(pool, nt, rows, [&](int, int64_t r0, int64_t r1) {
-    switch (c) {
-      case 1: thin_run<1>(plan, X, Y, r0, r1); break;
-      case 2: thin_run<2>(plan, X, Y, r0, r1); break;
-      case 3: thin_run<3>(plan, X, Y, r0, r1); break;
-      default: thin_run<4>(plan, X, Y, r0, r1); break;
-    }
+    // the families' layers into an image's 1 or 3 channels from 64, pixels read one after the other: those
+    // sizes as constants (1.09x for the 3-channel layers; fewer registers for addresses)
+    if (plan.cx == 64 && plan.step == 64 && (c == 1 || c == 3))
+      c == 1 ? thin_run<1, 64>(plan, X, Y, r0, r1) : thin_run<3, 64>(plan, X, Y, r0, r1);
+    else
+      switch (c) {
+        case 1: thin_run<1, 0>(plan, X, Y, r0, r1); break;
+        case 2: thin_run<2, 0>(plan, X, Y, r0, r1); break;
+        case 3: thin_run<3, 0>(plan, X, Y, r0, r1); break;
+        default: thin_run<4, 0>(plan, X, Y, r0, r1); break;
+      }
   });
   return ffi::Error::Success();
 }
