@@ -63,8 +63,9 @@ def test_conv_taps_is_xlas_convolution_with_those_taps(b, hw, cp, cr, strides, o
 
 
 @pytest.mark.parametrize("b,hw,cp,cr,strides,offsets", [c for c in CASES if c[2] % 16 == 0] + [
-    (2, (5, 150), 32, 16, (1, 1), ((0, 0), (1, 1), (2, 0))), (1, (3, 4), 16, 16, (2, 3), ((1, 2),))],
-    ids=["case2", "long-rows", "strided"])
+    (2, (5, 150), 32, 16, (1, 1), ((0, 0), (1, 1), (2, 0))), (1, (3, 4), 16, 16, (2, 3), ((1, 2),)),
+    (2, (4, 37), 64, 16, (1, 1), ((0, 0), (0, 3), (1, 1), (2, 2)))],   # 64 channels: the kernel's constant sizes
+    ids=["case2", "long-rows", "strided", "64-channels"])
 @pytest.mark.parametrize("outputs", [1, 3, 4])
 def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides, offsets, outputs):
   """thin_conv(P, v) is XLA's convolution of P into 1 to 4 channels with v[t] (transposed) at offsets[t]:
@@ -89,6 +90,8 @@ def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides,
     ((3, 4, 4, 16), (3, 3), 1, (1, 1), (1, 1)),
     ((1, 3, 9, 16), (5, 2), 4, (3, 2), (0, 4)),       # lo beyond the kernel: edge columns with no taps
     ((2, 30, 40, 16), (4, 4), 3, (2, 2), (1, 2)),     # 40-41 pixels per column parity: blocks of 4-5, edges
+    ((2, 6, 21, 64), (4, 4), 3, (2, 2), (2, 2)),      # 64 channels into 3 or 1: the kernel's constant sizes
+    ((1, 5, 19, 64), (3, 3), 1, (1, 1), (1, 1)),
 ])
 def test_thin_transposed_is_xlas_transposed_convolution(x_shape, k, c, strides, lo):
   assert convgrad.available()
