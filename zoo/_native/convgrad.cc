@@ -321,7 +321,7 @@ __attribute__((always_inline)) inline void thin_block(const Plan& plan, const Bl
     const float* x[NPX];
     for (int k = 0; k < NPX; ++k) {
       const intptr_t at = (intptr_t)X + (intptr_t)((tap.off + k * step) * sizeof(float));
-      if (EDGE) {   // without a branch: a branch per pixel and tap ran slower than the blocks' arithmetic
+      if (EDGE) {   // chosen without a branch (GCC made a plain ?: a chain of branches per pixel)
         const intptr_t in = -(intptr_t)((uint32_t)(k - tap.lo) < (uint32_t)(tap.hi - tap.lo));
         x[k] = (const float*)((at & in) | ((intptr_t)plan.zeros.data() & ~in));
       } else {
