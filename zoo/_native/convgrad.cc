@@ -152,8 +152,8 @@ int thread_count(int64_t threads, int64_t rows) {
 
 // run(k, r0, r1) for the nt parts [rows * k / nt, rows * (k + 1) / nt) of the rows, on this thread and XLA's
 // own threads (its intra-op pool, whose idle threads spin a while before they sleep: a thread started per
-// call, or one of our own woken from sleep, took ~0.1 ms on the 2-core VM, a quarter of a 3-channel
-// layer's pass at batch 64). The pool may run a task late, or on this thread, or not while this one
+// call took ~0.1 ms on the 2-core VM, a quarter of a 3-channel layer's pass at batch 64, and one of our own
+// woken from sleep ~0.05 ms). The pool may run a task late, or on this thread, or not while this one
 // waits (XLA promises no parallelism): so each task and this thread take parts from one counter until none
 // are left, and this thread waits only for parts another thread has taken. A task that starts after the
 // call has returned finds none left (the counter outlives the call; `run` and the rows do not).
