@@ -7,7 +7,9 @@ of ``--repeats`` timings) for XLA's native convolution (``lax.conv_general_dilat
 PyTorch's (oneDNN's) convolution and ``convolution_backward`` on the same values, in GFLOP/s of useful
 work: 2 * N * Ho * Wo * kh * kw * C_in * C_out for a convolution (twice that for both gradients), and for
 a transposed convolution the same count as the convolution it transposes (no multiplications by the
-dilation's zeros). Beside them, the float32 matmul ceiling (2048^3) measured in the same run.
+dilation's zeros). Beside them, the float32 matmul ceiling (2048^3), timed in the same rounds as each
+layer's op, and the zoo's share of it: the median over the rounds of (the zoo's GFLOP/s / the ceiling's),
+as issue 7's target reads (at least 0.5); the ceiling is also measured before and after the run.
 
 Shapes: the DCGAN 32x32 benchmark architecture (experiments/benchmarks/dcgan32.py) at batch 64 and 256,
 G's 4x4 stride-2 transposed convolutions 4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x3 and D's 4x4 stride-2
@@ -63,10 +65,11 @@ def raster_mask(k: int, kind: str) -> np.ndarray:
   return _layers.causal_mask((k, k), np.zeros(1, int), np.zeros(1, int), kind[-1])
 
 
-def timed(fns: dict, *args, repeats: int, options: dict | None = None) -> dict:
+def timed(fns: dict, *args, repeats: int, options: dict | None = None, per_round: bool = False) -> dict:
   """Median seconds of one call of each f in ``fns`` (a JAX function, jitted and called on ``args``, or a
   ``torch_*`` entry called with none), compiled and warmed up first, their timings taken in turns so that
-  a change in the machine's load falls on all of them alike. ``options``: XLA's compiler options."""
+  a change in the machine's load falls on all of them alike (``per_round``: each one's seconds per round,
+  in order, instead of their median). ``options``: XLA's compiler options."""
   calls, inner, times = {}, {}, {}
   for name, f in fns.items():
     if name.startswith("torch"):
@@ -85,6 +88,8 @@ def timed(fns: dict, *args, repeats: int, options: dict | None = None) -> dict:
         out = call()
       jax.block_until_ready(out)
       times[name].append((time.perf_counter() - t0) / inner[name])
+  if per_round:
+    return times
   return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -175,7 +180,7 @@ def run(args, options):
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
         f"load {env['load_average_before']})")
   print(f"{'layer':<15} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'torch':>8} "
-        f"{'zoo/nat':>7}  GFLOP/s")
+        f"{'zoo/nat':>7} {'ceiling':>8} {'zoo/ceil':>8}  GFLOP/s")
   rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
   for name, kind, (h, w, c_in), k, s, c_out, batches in LAYERS:
     if args.layers and not any(part in name for part in args.layers):
@@ -193,18 +198,27 @@ def run(args, options):
       flops = 2 * pixels * taps * c_in * c_out
       shape = f"{h}x{w}x{c_in}->{y.shape[1]}x{y.shape[2]}x{c_out}"
       for op in ("forward", "input_grad", "weight_grad", "gradients"):
-        impls = {impl: ops(f)[op] for impl, f in fns.items()}
+        # the matmul ceiling timed in the same rounds: this machine's speed drifts by up to 2x within minutes,
+        # so a layer's share of the ceiling is taken round by round (the median of the rounds' ratios)
+        impls = {impl: (lambda g: lambda x, w, dy, a: g(x, w, dy))(ops(f)[op]) for impl, f in fns.items()}
+        impls["ceiling"] = lambda x, w, dy, a: a @ a
         if torch_fns:
           impls["torch"] = torch_fns[op]
-        secs = timed(impls, x, kern, dy, repeats=args.repeats, options=options)
-        gf = {impl: flops * (2 if op == "gradients" else 1) / t / 1e9 for impl, t in secs.items()}
+        rounds = timed(impls, x, kern, dy, a, repeats=args.repeats, options=options, per_round=True)
+        work = {impl: (2 * 2048 ** 3 if impl == "ceiling" else flops * (2 if op == "gradients" else 1))
+                for impl in rounds}
+        gf = {impl: work[impl] / statistics.median(t) / 1e9 for impl, t in rounds.items()}
+        share = statistics.median(work["zoo"] / z / (work["ceiling"] / c)
+                                  for z, c in zip(rounds["zoo"], rounds["ceiling"]))
         print(f"{name:<15} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
-              f"{gf.get('torch', float('nan')):>8.1f} {gf['zoo'] / gf['native']:>6.2f}x", flush=True)
+              f"{gf.get('torch', float('nan')):>8.1f} {gf['zoo'] / gf['native']:>6.2f}x {gf['ceiling']:>8.1f} "
+              f"{share:>8.2f}{'' if share >= 0.5 else '  < half'}", flush=True)
         rows.append(dict(kind=kind, layer=name, batch=b, shape=shape, kernel=k, stride=s, op=op,
                          flops=flops * (2 if op == "gradients" else 1),
                          native_gflops=round(gf["native"], 2), zoo_gflops=round(gf["zoo"], 2),
                          **({"torch_gflops": round(gf["torch"], 2)} if "torch" in gf else {}),
-                         matmul_gflops=round(ceiling, 2)))
+                         matmul_gflops=round(ceiling, 2), matmul_gflops_in_rounds=round(gf["ceiling"], 2),
+                         zoo_over_ceiling=round(share, 3)))
   after = 2 * 2048 ** 3 / timed(matmul, a, repeats=args.repeats, options=options)["matmul"] / 1e9
   rows[0].update(gflops_after=round(after, 2), load_average_after=load_average())
   print(f"float32 matmul 2048^3 after: {after:.1f} GFLOP/s (load {rows[0]['load_average_after']})")
