@@ -668,8 +668,9 @@ def _dilated_conv(x, kernel, strides, padding, onednn_phases: bool = False):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads, onednn_phases=False, native=False):
   if native and kernel.shape[3] <= convgrad.THIN_MAX:     # into an image's channels
-    out_hw = tuple((n - 1) * s + lo + hi - k + 2
-                   for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+    # the stride-1 convolution of x dilated by the strides ((n - 1) s + 1 rows)
+    out_hw = _conv_out_hw(tuple((n - 1) * s + 1 for n, s in zip(x.shape[1:3], strides)), kernel.shape[:2],
+                          (1, 1), padding)
     return convgrad.thin_transposed(x, kernel.swapaxes(2, 3), strides, tuple(lo for lo, _ in padding), out_hw)
   return _dilated_conv(x, kernel, strides, padding, onednn_phases)
 
