@@ -24,11 +24,11 @@ and PyTorch's oneDNN): weight gradients of the PixelCNN's 3x3 mask B 64 -> 64 16
 119-145), its 7x7 mask A 1 -> 64 148-168 against 22-49 (63-83), the DCGAN's 32x32x3 -> 16x16x64 strided
 convolution 139-165 against 53-70 (143-170) and its 16x16x64 -> 32x32x3 transposed one 149-183 against
 5-7 (141-180); that strided convolution's forward pass 110-153 against 70-103 (96-175) and the transposed
-one's input gradient 122-137 against 94-109 (132-156); the 7x7 mask A's input gradient 38-42 against 10;
-the transposed one's forward pass 71-77 against 46-63 (34-38) and the strided one's input gradient 56-76
-against 55-61 (34-37).
+one's input gradient 122-137 against 94-109 (132-156); the 7x7 mask A's input gradient 34-49 against 7-10;
+the transposed one's forward pass 104-174 against 33-65 (21-38) and the strided one's input gradient
+110-159 against 35-61 (21-37) (README, Speed: the thin kernels, again).
 
-Built from its source with the system's C++ compiler at first use (about 3 s; ``zoo.native``) against the
+Built from its source with the system's C++ compiler at first use (about 10 s; ``zoo.native``) against the
 XLA FFI headers jaxlib ships, registered for the CPU platform, and used only after all four have matched
 an einsum or XLA's convolution on small strided, padded and masked cases in this process (``available()``).
 Without a compiler, or with ``ZOO_NATIVE_CONV=0``, the layers keep XLA's convolutions. The layers call them
@@ -299,7 +299,7 @@ def _reference(p, r, offsets, strides):
 
 
 def _check() -> str | None:
-  """None where both kernels match an einsum / XLA's convolution on small cases (strides 1 and 2 and
+  """None where the four kernels match an einsum / XLA's convolution on small cases (strides 1 and 2 and
   unequal, channels 1, 3 and 16 on the tapped side, 16, 32 and 80 on the other, one and two threads), else
   why not."""
   rng = np.random.default_rng(0)

@@ -247,7 +247,7 @@ _ONEDNN_PHASE_MIN_PIXELS = 1024
 # against 126; the DCGAN32 step 0.94x at batch 64 with the kernel on every layer). Those 3-channel layers'
 # forward pass (a strided convolution) and input gradient (a transposed one) are its convolution of few
 # input channels (110-157 against 62-109); the transposed one's forward pass and the strided one's input
-# gradient into 3 channels its transposed kernel for thin outputs (71-77 against 46-63, 56-76 against 55-61),
+# gradient into 3 channels its transposed kernel for thin outputs (104-174 against 33-65, 110-159 against 35-61),
 # and a stride-1 convolution from at most 4 channels takes its input gradient from its thin kernel. In one
 # process (ab_step.py --threshold USE_NATIVE_CONV_GRADS, 7 rounds, results/thresholds_ab_cpu2.jsonl): the
 # PixelCNN28 step 1.13x and 1.17x at batch 64 and 256, the DCGAN32 step 1.00x and 1.02x.
@@ -583,8 +583,9 @@ def _conv_native_grad_bwd(padding, taps, onednn_forward, has_bias, has_add, resi
   if kernel.shape[2] <= convgrad.THIN_MAX and kernel.shape[3] % convgrad.ROW_MULTIPLE == 0:
     # into few channels (a PixelCNN's first layer): dx[u] = sum over the open taps of dy[u + lo - i] k[i]^T,
     # the thin kernel over dy padded by k - 1 - lo before, each tap at offset k - 1 - i (the 7x7 mask A's
-    # 38-42 GFLOP/s against XLA's 10 at batch 64; a strided convolution's input gradient and a transposed
-    # one's forward pass into 3 channels, by phases, ran 25-28 against XLA's 52-60: those stay XLA's)
+    # 34-49 GFLOP/s against XLA's 7-10 at batch 64; a strided convolution's input gradient and a transposed
+    # one's forward pass into 3 channels, by phases, ran 25-28 against XLA's 52-60: those take the transposed
+    # thin kernel, ``convgrad.thin_transposed``)
     kh, kw = kernel.shape[:2]
     flipped = [(kh - 1 - i, kw - 1 - j) for i, j in taps]
     pads = tuple((k - 1 - lo, n - m + lo) for k, (lo, _), n, m in zip((kh, kw), padding, x.shape[1:3], dy.shape[1:3]))
