@@ -145,6 +145,69 @@ def test_weight_grad_to_the_second_order():
     _close(g, h)
 
 
+# CASES, and: tiles of weight_grad's ~128 pixels over many batch items of 6 pixels (the kernel pads several
+# items into its buffer at once, and reuses them across tiles); a PixelCNN's 7x7 mask A input gradient's
+# taps over 64 channels padded by 3 (blocks of 16 pixels with edge taps on both sides)
+PAD_CASES = CASES + [
+    (40, (3, 2), 16, 16, (1, 1), ((0, 0), (2, 1), (1, 2))),
+    (2, (9, 21), 64, 16, (1, 1), tuple((6 - i, 6 - j) for i in range(7) for j in range(7) if i < 3 or i == 3 and j < 3)),
+]
+
+
+def _padded_case(rng, b, hw, cp, cr, strides, offsets):
+  """An operand A, pads ((lo_h, hi_h), (lo_w, hi_w)) from -1 to 3 (negative: a crop) such that A padded is as
+  large as the taps read, and R."""
+  p, r = _case(rng, b, hw, cp, cr, strides, offsets)
+  pads = []
+  for n in p.shape[1:3]:
+    lo, hi = (int(v) for v in rng.integers(-1, 4, 2))
+    while n - lo - hi < 1:
+      lo, hi = lo - 1, hi - 1
+    pads.append((lo, hi))
+  a = jnp.asarray(rng.standard_normal((b, p.shape[1] - sum(pads[0]), p.shape[2] - sum(pads[1]), cp), np.float32))
+  return a, tuple(pads), r
+
+
+@pytest.mark.parametrize("b,hw,cp,cr,strides,offsets", PAD_CASES, ids=[f"case{i}" for i in range(len(PAD_CASES))])
+def test_the_kernels_read_their_operand_padded_and_cropped_inside(b, hw, cp, cr, strides, offsets):
+  """With ``pads``, each kernel on A is the same kernel on A padded by XLA (zeros before and after each axis,
+  a crop where negative), on one and two threads, and so are its first derivatives."""
+  assert convgrad.available()
+  rng = np.random.default_rng(7)
+  for trial in range(2):
+    a, pads, r = _padded_case(rng, b, hw, cp, cr, strides, offsets)
+    p = convgrad._pad(a, pads)
+    w = jnp.asarray(rng.standard_normal((len(offsets), cp, cr), np.float32))
+    kernels = [(convgrad.weight_grad, r, lambda p, r, t: convgrad.weight_grad(p, r, offsets, strides, t))]
+    kernels.append((convgrad.conv_taps, w, lambda p, w, t: convgrad.conv_taps(p, w, offsets, strides, hw, t)))
+    if cp % 16 == 0:
+      v = jnp.asarray(rng.standard_normal((len(offsets), 1 + trial * 2, cp), np.float32))
+      kernels.append((convgrad.thin_conv, v, lambda p, v, t: convgrad.thin_conv(p, v, offsets, strides, hw, t)))
+    for kernel, other, unpadded in kernels:
+      want = unpadded(p, other, 1)
+      for threads in (1, 2):
+        got = jax.jit(lambda a, o: kernel(a, o, offsets, strides, *(() if kernel is convgrad.weight_grad else (hw,)),
+                                          threads, pads))(a, other)
+        _close(got, want)
+      loss = lambda f: lambda a, o: jnp.sum(jnp.sin(f(a, o)))      # noqa: E731
+      ours = lambda a, o: kernel(a, o, offsets, strides, *(() if kernel is convgrad.weight_grad else (hw,)),  # noqa: E731
+                                 pads=pads)
+      ref = lambda a, o: unpadded(convgrad._pad(a, pads), o, 0)      # noqa: E731
+      for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(a, other), jax.grad(loss(ref), (0, 1))(a, other)):
+        _close(g, h)
+
+
+def test_pads_that_leave_a_tap_outside_fail_with_one_clear_line():
+  a, r = jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 3, 3, 16))
+  convgrad.weight_grad(a, r, ((0, 0), (2, 2)), (1, 1), pads=((1, 0), (0, 1)))    # 5x5: inside
+  with pytest.raises(ValueError, match=r"reads outside P \(1, 4, 5, 3\)"):
+    convgrad.weight_grad(a, r, ((0, 0), (2, 2)), (1, 1), pads=((1, -1), (0, 1)))
+  with pytest.raises(ValueError, match="leave nothing"):
+    convgrad.conv_taps(a, jnp.zeros((1, 3, 16)), ((0, 0),), (1, 1), (1, 1), pads=((-2, -2), (0, 0)))
+  with pytest.raises(ValueError, match="two pairs"):
+    convgrad.thin_conv(jnp.zeros((1, 4, 4, 16)), jnp.zeros((1, 1, 16)), ((0, 0),), (1, 1), (3, 3), pads=((1, 1),))
+
+
 @pytest.mark.parametrize("p_shape,r_shape,offsets,strides,dtype,error", [
     ((1, 5, 5, 3), (1, 3, 3, 12), ((0, 0),), (1, 1), np.float32, "multiple of 16"),
     ((1, 5, 5, 3), (2, 3, 3, 16), ((0, 0),), (1, 1), np.float32, "one batch"),

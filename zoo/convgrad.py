@@ -79,28 +79,48 @@ def build(directory=None, quiet: bool = False):
                       directory, quiet, "native convolution kernels off", "no C++ compiler: set CXX or install one")
 
 
-def weight_grad(p, r, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], threads: int = 0):
-  """(len(offsets), C_P, C_R) float32: the sums above, at strides (s_h, s_w). ``threads`` 0: as many as this
-  process may run on. Differentiable in reverse mode to any order (its cotangents are XLA's convolutions:
-  a GAN's gradient penalty differentiates through it), not in forward mode (a custom VJP)."""
-  offsets = tuple((int(di), int(dj)) for di, dj in offsets)
-  strides = tuple(int(s) for s in strides)
+NO_PADS = ((0, 0), (0, 0))
+
+
+def weight_grad(p, r, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], threads: int = 0,
+                pads=NO_PADS):
+  """(len(offsets), C_P, C_R) float32: the sums above, at strides (s_h, s_w), P the operand ``p`` padded by
+  ``pads`` ((lo_h, hi_h), (lo_w, hi_w)) zeros (each may be negative: a crop), padded inside the kernel, a
+  few batch items at a time (no padded copy in memory). ``threads`` 0: as many as this process may run on.
+  Differentiable in reverse mode to any order (its cotangents are XLA's convolutions: a GAN's gradient
+  penalty differentiates through it), not in forward mode (a custom VJP)."""
+  offsets, strides, pads = _taps_params(offsets, strides, pads)
   if p.ndim != 4 or r.ndim != 4 or p.shape[0] != r.shape[0] or r.shape[3] % ROW_MULTIPLE:
     raise ValueError(f"convgrad.weight_grad: P {p.shape} and R {r.shape} must be 4-D with one batch, R's "
                      f"channels a multiple of {ROW_MULTIPLE}")
-  _validate(p, r, offsets, strides, r.shape[1:3], "weight_grad")
+  _validate(p, r, offsets, strides, r.shape[1:3], pads, "weight_grad")
   return _weight_grad(p, r, (("offsets", offsets), ("strides", strides), ("out_hw", tuple(r.shape[1:3])),
-                             ("threads", int(threads))))
+                             ("pads", pads), ("threads", int(threads))))
 
 
-def _validate(p, other, offsets, strides, out_hw, what: str) -> None:
-  """A kernel reading P at taps: ``_require`` and every tap of every output pixel inside P."""
-  if not offsets or min(strides) < 1:
-    raise ValueError(f"convgrad.{what}: no taps, or strides {strides} below 1")
+def _taps_params(offsets, strides, pads):
+  """offsets, strides and pads as tuples of ints (hashable: static parameters)."""
+  return (tuple((int(di), int(dj)) for di, dj in offsets), tuple(int(s) for s in strides),
+          tuple((int(lo), int(hi)) for lo, hi in pads))
+
+
+def padded_shape(shape, pads) -> tuple[int, ...]:
+  """The shape of an NHWC operand padded by ``pads`` ((lo_h, hi_h), (lo_w, hi_w))."""
+  return (shape[0], shape[1] + sum(pads[0]), shape[2] + sum(pads[1]), shape[3])
+
+
+def _validate(p, other, offsets, strides, out_hw, pads, what: str) -> None:
+  """A kernel reading P at taps: ``_require`` and every tap of every output pixel inside P (``p`` padded)."""
+  if not offsets or min(strides) < 1 or len(pads) != 2:
+    raise ValueError(f"convgrad.{what}: no taps, strides {strides} below 1, or pads {pads} not two pairs")
+  shape = padded_shape(p.shape, pads)
+  if min(shape[1:3]) < 1:
+    raise ValueError(f"convgrad.{what}: pads {pads} leave nothing of P {p.shape}")
   for di, dj in offsets:
-    if (min(di, dj) < 0 or strides[0] * (out_hw[0] - 1) + di >= p.shape[1]
-        or strides[1] * (out_hw[1] - 1) + dj >= p.shape[2]):
-      raise ValueError(f"convgrad.{what}: tap offset {(di, dj)} at strides {strides} reads outside P {p.shape}")
+    if (min(di, dj) < 0 or strides[0] * (out_hw[0] - 1) + di >= shape[1]
+        or strides[1] * (out_hw[1] - 1) + dj >= shape[2]):
+      raise ValueError(f"convgrad.{what}: tap offset {(di, dj)} at strides {strides} reads outside P {shape} "
+                       f"(the operand {p.shape} padded by {pads})")
   _require(p, other, what)
 
 
@@ -116,42 +136,45 @@ _checking = False     # set while available() runs the kernel before it is known
 
 
 def conv_taps(p, w, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], out_hw: tuple[int, int],
-              threads: int = 0):
+              threads: int = 0, pads=NO_PADS):
   """The convolution of P whose taps are ``w`` (len(offsets), C_P, C_R):
 
       y[b, i, j, r] = sum over (t, p) of  P[b, s_h * i + offsets[t][0], s_w * j + offsets[t][1], p] * w[t, p, r]
 
-  for (i, j) < ``out_hw``, by the zoo's kernel: a block of output pixels and 64 of y's channels summed in
-  registers, w's row loaded once for the block (an implicit matrix product, no copies of P per tap); C_R a
-  multiple of 16. For convolutions of few input channels (a DCGAN's 3), which XLA runs as thin matmuls.
+  for (i, j) < ``out_hw``, P the operand ``p`` padded by ``pads`` (as ``weight_grad``), by the zoo's kernel:
+  a block of output pixels and 64 of y's channels summed in registers, w's row loaded once for the block
+  (an implicit matrix product, no copies of P per tap); C_R a multiple of 16. For convolutions of few input channels (a DCGAN's 3), which XLA runs as thin matmuls.
   Differentiable in reverse mode (cotangents: XLA's convolution for P, ``weight_grad`` for w)."""
-  offsets = tuple((int(di), int(dj)) for di, dj in offsets)
-  strides, out_hw = tuple(int(s) for s in strides), tuple(int(n) for n in out_hw)
+  offsets, strides, pads = _taps_params(offsets, strides, pads)
+  out_hw = tuple(int(n) for n in out_hw)
   if p.ndim != 4 or w.ndim != 3 or w.shape != (len(offsets), p.shape[3], w.shape[2]) or w.shape[2] % ROW_MULTIPLE:
     raise ValueError(f"convgrad.conv_taps: P {p.shape} must be 4-D and w {w.shape} (taps, P's channels, C) "
                      f"with C a multiple of {ROW_MULTIPLE}")
-  _validate(p, w, offsets, strides, out_hw, "conv_taps")
-  return _conv_taps(p, w, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("threads", int(threads))))
+  _validate(p, w, offsets, strides, out_hw, pads, "conv_taps")
+  return _conv_taps(p, w, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("pads", pads),
+                           ("threads", int(threads))))
 
 
 def thin_conv(p, v, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], out_hw: tuple[int, int],
-              threads: int = 0):
+              threads: int = 0, pads=NO_PADS):
   """The convolution of P into at most ``THIN_MAX`` channels, its taps' kernels given transposed as ``v``
   (len(offsets), C, C_P):
 
       y[b, i, j, c] = sum over (t, p) of  P[b, s_h * i + offsets[t][0], s_w * j + offsets[t][1], p] * v[t, c, p]
 
-  by the zoo's kernel (sums over P's channels, 16 at a time, for a block of output pixels and every output
-  channel at once); C_P a multiple of 16. For the convolutions into an image's 1 or 3 channels, which XLA
+  P the operand ``p`` padded by ``pads`` (as ``weight_grad``; the kernel reads zeros for taps outside ``p``,
+  no padded copy), by the zoo's kernel (sums over P's channels, 16 at a time, for a block of output pixels
+  and every output channel at once); C_P a multiple of 16. For the convolutions into an image's 1 or 3 channels, which XLA
   runs as thin matmuls. Differentiable in reverse mode (its cotangents XLA's convolutions)."""
-  offsets = tuple((int(di), int(dj)) for di, dj in offsets)
-  strides, out_hw = tuple(int(s) for s in strides), tuple(int(n) for n in out_hw)
+  offsets, strides, pads = _taps_params(offsets, strides, pads)
+  out_hw = tuple(int(n) for n in out_hw)
   if (p.ndim != 4 or v.ndim != 3 or v.shape[0] != len(offsets) or v.shape[2] != p.shape[3]
       or not 1 <= v.shape[1] <= THIN_MAX or p.shape[3] % ROW_MULTIPLE):
     raise ValueError(f"convgrad.thin_conv: P {p.shape} must be 4-D with a multiple of {ROW_MULTIPLE} channels "
                      f"and v {v.shape} (taps, 1 to {THIN_MAX} outputs, P's channels)")
-  _validate(p, v, offsets, strides, out_hw, "thin_conv")
-  return _thin_conv(p, v, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("threads", int(threads))))
+  _validate(p, v, offsets, strides, out_hw, pads, "thin_conv")
+  return _thin_conv(p, v, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("pads", pads),
+                           ("threads", int(threads))))
 
 
 def thin_transposed(x, v, strides: tuple[int, int], lo: tuple[int, int], out_hw: tuple[int, int], threads: int = 0):
@@ -184,24 +207,29 @@ def _taps_kernel(g, offsets):
   return k.at[tuple(np.array(offsets).T)].set(g, unique_indices=True)
 
 
-def _as_conv(p, g, r_hw, offsets, strides):
-  """sum_{t,p} P[b, s_h i + di_t, s_w j + dj_t, p] g[t, p, r]: XLA's convolution of P with g's taps,
-  cropped to R's (H, W). <weight_grad(P, R), g> = <this, R>: it is the transpose for R, and its transpose
-  for P is the one for P."""
-  y = jax.lax.conv_general_dilated(p, _taps_kernel(g, offsets), strides, "VALID",
+def _pad(p, pads):
+  """The operand as the kernels read it: P."""
+  return jax.lax.pad(p, jnp.zeros((), p.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
+
+
+def _as_conv(p, g, r_hw, offsets, strides, pads=NO_PADS):
+  """sum_{t,p} P[b, s_h i + di_t, s_w j + dj_t, p] g[t, p, r] (P: ``p`` padded by ``pads``): XLA's
+  convolution of P with g's taps, cropped to R's (H, W). <weight_grad(p, R), g> = <this, R>: it is the
+  transpose for R, and its transpose for p is the one for p."""
+  y = jax.lax.conv_general_dilated(_pad(p, pads), _taps_kernel(g, offsets), strides, "VALID",
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
   return y[:, :r_hw[0], :r_hw[1]]
 
 
-def _as_conv_ct_p(ct, p_shape, w, out_hw, offsets, strides):
+def _as_conv_ct_p(ct, p_shape, w, out_hw, offsets, strides, pads):
   """The transpose of p -> ``_as_conv(p, w)`` at ``ct``: XLA's."""
-  return jax.linear_transpose(lambda p: _as_conv(p, w, out_hw, offsets, strides),
+  return jax.linear_transpose(lambda p: _as_conv(p, w, out_hw, offsets, strides, pads),
                               jax.ShapeDtypeStruct(p_shape, ct.dtype))(ct)[0]
 
 
-def _as_conv_ct_w(ct, p, w_shape, out_hw, offsets, strides):
+def _as_conv_ct_w(ct, p, w_shape, out_hw, offsets, strides, pads):
   """The transpose of w -> ``_as_conv(p, w)`` at ``ct``: XLA's."""
-  return jax.linear_transpose(lambda w: _as_conv(p, w, out_hw, offsets, strides),
+  return jax.linear_transpose(lambda w: _as_conv(p, w, out_hw, offsets, strides, pads),
                               jax.ShapeDtypeStruct(w_shape, ct.dtype))(ct)[0]
 
 
@@ -209,19 +237,21 @@ def _as_conv_ct_w(ct, p, w_shape, out_hw, offsets, strides):
 # kernel), differentiable in turn for a gradient penalty. Each kernel is bilinear:
 # <weight_grad(P, R), g> = <_as_conv(P, g), R>, conv_taps(P, w) = _as_conv(P, w),
 # thin_conv(P, v) = _as_conv(P, v^T), and thin_transposed is ``_transposed_reference``.
-def _weight_grad_cts(p, r, g, *, offsets, strides, out_hw, threads):
-  return _as_conv_ct_p(r, p.shape, g, out_hw, offsets, strides), _as_conv(p, g, out_hw, offsets, strides)
+def _weight_grad_cts(p, r, g, *, offsets, strides, out_hw, pads, threads):
+  return (_as_conv_ct_p(r, p.shape, g, out_hw, offsets, strides, pads),
+          _as_conv(p, g, out_hw, offsets, strides, pads))
 
 
-def _conv_taps_cts(p, w, ct, *, offsets, strides, out_hw, threads):
-  return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides),
-          _weight_grad(p, ct, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("threads", threads))))
+def _conv_taps_cts(p, w, ct, *, offsets, strides, out_hw, pads, threads):
+  return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides, pads),
+          _weight_grad(p, ct, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("pads", pads),
+                               ("threads", threads))))
 
 
-def _thin_conv_cts(p, v, ct, *, offsets, strides, out_hw, threads):
+def _thin_conv_cts(p, v, ct, *, offsets, strides, out_hw, pads, threads):
   w = v.swapaxes(1, 2)
-  return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides),
-          _as_conv_ct_w(ct, p, w.shape, out_hw, offsets, strides).swapaxes(1, 2))
+  return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides, pads),
+          _as_conv_ct_w(ct, p, w.shape, out_hw, offsets, strides, pads).swapaxes(1, 2))
 
 
 def _thin_transposed_cts(x, v, ct, *, strides, lo, out_hw, threads):
@@ -252,17 +282,17 @@ _thin_transposed = _with_vjp(lambda: _transposed_prim, _thin_transposed_cts)
 
 
 def _define(name: str, target: str, shape):
-  """A primitive (P, other; offsets, strides, out_hw, threads) of output shape ``shape(p, other, out_hw)``,
-  lowered on CPU to the FFI ``target`` (its derivatives: the custom VJPs above)."""
+  """A primitive (P, other; offsets, strides, out_hw, pads, threads) of output shape ``shape(p, other,
+  out_hw)``, lowered on CPU to the FFI ``target`` (its derivatives: the custom VJPs above)."""
   prim = Primitive(name)
-  prim.def_abstract_eval(lambda p, o, *, offsets, strides, out_hw, threads: jax.core.ShapedArray(
+  prim.def_abstract_eval(lambda p, o, *, offsets, strides, out_hw, pads, threads: jax.core.ShapedArray(
       shape(p.shape, o.shape, offsets, out_hw), p.dtype))
-  prim.def_impl(functools.partial(jax.jit, static_argnames=("offsets", "strides", "out_hw", "threads"))(
+  prim.def_impl(functools.partial(jax.jit, static_argnames=("offsets", "strides", "out_hw", "pads", "threads"))(
       lambda p, o, **params: prim.bind(p, o, **params)))
   lowering = jax.ffi.ffi_lowering(target)
-  mlir.register_lowering(prim, lambda ctx, p, o, *, offsets, strides, out_hw, threads: lowering(
+  mlir.register_lowering(prim, lambda ctx, p, o, *, offsets, strides, out_hw, pads, threads: lowering(
       ctx, p, o, strides=np.asarray(strides, np.int64), offsets=np.asarray(offsets, np.int64).reshape(-1),
-      threads=np.int64(threads)), platform="cpu")
+      pads=np.asarray(pads, np.int64).reshape(-1), threads=np.int64(threads)), platform="cpu")
   return prim
 
 
@@ -292,40 +322,41 @@ except (ImportError, AttributeError, TypeError) as e:     # a JAX whose primitiv
   _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
 
-def _reference(p, r, offsets, strides):
-  (h, w), (sh, sw) = r.shape[1:3], strides
+def _reference(p, r, offsets, strides, pads=NO_PADS):
+  (h, w), (sh, sw), p = r.shape[1:3], strides, _pad(p, pads)
   return jnp.stack([jnp.einsum("bijp,bijr->pr", p[:, di:di + sh * (h - 1) + 1:sh, dj:dj + sw * (w - 1) + 1:sw],
                                r, precision="highest") for di, dj in offsets])
 
 
 def _check() -> str | None:
   """None where the four kernels match an einsum / XLA's convolution on small cases (strides 1 and 2 and
-  unequal, channels 1, 3 and 16 on the tapped side, 16, 32 and 80 on the other, one and two threads), else
-  why not."""
+  unequal, channels 1, 3 and 16 on the tapped side, 16, 32 and 80 on the other, P padded, cropped and as
+  it is, one and two threads), else why not."""
   rng = np.random.default_rng(0)
   cpu = jax.devices("cpu")[0]
-  for (b, hp, wp, cp), (h, wd, cr), strides, offsets in (
-      ((2, 9, 11, 3), (4, 5, 16), (2, 2), ((0, 0), (1, 2), (2, 1), (1, 0))),
-      ((3, 8, 9, 16), (6, 7, 80), (1, 1), ((0, 0), (2, 2), (1, 1))),
-      ((1, 9, 7, 1), (4, 5, 32), (2, 1), ((2, 0), (0, 2)))):
+  for (b, hp, wp, cp), (h, wd, cr), strides, offsets, pads in (
+      ((2, 8, 10, 3), (4, 5, 16), (2, 2), ((0, 0), (1, 2), (2, 1), (1, 0)), ((1, 0), (1, 0))),
+      ((3, 6, 7, 16), (6, 7, 80), (1, 1), ((0, 0), (2, 2), (1, 1)), ((1, 1), (2, 0))),
+      ((1, 9, 7, 1), (4, 5, 32), (2, 1), ((2, 0), (0, 2)), ((2, -1), (-1, 2))),
+      ((2, 5, 6, 16), (3, 4, 16), (1, 1), ((0, 0), (1, 2)), NO_PADS)):
     p = jax.device_put(rng.standard_normal((b, hp, wp, cp), np.float32), cpu)
     r = jax.device_put(rng.standard_normal((b, h, wd, cr), np.float32), cpu)
     w = jax.device_put(rng.standard_normal((len(offsets), cp, cr), np.float32), cpu)
-    want_grad = np.asarray(_reference(p, r, offsets, strides))
-    want_conv = np.asarray(_as_conv(p, w, (h, wd), offsets, strides))
+    want_grad = np.asarray(_reference(p, r, offsets, strides, pads))
+    want_conv = np.asarray(_as_conv(p, w, (h, wd), offsets, strides, pads))
+    case = f"P {p.shape} padded by {pads}, R {r.shape}, strides {strides}"
     for threads in (1, 2):
-      got = np.asarray(jax.jit(lambda p, r: weight_grad(p, r, offsets, strides, threads))(p, r))
+      got = np.asarray(jax.jit(lambda p, r: weight_grad(p, r, offsets, strides, threads, pads))(p, r))
       if got.shape != want_grad.shape or not np.allclose(got, want_grad, rtol=1e-4, atol=1e-4):
-        return f"weight_grad differs from an einsum at P {p.shape}, R {r.shape}, strides {strides}, {threads} thread(s)"
-      got = np.asarray(jax.jit(lambda p, w: conv_taps(p, w, offsets, strides, (h, wd), threads))(p, w))
+        return f"weight_grad differs from an einsum at {case}, {threads} thread(s)"
+      got = np.asarray(jax.jit(lambda p, w: conv_taps(p, w, offsets, strides, (h, wd), threads, pads))(p, w))
       if got.shape != want_conv.shape or not np.allclose(got, want_conv, rtol=1e-4, atol=1e-4):
-        return (f"conv_taps differs from XLA's convolution at P {p.shape}, w {w.shape}, strides {strides}, "
-                f"{threads} thread(s)")
+        return f"conv_taps differs from XLA's convolution at {case}, {threads} thread(s)"
       if cp % ROW_MULTIPLE == 0:
         v = w[:, :, :3].swapaxes(1, 2)      # 3 outputs
-        got = np.asarray(jax.jit(lambda p, v: thin_conv(p, v, offsets, strides, (h, wd), threads))(p, v))
+        got = np.asarray(jax.jit(lambda p, v: thin_conv(p, v, offsets, strides, (h, wd), threads, pads))(p, v))
         if not np.allclose(got, want_conv[..., :3], rtol=1e-4, atol=1e-4):
-          return f"thin_conv differs from XLA's convolution at P {p.shape}, strides {strides}, {threads} thread(s)"
+          return f"thin_conv differs from XLA's convolution at {case}, {threads} thread(s)"
   for (b, h, wd, cx), (kh, kw, c), strides, lo in (((2, 5, 7, 16), (4, 4, 3), (2, 2), (2, 2)),
                                                   ((1, 6, 5, 32), (3, 5, 2), (2, 1), (1, 3))):
     x = jax.device_put(rng.standard_normal((b, h, wd, cx), np.float32), cpu)

@@ -71,16 +71,55 @@ __attribute__((always_inline)) inline v16 lane_sums16(const v16* a) {
 namespace {
 
 struct Geometry {
-  int64_t b, hp, wp, cp;     // P
+  int64_t b, hp, wp, cp;     // P (as padded)
   int64_t ho, wo, cr;        // R (and the pixels summed over)
   int64_t sh, sw;            // strides
   int64_t taps;
 };
 
+// P as the kernels read it: the operand A (b, h, w, c) padded by (lo_h, hi_h, lo_w, hi_w) zeros (a padding
+// may be negative: a crop). The padding is done here, a few batch items at a time into a buffer of the
+// thread's, where XLA's pad before the call wrote the whole padded P to memory and the kernel read it
+// back (for the DCGAN's 3-channel transposed convolution's input gradient, ~0.12 ms of its 0.85 at batch
+// 64). Without padding, P is A.
+struct Padded {
+  const float* a;
+  int64_t h, w, c, lo_h, lo_w, hp, wp;
+  std::vector<float> buf;
+  int64_t b0 = 0, b1 = 0;     // the items in buf
+
+  Padded(const float* a, int64_t h, int64_t w, int64_t c, ffi::Span<const int64_t> pads)
+      : a(a), h(h), w(w), c(c), lo_h(pads[0]), lo_w(pads[2]), hp(h + pads[0] + pads[1]), wp(w + pads[2] + pads[3]) {}
+  bool none() const { return lo_h == 0 && lo_w == 0 && hp == h && wp == w; }
+  // items [first, last) padded, one after the other: item `first` at the pointer returned
+  const float* items(int64_t first, int64_t last) {
+    if (none()) return a + first * h * w * c;
+    if (first < b0 || last > b1) {
+      b0 = first, b1 = last;
+      buf.resize((last - first) * hp * wp * c);
+      const int64_t x0 = std::clamp<int64_t>(lo_w, 0, wp), x1 = std::clamp<int64_t>(lo_w + w, x0, wp);
+      float* out = buf.data();
+      for (int64_t b = first; b < last; ++b)
+        for (int64_t y = 0; y < hp; ++y, out += wp * c) {
+          const int64_t src = y - lo_h;
+          if (src < 0 || src >= h) {
+            std::fill(out, out + wp * c, 0.0f);
+            continue;
+          }
+          std::fill(out, out + x0 * c, 0.0f);
+          std::memcpy(out + x0 * c, a + ((b * h + src) * w + x0 - lo_w) * c, (x1 - x0) * c * sizeof(float));
+          std::fill(out + x1 * c, out + wp * c, 0.0f);
+        }
+    }
+    return buf.data() + (first - b0) * hp * wp * c;
+  }
+};
+
 // One tile of pixels (whole rows of R, rows [r0, r1) of the b * ho output rows) for a block of RB rows of
 // out starting at `row`, columns [col, col + 16 * Q).
+// P: batch item b0's start (the items of the tile follow it).
 template <int Q, int RB>
-inline void block(const Geometry& g, const float* P, const float* R, const int64_t* rowoff, int64_t r0,
+inline void block(const Geometry& g, const float* P, int64_t b0, const float* R, const int64_t* rowoff, int64_t r0,
                   int64_t r1, float* out, int64_t row, int64_t col) {
   v16 acc[RB][Q];
   for (int k = 0; k < RB; ++k)
@@ -90,7 +129,7 @@ inline void block(const Geometry& g, const float* P, const float* R, const int64
   for (int64_t orow = r0; orow < r1; ++orow) {
     const int64_t b = orow / g.ho, i = orow % g.ho;
     const float* rp = R + (orow * g.wo) * g.cr + col;
-    const float* pp = P + ((b * g.hp + g.sh * i) * g.wp) * g.cp;
+    const float* pp = P + (((b - b0) * g.hp + g.sh * i) * g.wp) * g.cp;
     const int64_t pstep = g.sw * g.cp;
     for (int64_t j = 0; j < g.wo; ++j, rp += g.cr, pp += pstep) {
       v16 v[Q];
@@ -106,25 +145,26 @@ inline void block(const Geometry& g, const float* P, const float* R, const int64
 }
 
 template <int Q>
-void tile(const Geometry& g, const float* P, const float* R, const int64_t* rowoff, int64_t r0, int64_t r1,
-          float* out, int64_t col) {
+void tile(const Geometry& g, const float* P, int64_t b0, const float* R, const int64_t* rowoff, int64_t r0,
+          int64_t r1, float* out, int64_t col) {
   constexpr int RB = 24 / Q;    // RB * Q accumulators: 24 of the 32 vector registers
   const int64_t rows = g.taps * g.cp;
   int64_t row = 0;
-  for (; row + RB <= rows; row += RB) block<Q, RB>(g, P, R, rowoff, r0, r1, out, row, col);
-  for (; row < rows; ++row) block<Q, 1>(g, P, R, rowoff, r0, r1, out, row, col);
+  for (; row + RB <= rows; row += RB) block<Q, RB>(g, P, b0, R, rowoff, r0, r1, out, row, col);
+  for (; row < rows; ++row) block<Q, 1>(g, P, b0, R, rowoff, r0, r1, out, row, col);
 }
 
-void accumulate(const Geometry& g, const float* P, const float* R, const int64_t* rowoff, int64_t r0,
-                int64_t r1, float* out) {
+void accumulate(const Geometry& g, Padded& P, const float* R, const int64_t* rowoff, int64_t r0, int64_t r1,
+                float* out) {
   // tiles of about 128 pixels (whole rows), so that R's and P's parts stay in the core's caches (tiles of
   // 256 to 2,048 pixels, by R's width, measured 0.95-1.05x of these on five layers' shapes)
   const int64_t step = std::max<int64_t>(1, 128 / std::max<int64_t>(g.wo, 1));
   for (int64_t t0 = r0; t0 < r1; t0 += step) {
-    const int64_t t1 = std::min(r1, t0 + step);
+    const int64_t t1 = std::min(r1, t0 + step), b0 = t0 / g.ho;
+    const float* p = P.items(b0, (t1 - 1) / g.ho + 1);
     int64_t col = 0;
-    for (; col + 64 <= g.cr; col += 64) tile<4>(g, P, R, rowoff, t0, t1, out, col);
-    for (; col + 16 <= g.cr; col += 16) tile<1>(g, P, R, rowoff, t0, t1, out, col);
+    for (; col + 64 <= g.cr; col += 64) tile<4>(g, p, b0, R, rowoff, t0, t1, out, col);
+    for (; col + 16 <= g.cr; col += 16) tile<1>(g, p, b0, R, rowoff, t0, t1, out, col);
   }
 }
 
@@ -176,30 +216,40 @@ void in_parts(ffi::ThreadPool& pool, int nt, int64_t rows, F run) {
   while (parts->done.load() < nt) std::this_thread::yield();
 }
 
+// The geometry of a kernel reading A padded by `pads` at taps; false where the shapes or pads are not such.
+bool padded_geometry(ffi::Span<const int64_t> ad, ffi::Span<const int64_t> rd, ffi::Span<const int64_t> strides,
+                     ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, Geometry* g) {
+  if (ad.size() != 4 || rd.size() != 4 || offsets.size() % 2 || strides.size() != 2 || pads.size() != 4)
+    return false;
+  *g = Geometry{ad[0], ad[1] + pads[0] + pads[1], ad[2] + pads[2] + pads[3], ad[3], rd[1], rd[2], rd[3],
+                strides[0], strides[1], (int64_t)offsets.size() / 2};
+  return rd[0] == g->b && g->hp >= 1 && g->wp >= 1 && g->sh >= 1 && g->sw >= 1;
+}
+
 ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Result<ffi::Buffer<ffi::F32>> out,
-                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads,
-                      ffi::ThreadPool pool) {
-  auto pd = p.dimensions(), rd = r.dimensions(), od = out->dimensions();
-  if (pd.size() != 4 || rd.size() != 4 || od.size() != 3 || offsets.size() % 2 || strides.size() != 2)
-    return ffi::Error::InvalidArgument("zoo_conv_weight_grad: P and R must be 4-D, out 3-D, offsets pairs");
-  Geometry g{pd[0], pd[1], pd[2], pd[3], rd[1], rd[2], rd[3], strides[0], strides[1], (int64_t)offsets.size() / 2};
-  if (rd[0] != g.b || g.cr % 16 || od[0] != g.taps || od[1] != g.cp || od[2] != g.cr || g.sh < 1 || g.sw < 1)
-    return ffi::Error::InvalidArgument("zoo_conv_weight_grad: shapes do not match");
+                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads,
+                      int64_t threads, ffi::ThreadPool pool) {
+  auto pd = p.dimensions(), od = out->dimensions();
+  Geometry g;
+  if (od.size() != 3 || !padded_geometry(pd, r.dimensions(), strides, offsets, pads, &g) || g.cr % 16 ||
+      od[0] != g.taps || od[1] != g.cp || od[2] != g.cr)
+    return ffi::Error::InvalidArgument("zoo_conv_weight_grad: shapes, strides, offsets or pads do not match");
   std::vector<int64_t> rowoff;
   if (!offsets_in_range(g, offsets, &rowoff))
     return ffi::Error::InvalidArgument("zoo_conv_weight_grad: a tap reads outside P");
-  const float* P = p.typed_data();
   const float* R = r.typed_data();
   float* O = out->typed_data();
   const int64_t n = g.taps * g.cp * g.cr, orows = g.b * g.ho;
   const int nt = thread_count(threads, orows);
   std::memset(O, 0, n * sizeof(float));
   if (nt == 1) {
+    Padded P(p.typed_data(), pd[1], pd[2], pd[3], pads);
     accumulate(g, P, R, rowoff.data(), 0, orows, O);
     return ffi::Error::Success();
   }
   std::vector<std::vector<float>> parts(nt - 1, std::vector<float>(n, 0.0f));
   in_parts(pool, nt, orows, [&](int k, int64_t r0, int64_t r1) {
+    Padded P(p.typed_data(), pd[1], pd[2], pd[3], pads);
     accumulate(g, P, R, rowoff.data(), r0, r1, k ? parts[k - 1].data() : O);
   });
   for (auto& part : parts)
@@ -212,14 +262,15 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Res
 // (an implicit matrix product: no copies per tap). A block of NPX neighbouring output pixels and 64 of y's
 // channels is held in registers; for each (t, p), W's row is loaded once and P's NPX entries broadcast.
 
+// P: the output row's batch item's start
 template <int Q, int NPX>
 inline void out_block(const Geometry& g, const float* P, const float* W, const int64_t* rowoff, int64_t orow,
                       int64_t j0, float* Y, int64_t col) {
   v16 acc[NPX][Q];
   for (int k = 0; k < NPX; ++k)
     for (int q = 0; q < Q; ++q) acc[k][q] = v16{};
-  const int64_t b = orow / g.ho, i = orow % g.ho;
-  const float* pp = P + ((b * g.hp + g.sh * i) * g.wp + g.sw * j0) * g.cp;
+  const int64_t i = orow % g.ho;
+  const float* pp = P + (g.sh * i * g.wp + g.sw * j0) * g.cp;
   const int64_t pstep = g.sw * g.cp, rows = g.taps * g.cp;
   for (int64_t row = 0; row < rows; ++row) {
     v16 w[Q];
@@ -244,31 +295,33 @@ void out_row(const Geometry& g, const float* P, const float* W, const int64_t* r
   for (; j < g.wo; ++j) out_block<Q, 1>(g, P, W, rowoff, orow, j, Y, col);
 }
 
-void convolve(const Geometry& g, const float* P, const float* W, const int64_t* rowoff, int64_t r0, int64_t r1,
+void convolve(const Geometry& g, Padded& P, const float* W, const int64_t* rowoff, int64_t r0, int64_t r1,
               float* Y) {
   for (int64_t orow = r0; orow < r1; ++orow) {
+    const int64_t b = orow / g.ho;
+    const float* p = P.items(b, b + 1);
     int64_t col = 0;
-    for (; col + 64 <= g.cr; col += 64) out_row<4>(g, P, W, rowoff, orow, Y, col);
-    for (; col + 16 <= g.cr; col += 16) out_row<1>(g, P, W, rowoff, orow, Y, col);
+    for (; col + 64 <= g.cr; col += 64) out_row<4>(g, p, W, rowoff, orow, Y, col);
+    for (; col + 16 <= g.cr; col += 16) out_row<1>(g, p, W, rowoff, orow, Y, col);
   }
 }
 
 ffi::Error Conv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Result<ffi::Buffer<ffi::F32>> y,
-                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads,
-                ffi::ThreadPool pool) {
-  auto pd = p.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (pd.size() != 4 || wd.size() != 3 || yd.size() != 4 || offsets.size() % 2 || strides.size() != 2)
-    return ffi::Error::InvalidArgument("zoo_conv_taps: P and y must be 4-D, W 3-D, offsets pairs");
-  Geometry g{pd[0], pd[1], pd[2], pd[3], yd[1], yd[2], yd[3], strides[0], strides[1], (int64_t)offsets.size() / 2};
-  if (yd[0] != g.b || g.cr % 16 || wd[0] != g.taps || wd[1] != g.cp || wd[2] != g.cr || g.sh < 1 || g.sw < 1)
-    return ffi::Error::InvalidArgument("zoo_conv_taps: shapes do not match");
+                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads,
+                int64_t threads, ffi::ThreadPool pool) {
+  auto pd = p.dimensions(), wd = w.dimensions();
+  Geometry g;
+  if (wd.size() != 3 || !padded_geometry(pd, y->dimensions(), strides, offsets, pads, &g) || g.cr % 16 ||
+      wd[0] != g.taps || wd[1] != g.cp || wd[2] != g.cr)
+    return ffi::Error::InvalidArgument("zoo_conv_taps: shapes, strides, offsets or pads do not match");
   std::vector<int64_t> rowoff;
   if (!offsets_in_range(g, offsets, &rowoff))
     return ffi::Error::InvalidArgument("zoo_conv_taps: a tap reads outside P");
   const int64_t orows = g.b * g.ho;
   const int nt = thread_count(threads, orows);
   in_parts(pool, nt, orows, [&](int, int64_t r0, int64_t r1) {
-    convolve(g, p.typed_data(), w.typed_data(), rowoff.data(), r0, r1, y->typed_data());
+    Padded P(p.typed_data(), pd[1], pd[2], pd[3], pads);
+    convolve(g, P, w.typed_data(), rowoff.data(), r0, r1, y->typed_data());
   });
   return ffi::Error::Success();
 }
@@ -414,30 +467,42 @@ ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, con
   return ffi::Error::Success();
 }
 
-// A convolution of the padded P: output pixel (i, j) reads P at (sh * i + di_t, sw * j + dj_t) at tap t.
+// A convolution of P (A padded by `pads`): output pixel (i, j) reads P at (sh * i + di_t, sw * j + dj_t) at tap
+// t, that is A at (sh * i + di_t - lo_h, sw * j + dj_t - lo_w), zeros outside A (taps that read only zeros for
+// a block are left out of its plan; its pixels that do read zeros read them from plan.zeros).
 ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
-                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, int64_t threads,
-                    ffi::ThreadPool pool) {
-  auto pd = p.dimensions(), vd = v.dimensions(), yd = y->dimensions();
-  if (pd.size() != 4 || vd.size() != 3 || yd.size() != 4 || offsets.size() % 2 || strides.size() != 2)
-    return ffi::Error::InvalidArgument("zoo_thin_conv: P and y must be 4-D, V 3-D, offsets pairs");
-  Geometry g{pd[0], pd[1], pd[2], pd[3], yd[1], yd[2], yd[3], strides[0], strides[1], (int64_t)offsets.size() / 2};
-  if (yd[0] != g.b || g.cp % 16 || g.cr < 1 || g.cr > 4 || vd[0] != g.taps || vd[1] != g.cr || vd[2] != g.cp ||
-      g.sh < 1 || g.sw < 1)
-    return ffi::Error::InvalidArgument("zoo_thin_conv: shapes do not match");
+                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads,
+                    int64_t threads, ffi::ThreadPool pool) {
+  auto pd = p.dimensions(), vd = v.dimensions();
+  Geometry g;
+  if (vd.size() != 3 || !padded_geometry(pd, y->dimensions(), strides, offsets, pads, &g) || g.cp % 16 ||
+      g.cr < 1 || g.cr > 4 || vd[0] != g.taps || vd[1] != g.cr || vd[2] != g.cp)
+    return ffi::Error::InvalidArgument("zoo_thin_conv: shapes, strides, offsets or pads do not match");
   std::vector<int64_t> rowoff;
   if (!offsets_in_range(g, offsets, &rowoff))
     return ffi::Error::InvalidArgument("zoo_thin_conv: a tap reads outside P");
+  const int64_t h = pd[1], w = pd[2];
   Plan plan;
   plan.step = g.sw * g.cp, plan.ostep = g.cr, plan.cx = g.cp;
-  plan.xbatch = g.hp * g.wp * g.cp, plan.ybatch = g.ho * g.wo * g.cr;
+  plan.xbatch = h * w * g.cp, plan.ybatch = g.ho * g.wo * g.cr;
+  plan.zeros.assign(g.cp, 0.0f);
   plan.rows.resize(g.ho);
   const float* V = v.typed_data();
   for (int64_t i = 0; i < g.ho; ++i)
     for (auto [j0, nb] : blocks_of(g.wo, npx_of(g.cr))) {
-      plan.rows[i].push_back(Block{(i * g.wo + j0) * g.cr, nb, false, plan.taps.size(), (size_t)g.taps});
-      for (int64_t t = 0; t < g.taps; ++t)
-        plan.taps.push_back(Tap{(g.sh * i * g.wp + g.sw * j0) * g.cp + rowoff[t * g.cp], V + t * g.cr * g.cp, 0, nb});
+      Block blk{(i * g.wo + j0) * g.cr, nb, false, plan.taps.size(), 0};
+      for (int64_t t = 0; t < g.taps; ++t) {
+        const int64_t row = g.sh * i + offsets[2 * t] - pads[0], col = g.sw * j0 + offsets[2 * t + 1] - pads[2];
+        if (row < 0 || row >= h) continue;
+        int lo = 0, hi = nb;     // pixel k reads A's column col + sw * k
+        while (lo < nb && col + g.sw * lo < 0) ++lo;
+        while (hi > lo && col + g.sw * (hi - 1) >= w) --hi;
+        if (lo >= hi) continue;
+        blk.edge = blk.edge || lo > 0 || hi < nb;
+        plan.taps.push_back(Tap{(row * w + col) * g.cp, V + t * g.cr * g.cp, lo, hi});
+      }
+      blk.nt = plan.taps.size() - blk.t0;
+      plan.rows[i].push_back(blk);
     }
   return thin_in_parts(pool, plan, g.cr, p.typed_data(), y->typed_data(), g.b * g.ho, threads);
 }
@@ -513,20 +578,19 @@ ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi:
 
 }  // namespace
 
-// Every handler: two float32 operands, one result, the strides, the taps' offsets (or the transposed
-// kernel's paddings), a thread count and XLA's thread pool.
-#define ZOO_HANDLER(symbol, impl, taps)                                                 \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, impl,                                           \
-                                ffi::Ffi::Bind()                                        \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                       \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                       \
-                                    .Ret<ffi::Buffer<ffi::F32>>()                       \
-                                    .Attr<ffi::Span<const int64_t>>("strides")          \
-                                    .Attr<ffi::Span<const int64_t>>(taps)               \
-                                    .Attr<int64_t>("threads")                           \
-                                    .Ctx<ffi::ThreadPool>())
+// Every handler: two float32 operands, one result, the strides, the taps' offsets and P's paddings (or the
+// transposed kernel's paddings), a thread count and XLA's thread pool.
+#define ZOO_BIND(...)                                        \
+  ffi::Ffi::Bind()                                           \
+      .Arg<ffi::Buffer<ffi::F32>>()                          \
+      .Arg<ffi::Buffer<ffi::F32>>()                          \
+      .Ret<ffi::Buffer<ffi::F32>>()                          \
+      .Attr<ffi::Span<const int64_t>>("strides") __VA_ARGS__ \
+      .Attr<int64_t>("threads")                              \
+      .Ctx<ffi::ThreadPool>()
+#define ZOO_TAPS .Attr<ffi::Span<const int64_t>>("offsets").Attr<ffi::Span<const int64_t>>("pads")
 
-ZOO_HANDLER(ZooConvWeightGrad, WeightGrad, "offsets");
-ZOO_HANDLER(ZooConvTaps, Conv, "offsets");
-ZOO_HANDLER(ZooThinConv, ThinConv, "offsets");
-ZOO_HANDLER(ZooThinTransposed, ThinTransposed, "pads");
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvWeightGrad, WeightGrad, ZOO_BIND(ZOO_TAPS));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvTaps, Conv, ZOO_BIND(ZOO_TAPS));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinConv, ThinConv, ZOO_BIND(ZOO_TAPS));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinTransposed, ThinTransposed, ZOO_BIND(.Attr<ffi::Span<const int64_t>>("pads")));

@@ -511,19 +511,17 @@ def _use_native_weight_grad(row_channels: int, pixels: int, *arrays) -> bool:
           and all(a is None or a.dtype == jnp.float32 for a in arrays) and convgrad.available())
 
 
-def _conv_taps_input(x, kernel_shape, strides, padding, out_hw):
-  """x padded (or cropped) so that tap (i, j) of a convolution's output (a, b) reads it at
-  (s_h a + i, s_w b + j): ``zoo.convgrad``'s P."""
-  pads = [(0, 0, 0)]
-  for n, k, s, (lo, _), m in zip(x.shape[1:3], kernel_shape[:2], strides, padding, out_hw):
-    pads.append((lo, s * (m - 1) + k - n - lo, 0))
-  return jax.lax.pad(x, jnp.zeros((), x.dtype), (*pads, (0, 0, 0)))
+def _conv_taps_pads(x_hw, kernel_shape, strides, padding, out_hw):
+  """The padding (or cropping) of x so that tap (i, j) of a convolution's output (a, b) reads it at
+  (s_h a + i, s_w b + j): ``zoo.convgrad``'s P is x padded so (inside its kernels: no padded copy of x)."""
+  return tuple((lo, s * (m - 1) + k - n - lo)
+               for n, k, s, (lo, _), m in zip(x_hw, kernel_shape[:2], strides, padding, out_hw))
 
 
 def _native_conv_weight_grad(x, dy, kernel_shape, strides, padding, taps):
   """conv2d's kernel gradient at the open ``taps`` (zero elsewhere) by ``zoo.convgrad``; dy read as rows."""
-  p = _conv_taps_input(x, kernel_shape, strides, padding, dy.shape[1:3])
-  grads = convgrad.weight_grad(p, dy, taps, strides)
+  pads = _conv_taps_pads(x.shape[1:3], kernel_shape, strides, padding, dy.shape[1:3])
+  grads = convgrad.weight_grad(x, dy, taps, strides, pads=pads)
   return _kernel_of_taps(list(grads), taps, kernel_shape)
 
 
@@ -532,39 +530,39 @@ def _native_thin_conv_stride1(x, kernel, padding, taps=None):
   ``zoo.convgrad.thin_conv``, over ``taps`` (default all; the others' kernels are zero)."""
   taps = _all_taps(kernel.shape) if taps is None else taps
   out_hw = _conv_out_hw(x.shape[1:3], kernel.shape[:2], (1, 1), padding)
-  p = _conv_taps_input(x, kernel.shape, (1, 1), padding, out_hw)
+  pads = _conv_taps_pads(x.shape[1:3], kernel.shape, (1, 1), padding, out_hw)
   v = jnp.stack([kernel[i, j].T for i, j in taps])
-  return convgrad.thin_conv(p, v, taps, (1, 1), out_hw)
+  return convgrad.thin_conv(x, v, taps, (1, 1), out_hw, pads=pads)
 
 
 def _native_thin_conv(x, kernel, padding, strides, taps):
   """conv2d of an x of few channels by ``zoo.convgrad.conv_taps`` (the open taps' kernels as its w)."""
   out_hw = _conv_out_hw(x.shape[1:3], kernel.shape[:2], strides, padding)
-  p = _conv_taps_input(x, kernel.shape, strides, padding, out_hw)
-  return convgrad.conv_taps(p, jnp.stack([kernel[i, j] for i, j in taps]), taps, strides, out_hw)
+  pads = _conv_taps_pads(x.shape[1:3], kernel.shape, strides, padding, out_hw)
+  return convgrad.conv_taps(x, jnp.stack([kernel[i, j] for i, j in taps]), taps, strides, out_hw, pads=pads)
 
 
-def _transposed_taps(x_hw, dy, kernel_shape, strides, padding):
-  """A transposed convolution's dy as ``zoo.convgrad``'s P, and each tap's offset in it: input pixel u meets
-  output s * u + top - i at tap i (``_phases``), so with dy padded by k - 1 - top before (at least 0), tap
-  (i, j) reads P at s * u + (top - i + that padding)."""
-  pads, offsets = [(0, 0, 0)], []
-  for n, k, s, (top, _), m in zip(x_hw, kernel_shape[:2], strides, padding, dy.shape[1:3]):
+def _transposed_taps(x_hw, dy_hw, kernel_shape, strides, padding):
+  """A transposed convolution's dy as ``zoo.convgrad``'s P: the pads of dy, and each tap's offset in P:
+  input pixel u meets output s * u + top - i at tap i (``_phases``), so with dy padded by k - 1 - top before
+  (at least 0), tap (i, j) reads P at s * u + (top - i + that padding)."""
+  pads, offsets = [], []
+  for n, k, s, (top, _), m in zip(x_hw, kernel_shape[:2], strides, padding, dy_hw):
     before = max(0, k - 1 - top)
-    pads.append((before, s * (n - 1) + top + 1 - m, 0))
+    pads.append((before, s * (n - 1) + top + 1 - m))
     offsets.append([top - i + before for i in range(k)])
-  p = jax.lax.pad(dy, jnp.zeros((), dy.dtype), (*pads, (0, 0, 0)))
-  return p, [(offsets[0][i], offsets[1][j]) for i, j in _all_taps(kernel_shape)]
+  return tuple(pads), [(offsets[0][i], offsets[1][j]) for i, j in _all_taps(kernel_shape)]
 
 
 def _native_transposed_grads(x, kernel, dy, strides, padding):
-  """conv_transpose2d's both gradients by ``zoo.convgrad``, from one padded dy: dx[u] = sum_t P[s u + o_t]
-  kernel[t]^T (``conv_taps``) and the kernel's gradient (``weight_grad``, x read as rows; its sums come out
-  (tap, C_out, C_in))."""
-  p, offsets = _transposed_taps(x.shape[1:3], dy, kernel.shape, strides, padding)
+  """conv_transpose2d's both gradients by ``zoo.convgrad``, both reading dy padded (inside the kernels):
+  dx[u] = sum_t P[s u + o_t] kernel[t]^T (``conv_taps``) and the kernel's gradient (``weight_grad``, x read
+  as rows; its sums come out (tap, C_out, C_in))."""
+  pads, offsets = _transposed_taps(x.shape[1:3], dy.shape[1:3], kernel.shape, strides, padding)
   k_t = kernel.reshape(-1, *kernel.shape[2:]).swapaxes(1, 2)
-  dx = convgrad.conv_taps(p, k_t, offsets, strides, x.shape[1:3])
-  return dx, convgrad.weight_grad(p, x, offsets, strides).transpose(0, 2, 1).reshape(kernel.shape)
+  dx = convgrad.conv_taps(dy, k_t, offsets, strides, x.shape[1:3], pads=pads)
+  grads = convgrad.weight_grad(dy, x, offsets, strides, pads=pads)
+  return dx, grads.transpose(0, 2, 1).reshape(kernel.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
