@@ -338,7 +338,9 @@ def _check() -> str | None:
       ((2, 8, 10, 3), (4, 5, 16), (2, 2), ((0, 0), (1, 2), (2, 1), (1, 0)), ((1, 0), (1, 0))),
       ((3, 6, 7, 16), (6, 7, 80), (1, 1), ((0, 0), (2, 2), (1, 1)), ((1, 1), (2, 0))),
       ((1, 9, 7, 1), (4, 5, 32), (2, 1), ((2, 0), (0, 2)), ((2, -1), (-1, 2))),
-      ((2, 5, 6, 16), (3, 4, 16), (1, 1), ((0, 0), (1, 2)), NO_PADS)):
+      ((2, 5, 6, 16), (3, 4, 16), (1, 1), ((0, 0), (1, 2)), NO_PADS),
+      # 64 channels into one at stride 1: thin_conv by runs of a row's taps, blocks of 16 pixels and of fewer
+      ((1, 4, 40, 64), (2, 38, 16), (1, 1), ((0, 0), (0, 1), (0, 2), (1, 1)), ((0, 0), (1, -1)))):
     p = jax.device_put(rng.standard_normal((b, hp, wp, cp), np.float32), cpu)
     r = jax.device_put(rng.standard_normal((b, h, wd, cr), np.float32), cpu)
     w = jax.device_put(rng.standard_normal((len(offsets), cp, cr), np.float32), cpu)
@@ -353,9 +355,10 @@ def _check() -> str | None:
       if got.shape != want_conv.shape or not np.allclose(got, want_conv, rtol=1e-4, atol=1e-4):
         return f"conv_taps differs from XLA's convolution at {case}, {threads} thread(s)"
       if cp % ROW_MULTIPLE == 0:
-        v = w[:, :, :3].swapaxes(1, 2)      # 3 outputs
+        outputs = 1 if cp == 64 else 3
+        v = w[:, :, :outputs].swapaxes(1, 2)
         got = np.asarray(jax.jit(lambda p, v: thin_conv(p, v, offsets, strides, (h, wd), threads, pads))(p, v))
-        if not np.allclose(got, want_conv[..., :3], rtol=1e-4, atol=1e-4):
+        if not np.allclose(got, want_conv[..., :outputs], rtol=1e-4, atol=1e-4):
           return f"thin_conv differs from XLA's convolution at {case}, {threads} thread(s)"
   for (b, h, wd, cx), (kh, kw, c), strides, lo in (((2, 5, 7, 16), (4, 4, 3), (2, 2), (2, 2)),
                                                   ((1, 6, 5, 32), (3, 5, 2), (2, 1), (1, 3))):

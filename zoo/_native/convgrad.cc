@@ -351,9 +351,20 @@ struct Block {
   size_t t0, nt;   // taps: plan.taps[t0, t0 + nt)
 };
 
+// Taps of one kernel row with neighbouring columns, at stride 1: pixel k of a block at the run's tap q reads x
+// at position k + q of the run (x's pixel at off + (k + q) * step), so each x vector loaded serves up to
+// `len` taps (run_fmas). Positions outside [mlo, mhi) read zeros (outside x) or are not needed.
+constexpr int RUN_MAX = 8;
+struct Run {
+  int64_t off;
+  const float* v[RUN_MAX];   // tap q's kernel
+  int len, mlo, mhi;
+};
+
 struct Plan {
   std::vector<std::vector<Block>> rows;   // per output row
   std::vector<Tap> taps;
+  std::vector<Run> runs;                  // in place of taps where the blocks are runs' (thin_conv_runs)
   int64_t step, ostep;                    // x's and y's step from one pixel of a block to the next
   int64_t xbatch, ybatch, cx;             // a batch item's size in x and y; x's channels
   std::vector<float> zeros;               // one pixel's channels of zeros
@@ -416,6 +427,74 @@ __attribute__((always_inline)) inline void thin_block_of(const Plan& plan, const
     thin_block<C, N, false, CX>(plan, blk, X, Y);
 }
 
+// One run's multiply-adds into a block's 16 sums (one output channel, x's 64 channels): per 16 channels, the
+// run's L kernel vectors and each of its 15 + L positions' x vector loaded once into registers (16 + L + 1
+// of the 32), 16 * L multiply-adds. Where the block's pixels read only x, 29 loads per 112 multiply-adds for
+// a 7-tap run, against 15 per 14 and a pointer per pixel (more than the general registers hold: GCC kept
+// them in vector registers and moved them back per load) taking the taps one at a time (thin_block).
+template <int L, bool EDGE>
+__attribute__((always_inline)) inline void run_fmas(const Run& run, const float* X, v16* acc) {
+  constexpr int NPX = 16, M = NPX + L - 1;
+  const float* base = (const float*)((intptr_t)X + (intptr_t)(run.off * (int64_t)sizeof(float)));
+#pragma GCC unroll 1
+  for (int p = 0; p < 64; p += 16) {
+    v16 w[L];
+#pragma GCC unroll 8
+    for (int q = 0; q < L; ++q) {
+      memcpy(&w[q], run.v[q] + p, 64);
+      IN_REGISTER(w[q]);
+    }
+#pragma GCC unroll 32
+    for (int m = 0; m < M; ++m) {
+      if (EDGE && (m < run.mlo || m >= run.mhi)) continue;
+      v16 a;
+      memcpy(&a, base + m * 64 + p, 64);
+      IN_REGISTER(a);
+#pragma GCC unroll 8
+      for (int q = 0; q < L; ++q)
+        if (m - q >= 0 && m - q < NPX) acc[m - q] += a * w[q];
+    }
+  }
+}
+
+template <bool EDGE>
+__attribute__((always_inline)) inline void run_block(const Plan& plan, const Block& blk, const float* X, float* Y) {
+  v16 acc[16];
+#pragma GCC unroll 16
+  for (int k = 0; k < 16; ++k) acc[k] = v16{};
+  for (size_t r = blk.t0; r < blk.t0 + blk.nt; ++r) {
+    const Run& run = plan.runs[r];
+    switch (run.len) {
+      case 1: run_fmas<1, EDGE>(run, X, acc); break;
+      case 2: run_fmas<2, EDGE>(run, X, acc); break;
+      case 3: run_fmas<3, EDGE>(run, X, acc); break;
+      case 4: run_fmas<4, EDGE>(run, X, acc); break;
+      case 5: run_fmas<5, EDGE>(run, X, acc); break;
+      case 6: run_fmas<6, EDGE>(run, X, acc); break;
+      case 7: run_fmas<7, EDGE>(run, X, acc); break;
+      default: run_fmas<8, EDGE>(run, X, acc); break;
+    }
+  }
+  const v16 sums = lane_sums16(acc);
+  float* y = Y + blk.out;
+  for (int k = 0; k < blk.nb; ++k) y[k * plan.ostep] = sums[SUM_AT(k)];
+}
+
+// output rows [r0, r1) of all batch items' rows, by runs
+void runs_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
+  const int64_t ho = (int64_t)plan.rows.size();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* Xb = X + (r / ho) * plan.xbatch;
+    float* Yb = Y + (r / ho) * plan.ybatch;
+    for (const Block& blk : plan.rows[r % ho]) {
+      if (blk.edge)
+        run_block<true>(plan, blk, Xb, Yb);
+      else
+        run_block<false>(plan, blk, Xb, Yb);
+    }
+  }
+}
+
 // Pixels per block: C * NPX <= 16 sums in registers, with the C vectors of V and one of x (24 sums in two
 // trees ran 0.93x as fast, GCC keeping some of them in memory).
 template <int C>
@@ -452,6 +531,7 @@ ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, con
                          int64_t threads) {
   const int nt = thread_count(threads, rows);
   in_parts(pool, nt, rows, [&](int, int64_t r0, int64_t r1) {
+    if (!plan.runs.empty()) return runs_run(plan, X, Y, r0, r1);
     // the families' layers into an image's 1 or 3 channels from 64, pixels read one after the other: those
     // sizes as constants (1.09x for the 3-channel layers; fewer registers for addresses)
     if (plan.cx == 64 && plan.step == 64 && (c == 1 || c == 3))
@@ -467,27 +547,17 @@ ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, con
   return ffi::Error::Success();
 }
 
-// A convolution of P (A padded by `pads`): output pixel (i, j) reads P at (sh * i + di_t, sw * j + dj_t) at tap
-// t, that is A at (sh * i + di_t - lo_h, sw * j + dj_t - lo_w), zeros outside A (taps that read only zeros for
-// a block are left out of its plan; its pixels that do read zeros read them from plan.zeros).
-ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
-                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads,
-                    int64_t threads, ffi::ThreadPool pool) {
-  auto pd = p.dimensions(), vd = v.dimensions();
-  Geometry g;
-  if (vd.size() != 3 || !padded_geometry(pd, y->dimensions(), strides, offsets, pads, &g) || g.cp % 16 ||
-      g.cr < 1 || g.cr > 4 || vd[0] != g.taps || vd[1] != g.cr || vd[2] != g.cp)
-    return ffi::Error::InvalidArgument("zoo_thin_conv: shapes, strides, offsets or pads do not match");
-  std::vector<int64_t> rowoff;
-  if (!offsets_in_range(g, offsets, &rowoff))
-    return ffi::Error::InvalidArgument("zoo_thin_conv: a tap reads outside P");
-  const int64_t h = pd[1], w = pd[2];
+// The plan of a convolution of P (A (b, h, w, cx) padded by `pads`) by V (taps, c, cx) into y (b, ho, wo, c):
+// output pixel (i, j) reads P at (sh * i + di_t, sw * j + dj_t) at tap t, that is A at (sh * i + di_t - lo_h,
+// sw * j + dj_t - lo_w), zeros outside A (taps that read only zeros for a block are left out of its plan; its
+// pixels that do read zeros read them from plan.zeros).
+Plan thin_conv_plan(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, int64_t h,
+                    int64_t w, const float* V) {
   Plan plan;
   plan.step = g.sw * g.cp, plan.ostep = g.cr, plan.cx = g.cp;
   plan.xbatch = h * w * g.cp, plan.ybatch = g.ho * g.wo * g.cr;
   plan.zeros.assign(g.cp, 0.0f);
   plan.rows.resize(g.ho);
-  const float* V = v.typed_data();
   for (int64_t i = 0; i < g.ho; ++i)
     for (auto [j0, nb] : blocks_of(g.wo, npx_of(g.cr))) {
       Block blk{(i * g.wo + j0) * g.cr, nb, false, plan.taps.size(), 0};
@@ -504,6 +574,59 @@ ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Resul
       blk.nt = plan.taps.size() - blk.t0;
       plan.rows[i].push_back(blk);
     }
+  return plan;
+}
+
+// thin_conv_plan's function by runs (Run), where the convolution is at stride 1 into one channel from 64:
+// per block of up to 16 pixels, the taps of each kernel row in runs of neighbouring columns.
+Plan thin_conv_runs(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, int64_t h,
+                    int64_t w, const float* V) {
+  Plan plan;
+  plan.step = g.cp, plan.ostep = 1, plan.cx = g.cp;
+  plan.xbatch = h * w * g.cp, plan.ybatch = g.ho * g.wo;
+  plan.rows.resize(g.ho);
+  // the taps by row, then column
+  std::vector<std::pair<std::pair<int64_t, int64_t>, int64_t>> order;
+  for (int64_t t = 0; t < g.taps; ++t) order.push_back({{offsets[2 * t], offsets[2 * t + 1]}, t});
+  std::sort(order.begin(), order.end());
+  for (int64_t i = 0; i < g.ho; ++i)
+    for (auto [j0, nb] : blocks_of(g.wo, 16)) {
+      Block blk{i * g.wo + j0, nb, false, plan.runs.size(), 0};
+      for (size_t a = 0; a < order.size();) {
+        // the run from tap a: same row, columns one apart, at most RUN_MAX
+        size_t e = a + 1;
+        while (e < order.size() && (int)(e - a) < RUN_MAX && order[e].first.first == order[a].first.first &&
+               order[e].first.second == order[e - 1].first.second + 1)
+          ++e;
+        const int64_t row = i + order[a].first.first - pads[0], col = j0 + order[a].first.second - pads[2];
+        Run run{(row * w + col) * g.cp, {}, (int)(e - a), 0, 0};
+        run.mlo = (int)std::max<int64_t>(0, -col);
+        run.mhi = (int)std::min<int64_t>(nb + run.len - 1, w - col);
+        for (size_t q = a; q < e; ++q) run.v[q - a] = V + order[q].second * g.cp;
+        a = e;
+        if (row < 0 || row >= h || run.mlo >= run.mhi) continue;
+        blk.edge = blk.edge || run.mlo > 0 || run.mhi < 16 + run.len - 1;
+        plan.runs.push_back(run);
+      }
+      blk.nt = plan.runs.size() - blk.t0;
+      plan.rows[i].push_back(blk);
+    }
+  return plan;
+}
+
+ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
+                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads,
+                    int64_t threads, ffi::ThreadPool pool) {
+  auto pd = p.dimensions(), vd = v.dimensions();
+  Geometry g;
+  if (vd.size() != 3 || !padded_geometry(pd, y->dimensions(), strides, offsets, pads, &g) || g.cp % 16 ||
+      g.cr < 1 || g.cr > 4 || vd[0] != g.taps || vd[1] != g.cr || vd[2] != g.cp)
+    return ffi::Error::InvalidArgument("zoo_thin_conv: shapes, strides, offsets or pads do not match");
+  std::vector<int64_t> rowoff;
+  if (!offsets_in_range(g, offsets, &rowoff))
+    return ffi::Error::InvalidArgument("zoo_thin_conv: a tap reads outside P");
+  const bool runs = g.sh == 1 && g.sw == 1 && g.cr == 1 && g.cp == 64;
+  const Plan plan = (runs ? thin_conv_runs : thin_conv_plan)(g, offsets, pads, pd[1], pd[2], v.typed_data());
   return thin_in_parts(pool, plan, g.cr, p.typed_data(), y->typed_data(), g.b * g.ho, threads);
 }
 
