@@ -327,6 +327,31 @@ NATIVE = [
 ]
 
 
+@pytest.mark.skipif(convgrad._compiler() is None, reason="no C++ compiler to build zoo.convgrad's kernel")
+def test_a_masked_layer_from_one_channel_adds_its_bias_and_residual_in_the_native_kernel(monkeypatch):
+  """A PixelCNN's first layer (7x7 mask A from one channel) with a bias and an added array, as the step
+  traces it: its forward pass is the kernel of few input channels with the bias in its sums, and the layer
+  and all four gradients are XLA's convolution plus the bias plus the array's."""
+  assert convgrad.available()
+  monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", 0)
+  mask = _tap_mask((7, 7), _MASK_A, 1, 32)
+  keys = jax.random.split(jax.random.PRNGKey(3), 4)
+  x, k = jax.random.normal(keys[0], (2, 9, 8, 1)), jax.random.normal(keys[1], (7, 7, 1, 32)) * mask / 5
+  bias, add = jax.random.normal(keys[2], (32,)), jax.random.normal(keys[3], (2, 9, 8, 32))
+  ours = lambda x, k, b, a: _layers.conv2d(x, k * mask, "SAME", mask=mask, bias=b, add=a)     # noqa: E731
+  ref = lambda x, k, b, a: (jax.lax.conv_general_dilated(x, k * mask, (1, 1), "SAME", dimension_numbers=DN)   # noqa: E731
+                            + b.reshape(1, 1, 1, -1) + a)
+  loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))      # noqa: E731
+  jax.clear_caches()
+  with kernels.xla_own_kernels(), kernels.native_kernels():
+    _close(jax.jit(ours)(x, k, bias, add), ref(x, k, bias, add))
+    for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(x, k, bias, add),
+                    jax.grad(loss(ref), (0, 1, 2, 3))(x, k, bias, add)):
+      _close(g, h)
+    assert convgrad.CONV_BIAS_TARGET in jax.jit(ours).lower(x, k, bias, add).as_text()
+  jax.clear_caches()
+
+
 def _native_layer(kind, k, s, padding, c_in, c_out, taps):
   """The layer and XLA's reference, (x, kernel) -> y."""
   if kind == "conv_transpose":
@@ -343,8 +368,8 @@ def _native_layer(kind, k, s, padding, c_in, c_out, taps):
     f"-{'all' if c[8] is None else len(c[8])}" for c in NATIVE])
 def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_out, taps, monkeypatch):
   """Traced as the step traces them on one CPU device (XLA's own kernels and the zoo's native ones), the
-  layers take their weight gradients from zoo.convgrad's kernel, a strided convolution of few input
-  channels its forward pass and a transposed one into few channels its input gradient from the second, a
+  layers take their weight gradients from zoo.convgrad's kernel, a convolution of few input channels its
+  forward pass and a transposed one into few channels its input gradient from the second, a
   stride-1 convolution from few channels its input gradient from the third, and a transposed convolution
   into few channels its forward pass and a strided one from few its input gradient from the fourth (custom
   calls in the CPU program, none in the CUDA one), and compute XLA's function and both gradients."""
@@ -358,8 +383,9 @@ def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_o
     grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), (0, 1))
     text = jax.jit(grad).lower(x, w).as_text()        # (export refuses such a custom call)
     assert convgrad.TARGET in text
-    # the convolution of few input channels: a strided one's forward pass, a transposed one's input gradient
-    assert (convgrad.CONV_TARGET in text) == (kind == "conv_transpose" or s != (1, 1))
+    # the convolution of few input channels: a strided one's forward pass (a stride-1 one's from few
+    # channels too), a transposed one's input gradient
+    assert (convgrad.CONV_TARGET in text) == (kind == "conv_transpose" or s != (1, 1) or c_in <= convgrad.THIN_MAX)
     # the convolution into few channels: a stride-1 convolution's input gradient
     assert (convgrad.THIN_TARGET in text) == (kind == "conv" and s == (1, 1) and c_in <= convgrad.THIN_MAX)
     # a transposed convolution into few channels: its forward pass, and a strided convolution's input gradient

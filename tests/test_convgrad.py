@@ -133,6 +133,24 @@ def test_conv_taps_to_the_second_order():
     _close(g, h)
 
 
+def test_conv_taps_adds_a_bias_in_its_sums():
+  """With a bias: XLA's convolution plus the bias, and the derivatives of that (the bias's: y's sums)."""
+  assert convgrad.available()
+  offsets, strides, hw, pads = ((0, 0), (1, 2), (2, 1)), (1, 1), (5, 6), ((1, 0), (2, -1))
+  rng = np.random.default_rng(8)
+  a = jnp.asarray(rng.standard_normal((3, 6, 7, 1), np.float32))
+  w = jnp.asarray(rng.standard_normal((3, 1, 80), np.float32))
+  bias = jnp.asarray(rng.standard_normal((80,), np.float32))
+  ours = lambda a, w, b: convgrad.conv_taps(a, w, offsets, strides, hw, pads=pads, bias=b)     # noqa: E731
+  ref = lambda a, w, b: convgrad._as_conv(a, w, hw, offsets, strides, pads) + b.reshape(1, 1, 1, -1)     # noqa: E731
+  _close(jax.jit(ours)(a, w, bias), ref(a, w, bias))
+  loss = lambda f: lambda a, w, b: jnp.sum(jnp.sin(f(a, w, b)))      # noqa: E731
+  for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2)))(a, w, bias), jax.grad(loss(ref), (0, 1, 2))(a, w, bias)):
+    _close(g, h)
+  with pytest.raises(ValueError, match=r"bias must be float32 of shape \(80,\)"):
+    convgrad.conv_taps(a, w, offsets, strides, hw, pads=pads, bias=bias[:16])
+
+
 def test_weight_grad_to_the_second_order():
   """Its transposes (XLA's convolutions) give the first derivatives in P and R, and a gradient penalty's
   second derivative, as the einsum's."""

@@ -53,6 +53,7 @@ from zoo import native
 SOURCE = native.SOURCES / "convgrad.cc"
 TARGET = "zoo_conv_weight_grad"
 CONV_TARGET = "zoo_conv_taps"
+CONV_BIAS_TARGET = "zoo_conv_taps_bias"
 THIN_TARGET = "zoo_thin_conv"
 TRANSPOSED_TARGET = "zoo_thin_transposed"
 # thin_conv's outputs: at most this many channels
@@ -74,7 +75,8 @@ def _command(compiler: str, out: str) -> list[str]:
 def build(directory=None, quiet: bool = False):
   """The library, compiled into ``directory`` (default ``zoo.native.cache_dir()``) if it is not there yet;
   None where it cannot be (a one-line reason on stderr unless ``quiet``)."""
-  check = "import ctypes; l = ctypes.CDLL({!r}); l.ZooConvWeightGrad; l.ZooConvTaps; l.ZooThinConv; l.ZooThinTransposed"
+  check = ("import ctypes; l = ctypes.CDLL({!r}); l.ZooConvWeightGrad; l.ZooConvTaps; l.ZooConvTapsBias; "
+           "l.ZooThinConv; l.ZooThinTransposed")
   return native.build("convgrad", SOURCE, _compiler(), _command, lambda lib: native.child_check(check.format(str(lib))),
                       directory, quiet, "native convolution kernels off", "no C++ compiler: set CXX or install one")
 
@@ -136,23 +138,30 @@ _checking = False     # set while available() runs the kernel before it is known
 
 
 def conv_taps(p, w, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], out_hw: tuple[int, int],
-              threads: int = 0, pads=NO_PADS):
+              threads: int = 0, pads=NO_PADS, bias=None):
   """The convolution of P whose taps are ``w`` (len(offsets), C_P, C_R):
 
       y[b, i, j, r] = sum over (t, p) of  P[b, s_h * i + offsets[t][0], s_w * j + offsets[t][1], p] * w[t, p, r]
 
   for (i, j) < ``out_hw``, P the operand ``p`` padded by ``pads`` (as ``weight_grad``), by the zoo's kernel:
   a block of output pixels and 64 of y's channels summed in registers, w's row loaded once for the block
-  (an implicit matrix product, no copies of P per tap); C_R a multiple of 16. For convolutions of few input channels (a DCGAN's 3), which XLA runs as thin matmuls.
-  Differentiable in reverse mode (cotangents: XLA's convolution for P, ``weight_grad`` for w)."""
+  (an implicit matrix product, no copies of P per tap); C_R a multiple of 16. For convolutions of few input
+  channels (a DCGAN's 3), which XLA runs as thin matmuls. ``bias`` (C_R,), if given, is added where the sums
+  start (no pass over y after the call). Differentiable in reverse mode (cotangents: XLA's convolution for
+  P, ``weight_grad`` for w, y's sums for the bias)."""
   offsets, strides, pads = _taps_params(offsets, strides, pads)
   out_hw = tuple(int(n) for n in out_hw)
   if p.ndim != 4 or w.ndim != 3 or w.shape != (len(offsets), p.shape[3], w.shape[2]) or w.shape[2] % ROW_MULTIPLE:
     raise ValueError(f"convgrad.conv_taps: P {p.shape} must be 4-D and w {w.shape} (taps, P's channels, C) "
                      f"with C a multiple of {ROW_MULTIPLE}")
   _validate(p, w, offsets, strides, out_hw, pads, "conv_taps")
-  return _conv_taps(p, w, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("pads", pads),
-                           ("threads", int(threads))))
+  params = (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("pads", pads), ("threads", int(threads)))
+  if bias is None:
+    return _conv_taps(p, w, params)
+  if bias.shape != (w.shape[2],) or bias.dtype != jnp.float32:
+    raise ValueError(f"convgrad.conv_taps: the bias must be float32 of shape ({w.shape[2]},), got {bias.dtype} "
+                     f"{bias.shape}")
+  return _conv_taps_bias(p, w, bias, params)
 
 
 def thin_conv(p, v, offsets: Sequence[tuple[int, int]], strides: tuple[int, int], out_hw: tuple[int, int],
@@ -248,6 +257,10 @@ def _conv_taps_cts(p, w, ct, *, offsets, strides, out_hw, pads, threads):
                                ("threads", threads))))
 
 
+def _conv_taps_bias_cts(p, w, bias, ct, **params):
+  return (*_conv_taps_cts(p, w, ct, **params), jnp.sum(ct, (0, 1, 2)))
+
+
 def _thin_conv_cts(p, v, ct, *, offsets, strides, out_hw, pads, threads):
   w = v.swapaxes(1, 2)
   return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides, pads),
@@ -258,15 +271,15 @@ def _thin_transposed_cts(x, v, ct, *, strides, lo, out_hw, threads):
   return jax.vjp(lambda x, v: _transposed_reference(x, v, strides, lo, out_hw), x, v)[1](ct)
 
 
-def _with_vjp(prim_of, cotangents):
-  """f(a, b, params) = the primitive (``prim_of()``, bound when called) on (a, b) with ``params`` (a tuple of
-  (name, value) pairs), its VJP ``cotangents(a, b, ct, **params)``."""
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-  def f(a, b, params):
-    return prim_of().bind(a, b, **dict(params))
+def _with_vjp(prim_of, cotangents, operands: int = 2):
+  """f(a, b, [c,] params) = the primitive (``prim_of()``, bound when called) on its 2 or 3 ``operands`` with
+  ``params`` (a tuple of (name, value) pairs), its VJP ``cotangents(a, b, [c,] ct, **params)``."""
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(operands,))
+  def f(*args):
+    return prim_of().bind(*args[:-1], **dict(args[-1]))
 
-  def fwd(a, b, params):
-    return f(a, b, params), (a, b)
+  def fwd(*args):
+    return f(*args), args[:-1]
 
   def bwd(params, residuals, ct):
     return cotangents(*residuals, ct, **dict(params))
@@ -277,21 +290,22 @@ def _with_vjp(prim_of, cotangents):
 
 _weight_grad = _with_vjp(lambda: _prim, _weight_grad_cts)
 _conv_taps = _with_vjp(lambda: _conv_prim, _conv_taps_cts)
+_conv_taps_bias = _with_vjp(lambda: _conv_bias_prim, _conv_taps_bias_cts, operands=3)
 _thin_conv = _with_vjp(lambda: _thin_prim, _thin_conv_cts)
 _thin_transposed = _with_vjp(lambda: _transposed_prim, _thin_transposed_cts)
 
 
 def _define(name: str, target: str, shape):
-  """A primitive (P, other; offsets, strides, out_hw, pads, threads) of output shape ``shape(p, other,
-  out_hw)``, lowered on CPU to the FFI ``target`` (its derivatives: the custom VJPs above)."""
+  """A primitive (P, other[, bias]; offsets, strides, out_hw, pads, threads) of output shape ``shape(p,
+  other, out_hw)``, lowered on CPU to the FFI ``target`` (its derivatives: the custom VJPs above)."""
   prim = Primitive(name)
-  prim.def_abstract_eval(lambda p, o, *, offsets, strides, out_hw, pads, threads: jax.core.ShapedArray(
+  prim.def_abstract_eval(lambda p, o, *rest, offsets, strides, out_hw, pads, threads: jax.core.ShapedArray(
       shape(p.shape, o.shape, offsets, out_hw), p.dtype))
   prim.def_impl(functools.partial(jax.jit, static_argnames=("offsets", "strides", "out_hw", "pads", "threads"))(
-      lambda p, o, **params: prim.bind(p, o, **params)))
+      lambda *ops, **params: prim.bind(*ops, **params)))
   lowering = jax.ffi.ffi_lowering(target)
-  mlir.register_lowering(prim, lambda ctx, p, o, *, offsets, strides, out_hw, pads, threads: lowering(
-      ctx, p, o, strides=np.asarray(strides, np.int64), offsets=np.asarray(offsets, np.int64).reshape(-1),
+  mlir.register_lowering(prim, lambda ctx, *ops, offsets, strides, out_hw, pads, threads: lowering(
+      ctx, *ops, strides=np.asarray(strides, np.int64), offsets=np.asarray(offsets, np.int64).reshape(-1),
       pads=np.asarray(pads, np.int64).reshape(-1), threads=np.int64(threads)), platform="cpu")
   return prim
 
@@ -309,13 +323,14 @@ def _define_transposed():
   return prim
 
 
-_prim = _conv_prim = _thin_prim = _transposed_prim = None
+_prim = _conv_prim = _conv_bias_prim = _thin_prim = _transposed_prim = None
 _UNSUPPORTED = None
 try:
   from jax.extend.core import Primitive
   from jax.interpreters import mlir
   _prim = _define("zoo_conv_weight_grad", TARGET, lambda p, r, offsets, hw: (len(offsets), p[3], r[3]))
   _conv_prim = _define("zoo_conv_taps", CONV_TARGET, lambda p, w, offsets, hw: (p[0], *hw, w[2]))
+  _conv_bias_prim = _define("zoo_conv_taps_bias", CONV_BIAS_TARGET, lambda p, w, offsets, hw: (p[0], *hw, w[2]))
   _thin_prim = _define("zoo_thin_conv", THIN_TARGET, lambda p, v, offsets, hw: (p[0], *hw, v[1]))
   _transposed_prim = _define_transposed()
 except (ImportError, AttributeError, TypeError) as e:     # a JAX whose primitive or FFI API moved
@@ -354,6 +369,9 @@ def _check() -> str | None:
       got = np.asarray(jax.jit(lambda p, w: conv_taps(p, w, offsets, strides, (h, wd), threads, pads))(p, w))
       if got.shape != want_conv.shape or not np.allclose(got, want_conv, rtol=1e-4, atol=1e-4):
         return f"conv_taps differs from XLA's convolution at {case}, {threads} thread(s)"
+      got = np.asarray(jax.jit(lambda p, w: conv_taps(p, w, offsets, strides, (h, wd), threads, pads, w[0, 0]))(p, w))
+      if not np.allclose(got, want_conv + np.asarray(w[0, 0]), rtol=1e-4, atol=1e-4):
+        return f"conv_taps with a bias differs from XLA's convolution plus the bias at {case}, {threads} thread(s)"
       if cp % ROW_MULTIPLE == 0:
         outputs = 1 if cp == 64 else 3
         v = w[:, :, :outputs].swapaxes(1, 2)
@@ -386,6 +404,7 @@ def available() -> bool:
     handlers = ctypes.CDLL(str(lib))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handlers.ZooConvWeightGrad), platform="cpu")
     jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(handlers.ZooConvTaps), platform="cpu")
+    jax.ffi.register_ffi_target(CONV_BIAS_TARGET, jax.ffi.pycapsule(handlers.ZooConvTapsBias), platform="cpu")
     jax.ffi.register_ffi_target(THIN_TARGET, jax.ffi.pycapsule(handlers.ZooThinConv), platform="cpu")
     jax.ffi.register_ffi_target(TRANSPOSED_TARGET, jax.ffi.pycapsule(handlers.ZooThinTransposed), platform="cpu")
     global _checking

@@ -262,13 +262,18 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Res
 // (an implicit matrix product: no copies per tap). A block of NPX neighbouring output pixels and 64 of y's
 // channels is held in registers; for each (t, p), W's row is loaded once and P's NPX entries broadcast.
 
-// P: the output row's batch item's start
+// P: the output row's batch item's start; `bias` (y's channels) or null: the sums start from it
 template <int Q, int NPX>
-inline void out_block(const Geometry& g, const float* P, const float* W, const int64_t* rowoff, int64_t orow,
-                      int64_t j0, float* Y, int64_t col) {
+inline void out_block(const Geometry& g, const float* P, const float* W, const float* bias, const int64_t* rowoff,
+                      int64_t orow, int64_t j0, float* Y, int64_t col) {
+  v16 b[Q];
+  for (int q = 0; q < Q; ++q) {
+    b[q] = v16{};
+    if (bias) memcpy(&b[q], bias + col + 16 * q, 64);
+  }
   v16 acc[NPX][Q];
   for (int k = 0; k < NPX; ++k)
-    for (int q = 0; q < Q; ++q) acc[k][q] = v16{};
+    for (int q = 0; q < Q; ++q) acc[k][q] = b[q];
   const int64_t i = orow % g.ho;
   const float* pp = P + (g.sh * i * g.wp + g.sw * j0) * g.cp;
   const int64_t pstep = g.sw * g.cp, rows = g.taps * g.cp;
@@ -287,28 +292,30 @@ inline void out_block(const Geometry& g, const float* P, const float* W, const i
 }
 
 template <int Q>
-void out_row(const Geometry& g, const float* P, const float* W, const int64_t* rowoff, int64_t orow, float* Y,
-             int64_t col) {
+void out_row(const Geometry& g, const float* P, const float* W, const float* bias, const int64_t* rowoff,
+             int64_t orow, float* Y, int64_t col) {
   constexpr int NPX = 24 / Q;
   int64_t j = 0;
-  for (; j + NPX <= g.wo; j += NPX) out_block<Q, NPX>(g, P, W, rowoff, orow, j, Y, col);
-  for (; j < g.wo; ++j) out_block<Q, 1>(g, P, W, rowoff, orow, j, Y, col);
+  for (; j + NPX <= g.wo; j += NPX) out_block<Q, NPX>(g, P, W, bias, rowoff, orow, j, Y, col);
+  for (; j < g.wo; ++j) out_block<Q, 1>(g, P, W, bias, rowoff, orow, j, Y, col);
 }
 
-void convolve(const Geometry& g, Padded& P, const float* W, const int64_t* rowoff, int64_t r0, int64_t r1,
-              float* Y) {
+void convolve(const Geometry& g, Padded& P, const float* W, const float* bias, const int64_t* rowoff, int64_t r0,
+              int64_t r1, float* Y) {
   for (int64_t orow = r0; orow < r1; ++orow) {
     const int64_t b = orow / g.ho;
     const float* p = P.items(b, b + 1);
     int64_t col = 0;
-    for (; col + 64 <= g.cr; col += 64) out_row<4>(g, p, W, rowoff, orow, Y, col);
-    for (; col + 16 <= g.cr; col += 16) out_row<1>(g, p, W, rowoff, orow, Y, col);
+    for (; col + 64 <= g.cr; col += 64) out_row<4>(g, p, W, bias, rowoff, orow, Y, col);
+    for (; col + 16 <= g.cr; col += 16) out_row<1>(g, p, W, bias, rowoff, orow, Y, col);
   }
 }
 
-ffi::Error Conv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Result<ffi::Buffer<ffi::F32>> y,
-                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads,
-                int64_t threads, ffi::ThreadPool pool) {
+// bias: null, or y's channels of bias added (ConvBias)
+ffi::Error conv_with(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, const float* bias,
+                     ffi::Result<ffi::Buffer<ffi::F32>> y, ffi::Span<const int64_t> strides,
+                     ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, int64_t threads,
+                     ffi::ThreadPool& pool) {
   auto pd = p.dimensions(), wd = w.dimensions();
   Geometry g;
   if (wd.size() != 3 || !padded_geometry(pd, y->dimensions(), strides, offsets, pads, &g) || g.cr % 16 ||
@@ -321,9 +328,26 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Result<ff
   const int nt = thread_count(threads, orows);
   in_parts(pool, nt, orows, [&](int, int64_t r0, int64_t r1) {
     Padded P(p.typed_data(), pd[1], pd[2], pd[3], pads);
-    convolve(g, P, w.typed_data(), rowoff.data(), r0, r1, y->typed_data());
+    convolve(g, P, w.typed_data(), bias, rowoff.data(), r0, r1, y->typed_data());
   });
   return ffi::Error::Success();
+}
+
+ffi::Error Conv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Result<ffi::Buffer<ffi::F32>> y,
+                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads,
+                int64_t threads, ffi::ThreadPool pool) {
+  return conv_with(p, w, nullptr, y, strides, offsets, pads, threads, pool);
+}
+
+// conv_taps plus a bias, added where the sums start (no pass over y after the call)
+ffi::Error ConvBias(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
+                    ffi::Result<ffi::Buffer<ffi::F32>> y, ffi::Span<const int64_t> strides,
+                    ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, int64_t threads,
+                    ffi::ThreadPool pool) {
+  auto bd = bias.dimensions(), yd = y->dimensions();
+  if (bd.size() != 1 || yd.size() != 4 || bd[0] != yd[3])
+    return ffi::Error::InvalidArgument("zoo_conv_taps_bias: the bias must be (y's channels,)");
+  return conv_with(p, w, bias.typed_data(), y, strides, offsets, pads, threads, pool);
 }
 
 // ---- the convolutions whose output is thin (1 to 4 channels) and whose input is not:
@@ -715,5 +739,14 @@ ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi:
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvWeightGrad, WeightGrad, ZOO_BIND(ZOO_TAPS));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvTaps, Conv, ZOO_BIND(ZOO_TAPS));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvTapsBias, ConvBias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides") ZOO_TAPS
+                                  .Attr<int64_t>("threads")
+                                  .Ctx<ffi::ThreadPool>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinConv, ThinConv, ZOO_BIND(ZOO_TAPS));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinTransposed, ThinTransposed, ZOO_BIND(.Attr<ffi::Span<const int64_t>>("pads")));

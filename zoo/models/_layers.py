@@ -252,6 +252,10 @@ _ONEDNN_PHASE_MIN_PIXELS = 1024
 # process (ab_step.py --threshold USE_NATIVE_CONV_GRADS, 7 rounds, results/thresholds_ab_cpu2.jsonl): the
 # PixelCNN28 step 1.13x and 1.17x at batch 64 and 256, the DCGAN32 step 1.00x and 1.02x.
 _NATIVE_STRIDED_MAX_TAPPED = 16
+# ... and a stride-1 convolution from at most 4 channels (``_thin_input``) takes its forward pass from the
+# kernel of few input channels, its bias added in the kernel's sums (``_native_grad_forward``); 0: oneDNN's
+# or XLA's over the open box, as for the other stride-1 convolutions.
+_NATIVE_THIN_STRIDE1_FORWARD = 1
 # ... and only over at least this many pixels (batch x H x W of the side read as rows): each call starts its
 # threads and sums their copies of the result (tens of microseconds), and the MNIST Progressive GAN's first
 # level (4x4, batch 16: 256 pixels) ran 0.89x with the kernels (ab_step.py, 7 rounds), where the PixelCNN's
@@ -535,11 +539,13 @@ def _native_thin_conv_stride1(x, kernel, padding, taps=None):
   return convgrad.thin_conv(x, v, taps, (1, 1), out_hw, pads=pads)
 
 
-def _native_thin_conv(x, kernel, padding, strides, taps):
-  """conv2d of an x of few channels by ``zoo.convgrad.conv_taps`` (the open taps' kernels as its w)."""
+def _native_thin_conv(x, kernel, padding, strides, taps, bias=None):
+  """conv2d of an x of few channels by ``zoo.convgrad.conv_taps`` (the open taps' kernels as its w), plus
+  ``bias`` (in the kernel's sums) where given."""
   out_hw = _conv_out_hw(x.shape[1:3], kernel.shape[:2], strides, padding)
   pads = _conv_taps_pads(x.shape[1:3], kernel.shape, strides, padding, out_hw)
-  return convgrad.conv_taps(x, jnp.stack([kernel[i, j] for i, j in taps]), taps, strides, out_hw, pads=pads)
+  return convgrad.conv_taps(x, jnp.stack([kernel[i, j] for i, j in taps]), taps, strides, out_hw, pads=pads,
+                            bias=bias)
 
 
 def _transposed_taps(x_hw, dy_hw, kernel_shape, strides, padding):
@@ -565,20 +571,35 @@ def _native_transposed_grads(x, kernel, dy, strides, padding):
   return dx, grads.transpose(0, 2, 1).reshape(kernel.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _conv_native_grad(x, kernel, bias, add, padding, taps, onednn_forward, has_bias, has_add):
+def _thin_input(kernel, taps) -> bool:
+  """A stride-1 convolution the zoo's kernels take forward (``conv_taps``) and back (``thin_conv``) under the
+  train step: from at most ``convgrad.THIN_MAX`` channels into a multiple of 16 (a PixelCNN's first layer)."""
+  return bool(taps) and kernel.shape[2] <= convgrad.THIN_MAX and kernel.shape[3] % convgrad.ROW_MULTIPLE == 0
+
+
+def _native_grad_forward(x, kernel, bias, add, padding, taps, onednn_forward):
+  """``_conv_native_grad``'s forward pass: from few channels (``_thin_input``) ``conv_taps`` over the open
+  taps with the bias in its sums (the 7x7 mask A 1 -> 64 at batch 64: it ran 1.04-1.20x oneDNN's over the 4x7
+  box, which convolves 28 taps for 24; README, Speed), else ``_open_box_conv``."""
+  if _NATIVE_THIN_STRIDE1_FORWARD and _thin_input(kernel, taps):
+    return _plus(_native_thin_conv(x, kernel, padding, (1, 1), taps, bias), None, add)
   return _open_box_conv(x, kernel, padding, (1, 1), taps, onednn_forward, bias, add)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _conv_native_grad(x, kernel, bias, add, padding, taps, onednn_forward, has_bias, has_add):
+  return _native_grad_forward(x, kernel, bias, add, padding, taps, onednn_forward)
+
+
 def _conv_native_grad_fwd(x, kernel, bias, add, padding, taps, onednn_forward, has_bias, has_add):
-  return _open_box_conv(x, kernel, padding, (1, 1), taps, onednn_forward, bias, add), (x, kernel)
+  return _native_grad_forward(x, kernel, bias, add, padding, taps, onednn_forward), (x, kernel)
 
 
 def _conv_native_grad_bwd(padding, taps, onednn_forward, has_bias, has_add, residuals, dy):
   """A stride-1 convolution under the train step's kernels: XLA's input gradient over the open box (as
   XLA's autodiff of ``_open_box_conv`` takes it) and the weight gradient by ``zoo.convgrad``."""
   x, kernel = residuals
-  if kernel.shape[2] <= convgrad.THIN_MAX and kernel.shape[3] % convgrad.ROW_MULTIPLE == 0:
+  if _thin_input(kernel, taps):
     # into few channels (a PixelCNN's first layer): dx[u] = sum over the open taps of dy[u + lo - i] k[i]^T,
     # the thin kernel over dy padded by k - 1 - lo before, each tap at offset k - 1 - i (the 7x7 mask A's
     # 34-49 GFLOP/s against XLA's 7-10 at batch 64; a strided convolution's input gradient and a transposed
