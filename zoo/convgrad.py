@@ -2,18 +2,21 @@
 shapes where XLA:CPU's are far below its matrix speed (issue 7). Each reads P, the side read at kernel taps
 (a convolution's input, padded so that every tap lies inside it; for a transposed convolution dy), at tap t
 of output pixel (i, j) at (s_h * i + offsets[t][0], s_w * j + offsets[t][1]), and makes no copies of P per
-tap (no im2col):
+tap (no im2col). The first three take P's operand as it is and its padding (``pads``), and pad inside the
+kernel: no padded copy in memory (1.19-1.75x against the same kernels after XLA's pad, README, Speed).
 
 - ``weight_grad(P, R)[t, p, r] = sum over (b, i, j) of P[b, tap t of (i, j), p] * R[b, i, j, r]``: a
   convolution's weight gradient (R = dy; for a transposed convolution R = x and P = dy). For each pixel a
   block of (tap, channel) entries of P is broadcast and multiplied into R's row of 64 channels, the block's
   sums held in vector registers over a tile of ~128 pixels; the cores split the pixels.
 - ``conv_taps(P, w)[b, i, j, r] = sum over (t, p) of P[b, tap t of (i, j), p] * w[t, p, r]``: a convolution
-  of few input channels (a DCGAN's 3-channel images, a transposed convolution's input gradient into them):
-  a block of output pixels and 64 channels in registers, w's row loaded once per block.
+  of few input channels (a DCGAN's 3-channel images, a transposed convolution's input gradient into them,
+  a PixelCNN's first layer): a block of output pixels and 64 channels in registers, w's row loaded once per
+  block; a bias, if given, is where the sums start.
 - ``thin_conv(P, v)[b, i, j, c] = sum over (t, p) of P[b, tap t of (i, j), p] * v[t, c, p]``: a stride-1
   convolution into 1 to 4 channels (a PixelCNN's first layer's input gradient): sums over P's channels, 16
-  at a time, for a block of pixels and every output at once.
+  at a time, for a block of pixels and every output at once; into one channel from 64 at stride 1, by runs
+  of a kernel row's neighbouring taps, each x vector loaded once for all the run's taps that read it.
 - ``thin_transposed(x, v)``: a transposed convolution into 1 to 4 channels read from x directly (no padded
   copy, no phases; a DCGAN's last layer, and a strided convolution's input gradient into 3 channels): the
   output pixels of one row and column parity share their taps, blocks of them summed as in ``thin_conv``.
@@ -26,10 +29,12 @@ convolution 139-165 against 53-70 (143-170) and its 16x16x64 -> 32x32x3 transpos
 5-7 (141-180); that strided convolution's forward pass 110-153 against 70-103 (96-175) and the transposed
 one's input gradient 122-137 against 94-109 (132-156); the 7x7 mask A's input gradient 34-49 against 7-10;
 the transposed one's forward pass 104-174 against 33-65 (21-38) and the strided one's input gradient
-110-159 against 35-61 (21-37) (README, Speed: the thin kernels, again).
+110-159 against 35-61 (21-37) (README, Speed: the thin kernels, again). Later, with the padding inside and
+the runs: the mask A's input gradient 138-176, its forward pass (from oneDNN's) 185 (README, Speed:
+padding inside the kernels).
 
 Built from its source with the system's C++ compiler at first use (about 10 s; ``zoo.native``) against the
-XLA FFI headers jaxlib ships, registered for the CPU platform, and used only after all four have matched
+XLA FFI headers jaxlib ships, registered for the CPU platform, and used only after all of them have matched
 an einsum or XLA's convolution on small strided, padded and masked cases in this process (``available()``).
 Without a compiler, or with ``ZOO_NATIVE_CONV=0``, the layers keep XLA's convolutions. The layers call them
 only where the train step traces them under ``zoo.kernels.native_kernels()`` (one CPU device: XLA cannot

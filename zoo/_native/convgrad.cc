@@ -3,8 +3,9 @@
 //
 //   out[t, p, r] = sum over (b, i, j) of  P[b, sh*i + di_t, sw*j + dj_t, p] * R[b, i, j, r]
 //
-// P is the side gathered at the taps (a convolution's input, padded so that every tap is in range), R the
-// side read as whole rows (dy for a convolution; for a transposed convolution x, and P is dy padded), (sh, sw)
+// P is the side gathered at the taps (a convolution's input, padded so that every tap is in range: the
+// operand given, padded here by `pads`, struct Padded), R the side read as whole rows (dy for a convolution;
+// for a transposed convolution x, and P is dy padded), (sh, sw)
 // the strides, (di_t, dj_t) tap t's offset. No copies of P per tap (im2col) are made: for each pixel, a block of
 // rows (t, p) is broadcast from P and multiplied into R's row, the block's sums held in vector registers
 // over a tile of pixels. R's channels are processed 64 at a time (4 vectors of 16 floats), so C_R must be a

@@ -602,7 +602,8 @@ def _conv_native_grad_bwd(padding, taps, onednn_forward, has_bias, has_add, resi
   if _thin_input(kernel, taps):
     # into few channels (a PixelCNN's first layer): dx[u] = sum over the open taps of dy[u + lo - i] k[i]^T,
     # the thin kernel over dy padded by k - 1 - lo before, each tap at offset k - 1 - i (the 7x7 mask A's
-    # 34-49 GFLOP/s against XLA's 7-10 at batch 64; a strided convolution's input gradient and a transposed
+    # 34-49 GFLOP/s against XLA's 7-10 at batch 64, 138-176 with the padding in the kernel and its taps taken
+    # by runs of a row, ``convgrad.thin_conv``; a strided convolution's input gradient and a transposed
     # one's forward pass into 3 channels, by phases, ran 25-28 against XLA's 52-60: those take the transposed
     # thin kernel, ``convgrad.thin_transposed``)
     kh, kw = kernel.shape[:2]
