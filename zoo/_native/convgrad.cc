@@ -505,19 +505,20 @@ __attribute__((always_inline)) inline void run_block(const Plan& plan, const Blo
   for (int k = 0; k < blk.nb; ++k) y[k * plan.ostep] = sums[SUM_AT(k)];
 }
 
-// output rows [r0, r1) of all batch items' rows, by runs
-void runs_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
+// f(block, x's batch item, y's batch item) for the blocks of output rows [r0, r1) of all batch items' rows
+// (plan.rows.size() per item)
+template <class F>
+void for_blocks(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1, F f) {
   const int64_t ho = (int64_t)plan.rows.size();
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* Xb = X + (r / ho) * plan.xbatch;
-    float* Yb = Y + (r / ho) * plan.ybatch;
-    for (const Block& blk : plan.rows[r % ho]) {
-      if (blk.edge)
-        run_block<true>(plan, blk, Xb, Yb);
-      else
-        run_block<false>(plan, blk, Xb, Yb);
-    }
-  }
+  for (int64_t r = r0; r < r1; ++r)
+    for (const Block& blk : plan.rows[r % ho]) f(blk, X + (r / ho) * plan.xbatch, Y + (r / ho) * plan.ybatch);
+}
+
+// output rows [r0, r1), by runs
+void runs_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
+  for_blocks(plan, X, Y, r0, r1, [&](const Block& blk, const float* Xb, float* Yb) {
+    blk.edge ? run_block<true>(plan, blk, Xb, Yb) : run_block<false>(plan, blk, Xb, Yb);
+  });
 }
 
 // Pixels per block: C * NPX <= 16 sums in registers, with the C vectors of V and one of x (24 sums in two
@@ -526,21 +527,16 @@ template <int C>
 constexpr int npx() { return 16 / C; }
 inline int npx_of(int64_t c) { return 16 / (int)c; }
 
-// output rows [r0, r1) of all batch items' rows (plan.rows.size() per item)
+// output rows [r0, r1), a block at a time
 template <int C, int CX>
 void thin_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
-  const int64_t ho = (int64_t)plan.rows.size();
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* Xb = X + (r / ho) * plan.xbatch;
-    float* Yb = Y + (r / ho) * plan.ybatch;
-    for (const Block& blk : plan.rows[r % ho]) {
-      if (blk.nt)
-        thin_block_of<C, npx<C>(), CX>(plan, blk, Xb, Yb);
-      else
-        for (int k = 0; k < blk.nb; ++k)
-          for (int c = 0; c < C; ++c) Yb[blk.out + k * plan.ostep + c] = 0.0f;
-    }
-  }
+  for_blocks(plan, X, Y, r0, r1, [&](const Block& blk, const float* Xb, float* Yb) {
+    if (blk.nt)
+      thin_block_of<C, npx<C>(), CX>(plan, blk, Xb, Yb);
+    else
+      for (int k = 0; k < blk.nb; ++k)
+        for (int c = 0; c < C; ++c) Yb[blk.out + k * plan.ostep + c] = 0.0f;
+  });
 }
 
 // n pixels as blocks of at most npx, as even as can be: (first, count)
