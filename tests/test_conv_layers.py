@@ -339,8 +339,8 @@ def test_a_masked_layer_from_one_channel_adds_its_bias_and_residual_in_the_nativ
   x, k = jax.random.normal(keys[0], (2, 9, 8, 1)), jax.random.normal(keys[1], (7, 7, 1, 32)) * mask / 5
   bias, add = jax.random.normal(keys[2], (32,)), jax.random.normal(keys[3], (2, 9, 8, 32))
   ours = lambda x, k, b, a: _layers.conv2d(x, k * mask, "SAME", mask=mask, bias=b, add=a)     # noqa: E731
-  ref = lambda x, k, b, a: (jax.lax.conv_general_dilated(x, k * mask, (1, 1), "SAME", dimension_numbers=DN)   # noqa: E731
-                            + b.reshape(1, 1, 1, -1) + a)
+  ref = lambda x, k, b, a: (      # noqa: E731
+      jax.lax.conv_general_dilated(x, k * mask, (1, 1), "SAME", dimension_numbers=DN) + b.reshape(1, 1, 1, -1) + a)
   loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))      # noqa: E731
   jax.clear_caches()
   with kernels.xla_own_kernels(), kernels.native_kernels():

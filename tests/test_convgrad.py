@@ -172,7 +172,8 @@ def test_weight_grad_to_the_second_order():
 # taps over 64 channels padded by 3 (blocks of 16 pixels with edge taps on both sides)
 PAD_CASES = CASES + [
     (40, (3, 2), 16, 16, (1, 1), ((0, 0), (2, 1), (1, 2))),
-    (2, (9, 21), 64, 16, (1, 1), tuple((6 - i, 6 - j) for i in range(7) for j in range(7) if i < 3 or i == 3 and j < 3)),
+    (2, (9, 21), 64, 16, (1, 1),
+     tuple((6 - i, 6 - j) for i in range(7) for j in range(7) if i < 3 or i == 3 and j < 3)),
 ]
 
 
@@ -200,21 +201,20 @@ def test_the_kernels_read_their_operand_padded_and_cropped_inside(b, hw, cp, cr,
     a, pads, r = _padded_case(rng, b, hw, cp, cr, strides, offsets)
     p = convgrad._pad(a, pads)
     w = jnp.asarray(rng.standard_normal((len(offsets), cp, cr), np.float32))
-    kernels = [(convgrad.weight_grad, r, lambda p, r, t: convgrad.weight_grad(p, r, offsets, strides, t))]
-    kernels.append((convgrad.conv_taps, w, lambda p, w, t: convgrad.conv_taps(p, w, offsets, strides, hw, t)))
+    nop = convgrad.NO_PADS
+    # each kernel as f(operand, other, threads, pads)
+    kernels = [(r, lambda a, o, t=0, pads=nop: convgrad.weight_grad(a, o, offsets, strides, t, pads)),
+               (w, lambda a, o, t=0, pads=nop: convgrad.conv_taps(a, o, offsets, strides, hw, t, pads))]
     if cp % 16 == 0:
       v = jnp.asarray(rng.standard_normal((len(offsets), 1 + trial * 2, cp), np.float32))
-      kernels.append((convgrad.thin_conv, v, lambda p, v, t: convgrad.thin_conv(p, v, offsets, strides, hw, t)))
-    for kernel, other, unpadded in kernels:
-      want = unpadded(p, other, 1)
+      kernels.append((v, lambda a, o, t=0, pads=nop: convgrad.thin_conv(a, o, offsets, strides, hw, t, pads)))
+    for other, kernel in kernels:
+      want = kernel(p, other, 1)
       for threads in (1, 2):
-        got = jax.jit(lambda a, o: kernel(a, o, offsets, strides, *(() if kernel is convgrad.weight_grad else (hw,)),
-                                          threads, pads))(a, other)
-        _close(got, want)
+        _close(jax.jit(lambda a, o: kernel(a, o, threads, pads))(a, other), want)
       loss = lambda f: lambda a, o: jnp.sum(jnp.sin(f(a, o)))      # noqa: E731
-      ours = lambda a, o: kernel(a, o, offsets, strides, *(() if kernel is convgrad.weight_grad else (hw,)),  # noqa: E731
-                                 pads=pads)
-      ref = lambda a, o: unpadded(convgrad._pad(a, pads), o, 0)      # noqa: E731
+      ours = lambda a, o: kernel(a, o, 0, pads)      # noqa: E731
+      ref = lambda a, o: kernel(convgrad._pad(a, pads), o)      # noqa: E731
       for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(a, other), jax.grad(loss(ref), (0, 1))(a, other)):
         _close(g, h)
 

@@ -111,7 +111,7 @@ def _taps_params(offsets, strides, pads):
           tuple((int(lo), int(hi)) for lo, hi in pads))
 
 
-def padded_shape(shape, pads) -> tuple[int, ...]:
+def _padded_shape(shape, pads) -> tuple[int, ...]:
   """The shape of an NHWC operand padded by ``pads`` ((lo_h, hi_h), (lo_w, hi_w))."""
   return (shape[0], shape[1] + sum(pads[0]), shape[2] + sum(pads[1]), shape[3])
 
@@ -120,7 +120,7 @@ def _validate(p, other, offsets, strides, out_hw, pads, what: str) -> None:
   """A kernel reading P at taps: ``_require`` and every tap of every output pixel inside P (``p`` padded)."""
   if not offsets or min(strides) < 1 or len(pads) != 2:
     raise ValueError(f"convgrad.{what}: no taps, strides {strides} below 1, or pads {pads} not two pairs")
-  shape = padded_shape(p.shape, pads)
+  shape = _padded_shape(p.shape, pads)
   if min(shape[1:3]) < 1:
     raise ValueError(f"convgrad.{what}: pads {pads} leave nothing of P {p.shape}")
   for di, dj in offsets:
@@ -178,8 +178,9 @@ def thin_conv(p, v, offsets: Sequence[tuple[int, int]], strides: tuple[int, int]
 
   P the operand ``p`` padded by ``pads`` (as ``weight_grad``; the kernel reads zeros for taps outside ``p``,
   no padded copy), by the zoo's kernel (sums over P's channels, 16 at a time, for a block of output pixels
-  and every output channel at once); C_P a multiple of 16. For the convolutions into an image's 1 or 3 channels, which XLA
-  runs as thin matmuls. Differentiable in reverse mode (its cotangents XLA's convolutions)."""
+  and every output channel at once); C_P a multiple of 16. For the convolutions into an image's 1 or 3
+  channels, which XLA runs as thin matmuls. Differentiable in reverse mode (its cotangents XLA's
+  convolutions)."""
   offsets, strides, pads = _taps_params(offsets, strides, pads)
   out_hw = tuple(int(n) for n in out_hw)
   if (p.ndim != 4 or v.ndim != 3 or v.shape[0] != len(offsets) or v.shape[2] != p.shape[3]
