@@ -18,6 +18,8 @@
 #include <memory>
 #include <sched.h>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -243,11 +245,7 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> r, ffi::Res
   const int64_t n = g.taps * g.cp * g.cr, orows = g.b * g.ho;
   const int nt = thread_count(threads, orows);
   std::memset(O, 0, n * sizeof(float));
-  if (nt == 1) {
-    Padded P(p.typed_data(), pd[1], pd[2], pd[3], pads);
-    accumulate(g, P, R, rowoff.data(), 0, orows, O);
-    return ffi::Error::Success();
-  }
+  // part k > 0 sums into a copy of its own, added at the end (one thread: none, in_parts runs part 0 here)
   std::vector<std::vector<float>> parts(nt - 1, std::vector<float>(n, 0.0f));
   in_parts(pool, nt, orows, [&](int k, int64_t r0, int64_t r1) {
     Padded P(p.typed_data(), pd[1], pd[2], pd[3], pads);
@@ -539,6 +537,14 @@ void thin_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1
   });
 }
 
+// [lo, hi): the k in [0, n) for which col + s * k lies in [0, w) (s >= 1); lo >= hi where there are none.
+// A block's pixels that read inside x at a tap (thin_conv_plan, transposed_plan) or its run's positions
+// (thin_conv_runs).
+std::pair<int, int> inside(int64_t col, int64_t s, int64_t n, int64_t w) {
+  const int64_t lo = col >= 0 ? 0 : (-col + s - 1) / s, hi = col >= w ? 0 : (w - col + s - 1) / s;
+  return {(int)std::min(lo, n), (int)std::min(hi, n)};
+}
+
 // n pixels as blocks of at most npx, as even as can be: (first, count)
 std::vector<std::pair<int64_t, int>> blocks_of(int64_t n, int npx) {
   std::vector<std::pair<int64_t, int>> out;
@@ -585,9 +591,7 @@ Plan thin_conv_plan(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Sp
       for (int64_t t = 0; t < g.taps; ++t) {
         const int64_t row = g.sh * i + offsets[2 * t] - pads[0], col = g.sw * j0 + offsets[2 * t + 1] - pads[2];
         if (row < 0 || row >= h) continue;
-        int lo = 0, hi = nb;     // pixel k reads A's column col + sw * k
-        while (lo < nb && col + g.sw * lo < 0) ++lo;
-        while (hi > lo && col + g.sw * (hi - 1) >= w) --hi;
+        const auto [lo, hi] = inside(col, g.sw, nb, w);     // pixel k reads A's column col + sw * k
         if (lo >= hi) continue;
         blk.edge = blk.edge || lo > 0 || hi < nb;
         plan.taps.push_back(Tap{(row * w + col) * g.cp, V + t * g.cr * g.cp, lo, hi});
@@ -621,8 +625,7 @@ Plan thin_conv_runs(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Sp
           ++e;
         const int64_t row = i + order[a].first.first - pads[0], col = j0 + order[a].first.second - pads[2];
         Run run{(row * w + col) * g.cp, {}, (int)(e - a), 0, 0};
-        run.mlo = (int)std::max<int64_t>(0, -col);
-        run.mhi = (int)std::min<int64_t>(nb + run.len - 1, w - col);
+        std::tie(run.mlo, run.mhi) = inside(col, 1, nb + run.len - 1, w);
         for (size_t q = a; q < e; ++q) run.v[q - a] = V + order[q].second * g.cp;
         a = e;
         if (row < 0 || row >= h || run.mlo >= run.mhi) continue;
@@ -692,7 +695,7 @@ Plan transposed_plan(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, i
         for (size_t r = 0; r < ri.size(); ++r)
           for (size_t q = 0; q < cj.size(); ++q) {
             const int64_t u0 = cd[q] + m0;
-            const int lo = (int)std::max<int64_t>(0, -u0), hi = (int)std::min<int64_t>(nb, w - u0);
+            const auto [lo, hi] = inside(u0, 1, nb, w);
             if (lo >= hi) continue;
             blk.edge = blk.edge || lo > 0 || hi < nb;
             plan.taps.push_back(Tap{(ru[r] * w + u0) * cx, V + (ri[r] * kw + cj[q]) * c * cx, lo, hi});
