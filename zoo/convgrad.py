@@ -301,32 +301,30 @@ _thin_conv = _with_vjp(lambda: _thin_prim, _thin_conv_cts)
 _thin_transposed = _with_vjp(lambda: _transposed_prim, _thin_transposed_cts)
 
 
-def _define(name: str, target: str, shape):
-  """A primitive (P, other[, bias]; offsets, strides, out_hw, pads, threads) of output shape ``shape(p,
-  other, out_hw)``, lowered on CPU to the FFI ``target`` (its derivatives: the custom VJPs above)."""
+def _define(name: str, target: str, shape, static: tuple[str, ...], attrs):
+  """A primitive of float32 operands and the static parameters named ``static``, of output shape
+  ``shape(*operand shapes, **params)``, lowered on CPU to the FFI ``target`` with the attributes
+  ``attrs(**params)`` (its derivatives: the custom VJPs above)."""
   prim = Primitive(name)
-  prim.def_abstract_eval(lambda p, o, *rest, offsets, strides, out_hw, pads, threads: jax.core.ShapedArray(
-      shape(p.shape, o.shape, offsets, out_hw), p.dtype))
-  prim.def_impl(functools.partial(jax.jit, static_argnames=("offsets", "strides", "out_hw", "pads", "threads"))(
-      lambda *ops, **params: prim.bind(*ops, **params)))
+  prim.def_abstract_eval(lambda *ops, **params: jax.core.ShapedArray(
+      shape(*(o.shape for o in ops), **params), ops[0].dtype))
+  prim.def_impl(functools.partial(jax.jit, static_argnames=static)(lambda *ops, **params: prim.bind(*ops, **params)))
   lowering = jax.ffi.ffi_lowering(target)
-  mlir.register_lowering(prim, lambda ctx, *ops, offsets, strides, out_hw, pads, threads: lowering(
-      ctx, *ops, strides=np.asarray(strides, np.int64), offsets=np.asarray(offsets, np.int64).reshape(-1),
-      pads=np.asarray(pads, np.int64).reshape(-1), threads=np.int64(threads)), platform="cpu")
+  mlir.register_lowering(prim, lambda ctx, *ops, **params: lowering(ctx, *ops, **attrs(**params)), platform="cpu")
   return prim
 
 
-def _define_transposed():
-  prim = Primitive("zoo_thin_transposed")
-  prim.def_abstract_eval(lambda x, v, *, strides, lo, out_hw, threads: jax.core.ShapedArray(
-      (x.shape[0], *out_hw, v.shape[2]), x.dtype))
-  prim.def_impl(functools.partial(jax.jit, static_argnames=("strides", "lo", "out_hw", "threads"))(
-      lambda x, v, **params: prim.bind(x, v, **params)))
-  lowering = jax.ffi.ffi_lowering(TRANSPOSED_TARGET)
-  mlir.register_lowering(prim, lambda ctx, x, v, *, strides, lo, out_hw, threads: lowering(
-      ctx, x, v, strides=np.asarray(strides, np.int64), pads=np.asarray(lo, np.int64), threads=np.int64(threads)),
-      platform="cpu")
-  return prim
+# the kernels that read P at taps: (P, other[, bias]; offsets, strides, out_hw, pads, threads)
+_TAPS_PARAMS = ("offsets", "strides", "out_hw", "pads", "threads")
+
+
+def _taps_attrs(offsets, strides, out_hw, pads, threads):
+  return dict(strides=np.asarray(strides, np.int64), offsets=np.asarray(offsets, np.int64).reshape(-1),
+              pads=np.asarray(pads, np.int64).reshape(-1), threads=np.int64(threads))
+
+
+def _transposed_attrs(strides, lo, out_hw, threads):
+  return dict(strides=np.asarray(strides, np.int64), pads=np.asarray(lo, np.int64), threads=np.int64(threads))
 
 
 _prim = _conv_prim = _conv_bias_prim = _thin_prim = _transposed_prim = None
@@ -334,11 +332,17 @@ _UNSUPPORTED = None
 try:
   from jax.extend.core import Primitive
   from jax.interpreters import mlir
-  _prim = _define("zoo_conv_weight_grad", TARGET, lambda p, r, offsets, hw: (len(offsets), p[3], r[3]))
-  _conv_prim = _define("zoo_conv_taps", CONV_TARGET, lambda p, w, offsets, hw: (p[0], *hw, w[2]))
-  _conv_bias_prim = _define("zoo_conv_taps_bias", CONV_BIAS_TARGET, lambda p, w, offsets, hw: (p[0], *hw, w[2]))
-  _thin_prim = _define("zoo_thin_conv", THIN_TARGET, lambda p, v, offsets, hw: (p[0], *hw, v[1]))
-  _transposed_prim = _define_transposed()
+  _prim = _define("zoo_conv_weight_grad", TARGET, lambda p, r, *, offsets, **_: (len(offsets), p[3], r[3]),
+                  _TAPS_PARAMS, _taps_attrs)
+  _conv_prim = _define("zoo_conv_taps", CONV_TARGET, lambda p, w, *, out_hw, **_: (p[0], *out_hw, w[2]),
+                       _TAPS_PARAMS, _taps_attrs)
+  _conv_bias_prim = _define("zoo_conv_taps_bias", CONV_BIAS_TARGET,
+                            lambda p, w, bias, *, out_hw, **_: (p[0], *out_hw, w[2]), _TAPS_PARAMS, _taps_attrs)
+  _thin_prim = _define("zoo_thin_conv", THIN_TARGET, lambda p, v, *, out_hw, **_: (p[0], *out_hw, v[1]),
+                       _TAPS_PARAMS, _taps_attrs)
+  _transposed_prim = _define("zoo_thin_transposed", TRANSPOSED_TARGET,
+                             lambda x, v, *, out_hw, **_: (x[0], *out_hw, v[2]), ("strides", "lo", "out_hw", "threads"),
+                             _transposed_attrs)
 except (ImportError, AttributeError, TypeError) as e:     # a JAX whose primitive or FFI API moved
   _UNSUPPORTED = f"{type(e).__name__}: {e}"
 
