@@ -143,6 +143,11 @@ def torch_ops(kind: str, k: int, s: int, x, kern, dy):
           "weight_grad": backward([False, True, False]), "gradients": backward([True, True, False])}
 
 
+def chosen_layers(parts) -> list:
+  """The entries of LAYERS whose names contain one of ``parts`` (all of them where ``parts`` is empty)."""
+  return [layer for layer in LAYERS if not parts or any(part in layer[0] for part in parts)]
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--batches", type=int, nargs="+", default=[64, 256])
@@ -153,7 +158,7 @@ def main():
   ap.add_argument("--layers", nargs="+", metavar="NAME",
                   help="only the layers whose names contain one of these (e.g. 'deconv_2' '7x7')")
   args = ap.parse_args()
-  if args.layers and not any(part in name for name, *_ in LAYERS for part in args.layers):
+  if not chosen_layers(args.layers):
     raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[name for name, *_ in LAYERS]}")
   memory.ensure()     # as the `zoo` command does: huge pages and the large-block cache (zoo/memory.py)
   options = None
@@ -182,9 +187,7 @@ def run(args, options):
   print(f"{'layer':<15} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'torch':>8} "
         f"{'zoo/nat':>7} {'ceiling':>8} {'zoo/ceil':>8}  GFLOP/s")
   rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
-  for name, kind, (h, w, c_in), k, s, c_out, batches in LAYERS:
-    if args.layers and not any(part in name for part in args.layers):
-      continue
+  for name, kind, (h, w, c_in), k, s, c_out, batches in chosen_layers(args.layers):
     for b in batches or args.batches:
       x = jax.random.normal(jax.random.PRNGKey(1), (b, h, w, c_in), jnp.float32)
       kern = jax.random.normal(jax.random.PRNGKey(2), (k, k, c_in, c_out), jnp.float32) * 0.05
