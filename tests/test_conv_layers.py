@@ -249,6 +249,22 @@ def test_materialized_is_x_bit_for_bit_and_passes_gradients_through():
   np.testing.assert_array_equal(y, jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN))
 
 
+def test_stacked_taps_are_the_kernels_taps_in_order_in_one_op():
+  """``_stacked_taps`` is the stack of kernel[i, j] over the taps in their order: all taps, a mask A's run,
+  a flipped kernel's (a run backwards), one tap, and taps out of order (a gather); a run lowers to no
+  concatenation and no gather."""
+  kernel = jax.random.normal(jax.random.PRNGKey(0), (5, 3, 2, 4))
+  mask_a = [(i, j) for i in range(5) for j in range(3)][:7]
+  cases = {"all": (_layers._all_taps(kernel.shape), True), "mask A": (mask_a, True),
+           "flipped": ([(4 - i, 2 - j) for i, j in mask_a], True), "one": ([(3, 1)], True),
+           "out of order": ([(0, 2), (4, 0), (1, 1), (0, 0)], False)}
+  for name, (taps, run) in cases.items():
+    got = _layers._stacked_taps(kernel, taps)
+    np.testing.assert_array_equal(got, jnp.stack([kernel[i, j] for i, j in taps]), err_msg=name)
+    text = jax.jit(lambda k, taps=taps: _layers._stacked_taps(k, taps)).lower(kernel).as_text()
+    assert ("concatenate" in text or "gather" in text) != run, name
+
+
 @pytest.mark.parametrize("materialize", [1, 0])
 def test_under_xla_own_kernels_the_weight_gradient_transposes_x_not_its_producer(materialize, monkeypatch):
   """Compiled as the shared step compiles (XLA's own kernels, its CPU options), a mask-B layer's weight
