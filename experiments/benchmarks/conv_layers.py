@@ -16,7 +16,9 @@ G's 4x4 stride-2 transposed convolutions 4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32
 convolutions 32x32x3 -> 16x16x64 -> 8x8x128 -> 4x4x256; and PixelCNN's convolutions at 28x28, batch 64:
 a 3x3 64 -> 64 unmasked (all 9 taps), the same with mask B (5 open taps; useful work counts those, and XLA
 convolves the masked 3x3 kernel), the first layer's 7x7 mask A from 1 channel to 64 (24 open taps) and
-the 1x1 64 -> 64 of the output layers.
+the 1x1 64 -> 64 of the output layers; and the Gated PixelCNN's (``gated_layers``) at 28x28, batch 64: the
+first layer's vertical 4x7 and horizontal 1x4 (mask A) from the image, and every later layer's vertical 2x3
+and horizontal 1x2 from 64 channels, all into 128 (two gates of 64).
 
 With ``--step-options`` every JAX function (the matmul ceiling included) compiles as the shared train step
 does on CPU: with ``zoo.step.CPU_COMPILER_OPTIONS`` (XLA's own dot and convolution kernels) and traced
@@ -30,9 +32,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import statistics
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,27 +46,69 @@ from zoo import memory, sharding
 from zoo import step as step_lib
 from zoo.bench import load_average, machine_info
 from zoo.models import _layers
+from zoo.models.pixelcnn import _horizontal_mask
 
 DN = ("NHWC", "HWIO", "NHWC")
 
-# (name, kind, (H, W, C_in), kernel, stride, C_out, batches or None for --batches)
+
+class Layer(NamedTuple):
+  """One layer shape of a family: ``kind`` 'conv' or 'convT' (transposed), ``kernel`` (kh, kw), ``padding``
+  'SAME' or ((top, bottom), (left, right)) and, for a masked convolution, its (kh, kw, C_in, C_out) 0/1
+  ``mask`` (the kernel is multiplied by it and the zoo's layer is told, as ``MaskedConv`` does)."""
+  name: str
+  kind: str
+  in_shape: tuple[int, int, int]
+  kernel: tuple[int, int]
+  stride: int
+  c_out: int
+  batches: tuple[int, ...] | None = None      # None: --batches
+  padding: Any = "SAME"
+  mask: np.ndarray | None = None
+
+  def flops(self, batch: int, out_hw: tuple[int, int]) -> int:
+    """Useful multiply-adds x 2: of a convolution 2 N Ho Wo kh kw C_in C_out (of a masked one only the open
+    kernel entries'), of a transposed one the same count as the convolution it transposes (its input
+    pixels for output pixels: no multiplications by the dilation's zeros)."""
+    h, w, c_in = self.in_shape
+    pixels = batch * h * w if self.kind == "convT" else batch * out_hw[0] * out_hw[1]
+    entries = int(self.mask.sum()) if self.mask is not None else math.prod(self.kernel) * c_in * self.c_out
+    return 2 * pixels * entries
+
+
+def raster_mask(k: int, kind: str, c_in: int, c_out: int) -> np.ndarray:
+  """The (k, k, C_in, C_out) mask of a PixelCNN convolution of one data channel: 'A' or 'B'."""
+  return _layers.causal_mask((k, k), np.zeros(c_in, int), np.zeros(c_out, int), kind)
+
+
+def gated_layers(features: int = 64, first_kernel: int = 7, kernel: int = 3) -> list[Layer]:
+  """The Gated PixelCNN's convolutions of one data channel (experiments/vandenoord2016/gated_pixelcnn.py)
+  at 28x28, batch 64: each layer's vertical stack, an (n//2 + 1) x n kernel over the rows at and above,
+  and its horizontal stack, a 1 x (n//2 + 1) kernel over the pixels at and left, masked at the centre (A in
+  the first layer), both into 2 x ``features``; the first layer's from the image. Its 1x1 layers are the
+  PixelCNN's shapes."""
+  f2, rows = 2 * features, []
+  for first, n, c_in in ((True, first_kernel, 1), (False, kernel, features)):
+    tag = "A" if first else "B"
+    rows.append(Layer(f"Gated v {n // 2 + 1}x{n}{' 1st' if first else ''}", "conv", (28, 28, c_in),
+                      (n // 2 + 1, n), 1, f2, (64,), ((n // 2, 0), (n // 2, n // 2))))
+    rows.append(Layer(f"Gated h 1x{n // 2 + 1} {tag}", "conv", (28, 28, c_in), (1, n // 2 + 1), 1, f2, (64,),
+                      ((0, 0), (n // 2, 0)), _horizontal_mask(n, c_in, f2, 1, first)))
+  return rows
+
+
 LAYERS = [
-    ("G deconv_0", "convT", (4, 4, 256), 4, 2, 128, None),
-    ("G deconv_1", "convT", (8, 8, 128), 4, 2, 64, None),
-    ("G deconv_2", "convT", (16, 16, 64), 4, 2, 3, None),
-    ("D conv_0", "conv", (32, 32, 3), 4, 2, 64, None),
-    ("D conv_1", "conv", (16, 16, 64), 4, 2, 128, None),
-    ("D conv_2", "conv", (8, 8, 128), 4, 2, 256, None),
-    ("PixelCNN 3x3", "conv", (28, 28, 64), 3, 1, 64, (64,)),
-    ("PixelCNN 3x3 B", "maskB", (28, 28, 64), 3, 1, 64, (64,)),
-    ("PixelCNN 7x7 A", "maskA", (28, 28, 1), 7, 1, 64, (64,)),
-    ("PixelCNN 1x1", "conv", (28, 28, 64), 1, 1, 64, (64,)),
+    Layer("G deconv_0", "convT", (4, 4, 256), (4, 4), 2, 128),
+    Layer("G deconv_1", "convT", (8, 8, 128), (4, 4), 2, 64),
+    Layer("G deconv_2", "convT", (16, 16, 64), (4, 4), 2, 3),
+    Layer("D conv_0", "conv", (32, 32, 3), (4, 4), 2, 64),
+    Layer("D conv_1", "conv", (16, 16, 64), (4, 4), 2, 128),
+    Layer("D conv_2", "conv", (8, 8, 128), (4, 4), 2, 256),
+    Layer("PixelCNN 3x3", "conv", (28, 28, 64), (3, 3), 1, 64, (64,)),
+    Layer("PixelCNN 3x3 B", "conv", (28, 28, 64), (3, 3), 1, 64, (64,), mask=raster_mask(3, "B", 64, 64)),
+    Layer("PixelCNN 7x7 A", "conv", (28, 28, 1), (7, 7), 1, 64, (64,), mask=raster_mask(7, "A", 1, 64)),
+    Layer("PixelCNN 1x1", "conv", (28, 28, 64), (1, 1), 1, 64, (64,)),
+    *gated_layers(),
 ]
-
-
-def raster_mask(k: int, kind: str) -> np.ndarray:
-  """The (k, k, 1, 1) PixelCNN mask of one data channel: 'maskA' or 'maskB'."""
-  return _layers.causal_mask((k, k), np.zeros(1, int), np.zeros(1, int), kind[-1])
 
 
 def timed(fns: dict, *args, repeats: int, options: dict | None = None, per_round: bool = False) -> dict:
@@ -93,17 +139,24 @@ def timed(fns: dict, *args, repeats: int, options: dict | None = None, per_round
   return {name: statistics.median(t) for name, t in times.items()}
 
 
-def layer_fns(kind: str, k: int, s: int):
-  """{'native': f, 'zoo': f} with f(x, kernel) the layer ('SAME' padding, as the families use it)."""
-  if kind in ("maskA", "maskB"):
-    m = raster_mask(k, kind)
-    return {"native": lambda x, w: jax.lax.conv_general_dilated(x, w * m, (1, 1), "SAME", dimension_numbers=DN),
-            "zoo": lambda x, w: _layers.conv2d(x, w * m, "SAME", mask=m)}
-  if kind == "conv":
-    return {"native": lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN),
-            "zoo": lambda x, w: _layers.conv2d(x, w, "SAME", strides=(s, s))}
-  return {"native": lambda x, w: jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=DN),
-          "zoo": lambda x, w: _layers.conv_transpose2d(x, w, (s, s), "SAME")}
+def layer_fns(layer: Layer):
+  """{'native': f, 'zoo': f} with f(x, kernel) the layer."""
+  s, pad, m = (layer.stride,) * 2, layer.padding, layer.mask
+  if layer.kind == "convT":
+    return {"native": lambda x, w: jax.lax.conv_transpose(x, w, s, pad, dimension_numbers=DN),
+            "zoo": lambda x, w: _layers.conv_transpose2d(x, w, s, pad)}
+  if m is not None:
+    return {"native": lambda x, w: jax.lax.conv_general_dilated(x, w * m, s, pad, dimension_numbers=DN),
+            "zoo": lambda x, w: _layers.conv2d(x, w * m, pad, mask=m, strides=s)}
+  return {"native": lambda x, w: jax.lax.conv_general_dilated(x, w, s, pad, dimension_numbers=DN),
+          "zoo": lambda x, w: _layers.conv2d(x, w, pad, strides=s)}
+
+
+def operands(layer: Layer, batch: int):
+  """x and the kernel of ``layer`` at ``batch`` (random, fixed seeds)."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (batch, *layer.in_shape), jnp.float32)
+  kern = jax.random.normal(jax.random.PRNGKey(2), (*layer.kernel, layer.in_shape[2], layer.c_out), jnp.float32)
+  return x, kern * 0.05
 
 
 def ops(f):
@@ -116,28 +169,38 @@ def ops(f):
           "gradients": lambda x, w, dy: jax.vjp(f, x, w)[1](dy)}
 
 
-def torch_ops(kind: str, k: int, s: int, x, kern, dy):
+def torch_ops(layer: Layer, x, kern, dy):
   """PyTorch's (oneDNN's) forward, input gradient, weight gradient and both gradients of the same layer
   on the same values (NCHW, float32, default threads), as functions of nothing; None without torch.
-  A masked layer convolves its whole masked kernel, as the PyTorch twins of the compare scripts do."""
+  A masked layer convolves its whole masked kernel, as the PyTorch twins of the compare scripts do; a
+  convolution padded unevenly reads x padded beforehand (not timed; its input gradient is then x padded's)."""
   try:
     import torch
   except ImportError:
     return None
-  x_t = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+  s, kh = layer.stride, layer.kernel[0]
+  transposed = layer.kind == "convT"
+  x = np.asarray(x)
+  if transposed:      # 'SAME', square kernels only (the DCGAN's G)
+    pad = [(kh - s + 1) // 2] * 2
+  else:
+    pads = (jax.lax.padtype_to_pads(x.shape[1:3], layer.kernel, (s, s), layer.padding)
+            if isinstance(layer.padding, str) else layer.padding)
+    pad = [lo for lo, _ in pads]
+    if any(lo != hi for lo, hi in pads):
+      x, pad = np.pad(x, ((0, 0), *pads, (0, 0))), [0, 0]
+  x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
   dy_t = torch.from_numpy(np.asarray(dy).transpose(0, 3, 1, 2).copy())
-  w = np.asarray(kern) * (raster_mask(k, kind) if kind in ("maskA", "maskB") else 1)
-  transposed = kind == "convT"
-  # HWIO -> OIHW for a convolution, IOHW for a transposed one; 'SAME' here is symmetric padding
+  w = np.asarray(kern) * (layer.mask if layer.mask is not None else 1)
+  # HWIO -> OIHW for a convolution, IOHW for a transposed one
   w_t = torch.from_numpy(w.transpose((2, 3, 0, 1) if transposed else (3, 2, 0, 1)).copy())
-  pad = (k - 1) // 2 if not transposed else (k - s + 1) // 2
   conv = (lambda: torch.nn.functional.conv_transpose2d(x_t, w_t, stride=s, padding=pad)) if transposed else (
       lambda: torch.nn.functional.conv2d(x_t, w_t, stride=s, padding=pad))
   if tuple(conv().shape) != tuple(dy_t.shape):     # no tensor here requires grad: no graph is recorded
     raise ValueError(f"the PyTorch layer's output {tuple(conv().shape)} is not dy's {tuple(dy_t.shape)}")
 
   def backward(mask):
-    return lambda: torch.ops.aten.convolution_backward(dy_t, x_t, w_t, None, [s, s], [pad, pad], [1, 1],
+    return lambda: torch.ops.aten.convolution_backward(dy_t, x_t, w_t, None, [s, s], pad, [1, 1],
                                                        transposed, [0, 0], 1, mask)
   return {"forward": conv, "input_grad": backward([True, False, False]),
           "weight_grad": backward([False, True, False]), "gradients": backward([True, True, False])}
@@ -145,7 +208,7 @@ def torch_ops(kind: str, k: int, s: int, x, kern, dy):
 
 def chosen_layers(parts) -> list:
   """The entries of LAYERS whose names contain one of ``parts`` (all of them where ``parts`` is empty)."""
-  return [layer for layer in LAYERS if not parts or any(part in layer[0] for part in parts)]
+  return [layer for layer in LAYERS if not parts or any(part in layer.name for part in parts)]
 
 
 def main():
@@ -159,7 +222,7 @@ def main():
                   help="only the layers whose names contain one of these (e.g. 'deconv_2' '7x7')")
   args = ap.parse_args()
   if not chosen_layers(args.layers):
-    raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[name for name, *_ in LAYERS]}")
+    raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[layer.name for layer in LAYERS]}")
   memory.ensure()     # as the `zoo` command does: huge pages and the large-block cache (zoo/memory.py)
   options = None
   if args.step_options:
@@ -184,22 +247,19 @@ def run(args, options):
     pass
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
         f"load {env['load_average_before']})")
-  print(f"{'layer':<15} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'torch':>8} "
+  print(f"{'layer':<16} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'torch':>8} "
         f"{'zoo/nat':>7} {'ceiling':>8} {'zoo/ceil':>8}  GFLOP/s")
   rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
-  for name, kind, (h, w, c_in), k, s, c_out, batches in chosen_layers(args.layers):
-    for b in batches or args.batches:
-      x = jax.random.normal(jax.random.PRNGKey(1), (b, h, w, c_in), jnp.float32)
-      kern = jax.random.normal(jax.random.PRNGKey(2), (k, k, c_in, c_out), jnp.float32) * 0.05
-      fns = layer_fns(kind, k, s)
+  for layer in chosen_layers(args.layers):
+    name, (h, w, c_in) = layer.name, layer.in_shape
+    for b in layer.batches or args.batches:
+      x, kern = operands(layer, b)
+      fns = layer_fns(layer)
       y = jax.jit(fns["native"])(x, kern)
       dy = jax.random.normal(jax.random.PRNGKey(3), y.shape, jnp.float32)
-      torch_fns = None if args.no_torch else torch_ops(kind, k, s, x, kern, dy)
-      # useful FLOPs: every (input pixel, tap) pair of a transposed conv is one of the conv it transposes
-      pixels = b * h * w if kind == "convT" else b * y.shape[1] * y.shape[2]
-      taps = int(raster_mask(k, kind).sum()) if kind in ("maskA", "maskB") else k * k
-      flops = 2 * pixels * taps * c_in * c_out
-      shape = f"{h}x{w}x{c_in}->{y.shape[1]}x{y.shape[2]}x{c_out}"
+      torch_fns = None if args.no_torch else torch_ops(layer, x, kern, dy)
+      flops = layer.flops(b, y.shape[1:3])
+      shape = f"{h}x{w}x{c_in}->{y.shape[1]}x{y.shape[2]}x{layer.c_out}"
       for op in ("forward", "input_grad", "weight_grad", "gradients"):
         # the matmul ceiling timed in the same rounds: this machine's speed drifts by up to 2x within minutes,
         # so a layer's share of the ceiling is taken round by round (the median of the rounds' ratios)
@@ -213,10 +273,11 @@ def run(args, options):
         gf = {impl: work[impl] / statistics.median(t) / 1e9 for impl, t in rounds.items()}
         share = statistics.median(work["zoo"] / z / (work["ceiling"] / c)
                                   for z, c in zip(rounds["zoo"], rounds["ceiling"]))
-        print(f"{name:<15} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
+        print(f"{name:<16} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
               f"{gf.get('torch', float('nan')):>8.1f} {gf['zoo'] / gf['native']:>6.2f}x {gf['ceiling']:>8.1f} "
               f"{share:>8.2f}{'' if share >= 0.5 else '  < half'}", flush=True)
-        rows.append(dict(kind=kind, layer=name, batch=b, shape=shape, kernel=k, stride=s, op=op,
+        rows.append(dict(kind=layer.kind, layer=name, batch=b, shape=shape, kernel=layer.kernel,
+                         stride=layer.stride, padding=layer.padding, masked=layer.mask is not None, op=op,
                          flops=flops * (2 if op == "gradients" else 1),
                          native_gflops=round(gf["native"], 2), zoo_gflops=round(gf["zoo"], 2),
                          **({"torch_gflops": round(gf["torch"], 2)} if "torch" in gf else {}),

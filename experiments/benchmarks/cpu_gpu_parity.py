@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_layers import LAYERS, layer_fns, ops  # noqa: E402
+from conv_layers import operands as layer_operands  # noqa: E402
 
 from zoo import sharding, step as step_lib  # noqa: E402
 from zoo.models.pixelcnn import GatedPixelCNN, PixelCNN  # noqa: E402
@@ -82,10 +83,10 @@ def main():
   rows, worst = [], 0.0
   print(f"cpu vs {acc.device_kind}; max |cpu - {acc.platform}| / max |value|, zoo's and XLA's native")
   with jax.default_matmul_precision("highest"):
-    for name, kind, (h, w, c_in), k, s, c_out, _ in LAYERS:
-      x = jax.random.normal(jax.random.PRNGKey(1), (8, h, w, c_in), jnp.float32)
-      kern = jax.random.normal(jax.random.PRNGKey(2), (k, k, c_in, c_out), jnp.float32) * 0.05
-      fns = layer_fns(kind, k, s)
+    for layer in LAYERS:
+      name = layer.name
+      x, kern = layer_operands(layer, 8)
+      fns = layer_fns(layer)
       dy = jax.random.normal(jax.random.PRNGKey(3), jax.eval_shape(fns["native"], x, kern).shape, jnp.float32)
       for op in ("forward", "input_grad", "weight_grad"):
         operands = (x, kern, dy)
@@ -94,7 +95,7 @@ def main():
         d["zoo_step"] = rel_diff(on(cpu, ops(fns["zoo"])[op], *operands, as_step=True), on_acc["zoo"])
         worst = max(worst, d["zoo"], d["zoo_step"])
         rows.append(dict(layer=name, op=op, **d, device=acc.device_kind))
-        print(f"{name:<15} {op:<11} zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}  "
+        print(f"{name:<16} {op:<11} zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}  "
               f"native {d['native']:.2e}", flush=True)
     for family in (PixelCNN(image_shape=(28, 28, 1)), GatedPixelCNN(image_shape=(28, 28, 1))):
       grad, params, x = family_grads(family)
@@ -103,7 +104,7 @@ def main():
            "zoo_step": rel_diff(on(cpu, grad, params, x, as_step=True), on_acc)}
       worst = max(worst, *d.values())
       rows.append(dict(layer=f"{family.name} loss", op="param_grad", **d, device=acc.device_kind))
-      print(f"{family.name + ' loss':<15} param_grad  zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}",
+      print(f"{family.name + ' loss':<16} param_grad  zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}",
             flush=True)
   if args.out:
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
