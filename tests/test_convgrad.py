@@ -67,8 +67,10 @@ def test_conv_taps_is_xlas_convolution_with_those_taps(b, hw, cp, cr, strides, o
     (2, (4, 37), 64, 16, (1, 1), ((0, 0), (0, 3), (1, 1), (2, 2))),    # 64 channels: the kernel's constant sizes
     # 64 channels into one at stride 1 (by runs of a row's taps): a row of 11 taps (runs of 8 and 3, taps
     # given out of order), blocks of 16 pixels and of fewer
-    (2, (3, 37), 64, 16, (1, 1), tuple((0, j) for j in range(10, -1, -1)) + ((2, 4), (1, 0), (1, 2)))],
-    ids=["case2", "long-rows", "strided", "64-channels", "runs"])
+    (2, (3, 37), 64, 16, (1, 1), tuple((0, j) for j in range(10, -1, -1)) + ((2, 4), (1, 0), (1, 2))),
+    # 128 channels into one (the Gated PixelCNN's first layer's input gradient): a 4x7 box by runs of 7
+    (2, (4, 21), 128, 16, (1, 1), tuple((i, j) for i in range(4) for j in range(7)))],
+    ids=["case2", "long-rows", "strided", "64-channels", "runs", "runs-128"])
 @pytest.mark.parametrize("outputs", [1, 3, 4])
 def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides, offsets, outputs):
   """thin_conv(P, v) is XLA's convolution of P into 1 to 4 channels with v[t] (transposed) at offsets[t]:

@@ -290,13 +290,27 @@ inline void out_block(const Geometry& g, const float* P, const float* W, const f
     for (int q = 0; q < Q; ++q) memcpy(y + k * g.cr + 16 * q, &acc[k][q], 64);
 }
 
+// out_block of the n < N pixels left at the end of a row, as one block
+template <int Q, int N>
+void out_tail(const Geometry& g, const float* P, const float* W, const float* bias, const int64_t* rowoff,
+              int64_t orow, int64_t j0, float* Y, int64_t col, int64_t n) {
+  if constexpr (N > 1) {
+    if (n < N - 1) return out_tail<Q, N - 1>(g, P, W, bias, rowoff, orow, j0, Y, col, n);
+    out_block<Q, N - 1>(g, P, W, bias, rowoff, orow, j0, Y, col);
+  }
+}
+
+// A row in blocks of NPX pixels, then the rest as one block: the 4 pixels a 28-pixel row leaves taken one at a
+// time had 4 sums in flight per multiply-add chain, and the Gated PixelCNN's 4x7 first layer (1 -> 128) ran
+// 1.09-1.33x, the PixelCNN's 7x7 mask A 1.02-1.29x as fast on one core with one block of 4 (the rows cut
+// evenly, 6, 6, 6, 5, 5, ran 0.84x: see the README).
 template <int Q>
 void out_row(const Geometry& g, const float* P, const float* W, const float* bias, const int64_t* rowoff,
              int64_t orow, float* Y, int64_t col) {
   constexpr int NPX = 24 / Q;
   int64_t j = 0;
   for (; j + NPX <= g.wo; j += NPX) out_block<Q, NPX>(g, P, W, bias, rowoff, orow, j, Y, col);
-  for (; j < g.wo; ++j) out_block<Q, 1>(g, P, W, bias, rowoff, orow, j, Y, col);
+  if (j < g.wo) out_tail<Q, NPX>(g, P, W, bias, rowoff, orow, j, Y, col, g.wo - j);
 }
 
 void convolve(const Geometry& g, Padded& P, const float* W, const float* bias, const int64_t* rowoff, int64_t r0,
@@ -450,17 +464,18 @@ __attribute__((always_inline)) inline void thin_block_of(const Plan& plan, const
     thin_block<C, N, false, CX>(plan, blk, X, Y);
 }
 
-// One run's multiply-adds into a block's 16 sums (one output channel, x's 64 channels): per 16 channels, the
-// run's L kernel vectors and each of its 15 + L positions' x vector loaded once into registers (16 + L + 1
-// of the 32), 16 * L multiply-adds. Where the block's pixels read only x, 29 loads per 112 multiply-adds for
-// a 7-tap run, against 15 per 14 and a pointer per pixel (more than the general registers hold: GCC kept
-// them in vector registers and moved them back per load) taking the taps one at a time (thin_block).
-template <int L, bool EDGE>
+// One run's multiply-adds into a block's 16 sums (one output channel, x's CX channels, 64 or 128): per 16
+// channels, the run's L kernel vectors and each of its 15 + L positions' x vector loaded once into registers
+// (16 + L + 1 of the 32), 16 * L multiply-adds. Where the block's pixels read only x, 29 loads per 112
+// multiply-adds for a 7-tap run, against 15 per 14 and a pointer per pixel (more than the general registers
+// hold: GCC kept them in vector registers and moved them back per load) taking the taps one at a time
+// (thin_block).
+template <int L, bool EDGE, int CX>
 __attribute__((always_inline)) inline void run_fmas(const Run& run, const float* X, v16* acc) {
   constexpr int NPX = 16, M = NPX + L - 1;
   const float* base = (const float*)((intptr_t)X + (intptr_t)(run.off * (int64_t)sizeof(float)));
 #pragma GCC unroll 1
-  for (int p = 0; p < 64; p += 16) {
+  for (int p = 0; p < CX; p += 16) {
     v16 w[L];
 #pragma GCC unroll 8
     for (int q = 0; q < L; ++q) {
@@ -471,7 +486,7 @@ __attribute__((always_inline)) inline void run_fmas(const Run& run, const float*
     for (int m = 0; m < M; ++m) {
       if (EDGE && (m < run.mlo || m >= run.mhi)) continue;
       v16 a;
-      memcpy(&a, base + m * 64 + p, 64);
+      memcpy(&a, base + m * CX + p, 64);
       IN_REGISTER(a);
 #pragma GCC unroll 8
       for (int q = 0; q < L; ++q)
@@ -480,7 +495,7 @@ __attribute__((always_inline)) inline void run_fmas(const Run& run, const float*
   }
 }
 
-template <bool EDGE>
+template <bool EDGE, int CX>
 __attribute__((always_inline)) inline void run_block(const Plan& plan, const Block& blk, const float* X, float* Y) {
   v16 acc[16];
 #pragma GCC unroll 16
@@ -488,14 +503,14 @@ __attribute__((always_inline)) inline void run_block(const Plan& plan, const Blo
   for (size_t r = blk.t0; r < blk.t0 + blk.nt; ++r) {
     const Run& run = plan.runs[r];
     switch (run.len) {
-      case 1: run_fmas<1, EDGE>(run, X, acc); break;
-      case 2: run_fmas<2, EDGE>(run, X, acc); break;
-      case 3: run_fmas<3, EDGE>(run, X, acc); break;
-      case 4: run_fmas<4, EDGE>(run, X, acc); break;
-      case 5: run_fmas<5, EDGE>(run, X, acc); break;
-      case 6: run_fmas<6, EDGE>(run, X, acc); break;
-      case 7: run_fmas<7, EDGE>(run, X, acc); break;
-      default: run_fmas<8, EDGE>(run, X, acc); break;
+      case 1: run_fmas<1, EDGE, CX>(run, X, acc); break;
+      case 2: run_fmas<2, EDGE, CX>(run, X, acc); break;
+      case 3: run_fmas<3, EDGE, CX>(run, X, acc); break;
+      case 4: run_fmas<4, EDGE, CX>(run, X, acc); break;
+      case 5: run_fmas<5, EDGE, CX>(run, X, acc); break;
+      case 6: run_fmas<6, EDGE, CX>(run, X, acc); break;
+      case 7: run_fmas<7, EDGE, CX>(run, X, acc); break;
+      default: run_fmas<8, EDGE, CX>(run, X, acc); break;
     }
   }
   const v16 sums = lane_sums16(acc);
@@ -512,12 +527,17 @@ void for_blocks(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t 
     for (const Block& blk : plan.rows[r % ho]) f(blk, X + (r / ho) * plan.xbatch, Y + (r / ho) * plan.ybatch);
 }
 
-// output rows [r0, r1), by runs
+// output rows [r0, r1), by runs; x's CX channels (RUNS_CX) a constant
+template <int CX>
 void runs_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
   for_blocks(plan, X, Y, r0, r1, [&](const Block& blk, const float* Xb, float* Yb) {
-    blk.edge ? run_block<true>(plan, blk, Xb, Yb) : run_block<false>(plan, blk, Xb, Yb);
+    blk.edge ? run_block<true, CX>(plan, blk, Xb, Yb) : run_block<false, CX>(plan, blk, Xb, Yb);
   });
 }
+
+// x's channels that thin_conv takes by runs: the PixelCNN's 64, and the Gated PixelCNN's 128 (two gates of 64,
+// its first layer's input gradient; 1.0x -> see the README)
+bool runs_cx(int64_t cx) { return cx == 64 || cx == 128; }
 
 // Pixels per block: C * NPX <= 16 sums in registers, with the C vectors of V and one of x (24 sums in two
 // trees ran 0.93x as fast, GCC keeping some of them in memory).
@@ -558,7 +578,8 @@ ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, con
                          int64_t threads) {
   const int nt = thread_count(threads, rows);
   in_parts(pool, nt, rows, [&](int, int64_t r0, int64_t r1) {
-    if (!plan.runs.empty()) return runs_run(plan, X, Y, r0, r1);
+    if (!plan.runs.empty())
+      return plan.cx == 64 ? runs_run<64>(plan, X, Y, r0, r1) : runs_run<128>(plan, X, Y, r0, r1);
     // the families' layers into an image's 1 or 3 channels from 64, pixels read one after the other: those
     // sizes as constants (1.09x for the 3-channel layers; fewer registers for addresses)
     if (plan.cx == 64 && plan.step == 64 && (c == 1 || c == 3))
@@ -602,7 +623,7 @@ Plan thin_conv_plan(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Sp
   return plan;
 }
 
-// thin_conv_plan's function by runs (Run), where the convolution is at stride 1 into one channel from 64:
+// thin_conv_plan's function by runs (Run), where the convolution is at stride 1 into one channel from 64 or 128:
 // per block of up to 16 pixels, the taps of each kernel row in runs of neighbouring columns.
 Plan thin_conv_runs(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, int64_t h,
                     int64_t w, const float* V) {
@@ -649,7 +670,7 @@ ffi::Error ThinConv(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> v, ffi::Resul
   std::vector<int64_t> rowoff;
   if (!offsets_in_range(g, offsets, &rowoff))
     return ffi::Error::InvalidArgument("zoo_thin_conv: a tap reads outside P");
-  const bool runs = g.sh == 1 && g.sw == 1 && g.cr == 1 && g.cp == 64;
+  const bool runs = g.sh == 1 && g.sw == 1 && g.cr == 1 && runs_cx(g.cp);
   const Plan plan = (runs ? thin_conv_runs : thin_conv_plan)(g, offsets, pads, pd[1], pd[2], v.typed_data());
   return thin_in_parts(pool, plan, g.cr, p.typed_data(), y->typed_data(), g.b * g.ho, threads);
 }
