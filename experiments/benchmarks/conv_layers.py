@@ -9,7 +9,13 @@ work: 2 * N * Ho * Wo * kh * kw * C_in * C_out for a convolution (twice that for
 a transposed convolution the same count as the convolution it transposes (no multiplications by the
 dilation's zeros). Beside them, the float32 matmul ceiling (2048^3), timed in the same rounds as each
 layer's op, and the zoo's share of it: the median over the rounds of (the zoo's GFLOP/s / the ceiling's),
-as issue 7's target reads (at least 0.5); the ceiling is also measured before and after the run.
+as issue 7's target reads (at least 0.5); the ceiling is also measured before and after the run. And the
+zoo's share of the roofline (Williams, Waterman & Patterson 2009): an op takes at least its work at the
+ceiling's rate or the bytes it must move (its operands read and its results written, once) at the memory's,
+whichever is longer; the memory's rate (GB/s) is an array of that many bytes read and written, timed in the
+same rounds. A layer of few multiply-adds per byte (the Gated PixelCNN's first horizontal layer, three per
+output) is bound by the memory far below the ceiling: "< half (memory-bound)" marks a share of the ceiling
+under half where the share of the roofline is at least half.
 
 Shapes: the DCGAN 32x32 benchmark architecture (experiments/benchmarks/dcgan32.py) at batch 64 and 256,
 G's 4x4 stride-2 transposed convolutions 4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x3 and D's 4x4 stride-2
@@ -248,7 +254,7 @@ def run(args, options):
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
         f"load {env['load_average_before']})")
   print(f"{'layer':<16} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'torch':>8} "
-        f"{'zoo/nat':>7} {'ceiling':>8} {'zoo/ceil':>8}  GFLOP/s")
+        f"{'zoo/nat':>7} {'ceiling':>8} {'zoo/ceil':>8} {'GB/s':>6} {'roof':>5}  (GFLOP/s; GB/s: memory)")
   rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
   for layer in chosen_layers(args.layers):
     name, (h, w, c_in) = layer.name, layer.in_shape
@@ -260,29 +266,43 @@ def run(args, options):
       torch_fns = None if args.no_torch else torch_ops(layer, x, kern, dy)
       flops = layer.flops(b, y.shape[1:3])
       shape = f"{h}x{w}x{c_in}->{y.shape[1]}x{y.shape[2]}x{layer.c_out}"
+      # the fewest bytes each op must move: its operands read once and its results written once
+      nbytes = {"forward": x.nbytes + kern.nbytes + dy.nbytes, "input_grad": dy.nbytes + kern.nbytes + x.nbytes,
+                "weight_grad": x.nbytes + dy.nbytes + kern.nbytes,
+                "gradients": 2 * (x.nbytes + kern.nbytes) + dy.nbytes}
       for op in ("forward", "input_grad", "weight_grad", "gradients"):
         # the matmul ceiling timed in the same rounds: this machine's speed drifts by up to 2x within minutes,
-        # so a layer's share of the ceiling is taken round by round (the median of the rounds' ratios)
-        impls = {impl: (lambda g: lambda x, w, dy, a: g(x, w, dy))(ops(f)[op]) for impl, f in fns.items()}
-        impls["ceiling"] = lambda x, w, dy, a: a @ a
+        # so a layer's share of the ceiling is taken round by round (the median of the rounds' ratios);
+        # so is the memory's: an array read and written (m * 2 + 1) that moves as many bytes as the op must
+        impls = {impl: (lambda g: lambda x, w, dy, a, m: g(x, w, dy))(ops(f)[op]) for impl, f in fns.items()}
+        impls["ceiling"] = lambda x, w, dy, a, m: a @ a
+        impls["stream"] = lambda x, w, dy, a, m: m * 2.0 + 1.0
         if torch_fns:
           impls["torch"] = torch_fns[op]
-        rounds = timed(impls, x, kern, dy, a, repeats=args.repeats, options=options, per_round=True)
+        m = jnp.ones((max(1, nbytes[op] // 8),), jnp.float32)
+        rounds = timed(impls, x, kern, dy, a, m, repeats=args.repeats, options=options, per_round=True)
         work = {impl: (2 * 2048 ** 3 if impl == "ceiling" else flops * (2 if op == "gradients" else 1))
                 for impl in rounds}
-        gf = {impl: work[impl] / statistics.median(t) / 1e9 for impl, t in rounds.items()}
+        gf = {impl: work[impl] / statistics.median(t) / 1e9 for impl, t in rounds.items() if impl != "stream"}
         share = statistics.median(work["zoo"] / z / (work["ceiling"] / c)
                                   for z, c in zip(rounds["zoo"], rounds["ceiling"]))
+        # the roofline: the op can take no less than its work at the ceiling's rate or its bytes at the
+        # memory's, whichever is longer (Williams et al. 2009); the zoo's share of that bound, round by round
+        gbps = 8 * m.size / statistics.median(rounds["stream"]) / 1e9
+        roof = statistics.median(max(work["zoo"] * c / work["ceiling"], nbytes[op] * t / (8 * m.size)) / z
+                                 for z, c, t in zip(rounds["zoo"], rounds["ceiling"], rounds["stream"]))
+        flag = "" if share >= 0.5 else "  < half" + (" (memory-bound)" if roof >= 0.5 else "")
         print(f"{name:<16} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
               f"{gf.get('torch', float('nan')):>8.1f} {gf['zoo'] / gf['native']:>6.2f}x {gf['ceiling']:>8.1f} "
-              f"{share:>8.2f}{'' if share >= 0.5 else '  < half'}", flush=True)
+              f"{share:>8.2f} {gbps:>6.1f} {roof:>5.2f}{flag}", flush=True)
         rows.append(dict(kind=layer.kind, layer=name, batch=b, shape=shape, kernel=layer.kernel,
                          stride=layer.stride, padding=layer.padding, masked=layer.mask is not None, op=op,
-                         flops=flops * (2 if op == "gradients" else 1),
+                         flops=flops * (2 if op == "gradients" else 1), bytes=nbytes[op],
                          native_gflops=round(gf["native"], 2), zoo_gflops=round(gf["zoo"], 2),
                          **({"torch_gflops": round(gf["torch"], 2)} if "torch" in gf else {}),
                          matmul_gflops=round(ceiling, 2), matmul_gflops_in_rounds=round(gf["ceiling"], 2),
-                         zoo_over_ceiling=round(share, 3)))
+                         zoo_over_ceiling=round(share, 3), stream_gbps=round(gbps, 2),
+                         zoo_over_roofline=round(roof, 3)))
   after = 2 * 2048 ** 3 / timed(matmul, a, repeats=args.repeats, options=options)["matmul"] / 1e9
   rows[0].update(gflops_after=round(after, 2), load_average_after=load_average())
   print(f"float32 matmul 2048^3 after: {after:.1f} GFLOP/s (load {rows[0]['load_average_after']})")
