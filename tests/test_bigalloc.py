@@ -88,6 +88,8 @@ def test_no_compiler_means_no_cache_and_one_line_why(tmp_path, monkeypatch, caps
 
 
 def test_a_freed_large_block_serves_the_next_request_and_small_ones_stay_with_glibc(lib):
+  """Blocks of at least 2 MiB (one huge page, the default threshold) come from the cache and a freed one
+  serves the next request that fits; smaller ones are glibc's."""
   out = _ok(_run(lib, """
       p = libc.malloc(64 * MB)
       view(p, 64 * MB)[::4096] = 7
@@ -103,6 +105,10 @@ def test_a_freed_large_block_serves_the_next_request_and_small_ones_stay_with_gl
       assert big != q and bigalloc.stats()["fresh"] == s["fresh"] + 1
       libc.free(q); libc.free(big)
       assert bigalloc.stats()["live_bytes"] == 0 and bigalloc.stats()["cached_bytes"] == 264 * MB
+      # from one huge page up by default: a jitted layer's 12-25 MiB output is kept too (glibc gave it back)
+      assert bigalloc.stats()["min_bytes"] == 2 * MB
+      m = libc.malloc(13 * MB); libc.free(m)
+      assert libc.malloc(13 * MB) == m and bigalloc.stats()["live_bytes"] == 14 * MB
       print("ok")
   """))
   assert out.strip() == "ok"

@@ -5,9 +5,11 @@ Why: XLA:CPU allocates each execution's temporaries (1.2 GB for the PixelCNN ste
 32 MiB in a thread's arena from a fresh ``mmap`` and unmaps it on ``free``, whatever its tunables, so a
 step pays the kernel to zero every page of them again: on the 2-core CPU of issue 7, 11% of the PixelCNN
 step's CPU time at batch 256 was the kernel's ``clear_page_erms``, 0.6 s of kernel time per step. The
-library (``zoo/_native/bigalloc.c``) keeps freed blocks of at least ``ZOO_BIGALLOC_MIN_MB`` (32) MiB mapped
-for the next request that fits, up to ``ZOO_BIGALLOC_CACHE_MB`` (a quarter of the RAM) of them; the
-step's kernel time falls to ~0. Everything smaller goes to glibc as before; the arithmetic is unchanged.
+library (``zoo/_native/bigalloc.c``) keeps freed blocks of at least ``ZOO_BIGALLOC_MIN_MB`` (2, one huge
+page) MiB mapped for the next request that fits, up to ``ZOO_BIGALLOC_CACHE_MB`` (a quarter of the RAM) of
+them; the step's kernel time falls to ~0. (It was 32 MiB, glibc's mapping threshold; but glibc gave the
+12-25 MiB outputs of single jitted layers back to the kernel too, at 1-84 page faults per call.) Everything
+smaller goes to glibc as before; the arithmetic is unchanged.
 
 It is compiled from its source with the system's C compiler at first use (about 0.3 s) into the user's
 cache (``$ZOO_CACHE_DIR`` or ``$XDG_CACHE_HOME/zoo`` or ``~/.cache/zoo``, under ``native/``), checked by

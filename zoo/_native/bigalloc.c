@@ -4,8 +4,11 @@ Why: XLA:CPU allocates every execution's temporaries (hundreds of MB for a convo
 and Eigen its convolutions' packing buffers (tens of MB per call) with malloc. glibc serves any block over
 32 MiB from a fresh mmap in a thread's arena whatever its tunables, and unmaps it on free, so each step
 pays the kernel to zero every page it writes again: on the 2-core CPU of issue 7, 11% of all CPU time of
-the PixelCNN step at batch 256 is the kernel's clear_page_erms. Here a block of at least
-ZOO_BIGALLOC_MIN_MB (32) MiB is carved from one reserved address range, and freed blocks stay mapped and
+the PixelCNN step at batch 256 is the kernel's clear_page_erms. Blocks under 32 MiB fault too: a jitted
+layer whose 12-25 MiB output glibc returned to the kernel on free took 1-84 page faults per call (the
+7x7 mask A's forward pass 80-84, 4 KiB pages) and ran at 0.4-0.7x the speed it had with the block kept.
+Here a block of at least ZOO_BIGALLOC_MIN_MB (2: one huge page) MiB is carved from one reserved address
+range, and freed blocks stay mapped and
 resident for the next request of a fitting size (up to ZOO_BIGALLOC_CACHE_MB of them; beyond that the
 oldest give their pages back with MADV_DONTNEED, and keep their addresses). Everything smaller, and all
 that glibc allocated, goes to glibc as before.
@@ -48,7 +51,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char *base, *bump, *end;     /* the reserved range and its unused part */
 static int state;                   /* 0: not set up, 1: on, -1: off (setup failed or disabled) */
 static volatile int enabled = 1;    /* new large blocks from here (zoo_bigalloc_set_enabled) */
-static size_t min_bytes = (size_t)32 << 20;
+static size_t min_bytes = HUGE_PAGE;
 static size_t cache_limit;
 static size_t cached_bytes;
 static uint64_t clock_;
