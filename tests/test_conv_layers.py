@@ -263,6 +263,7 @@ def test_stacked_taps_are_the_kernels_taps_in_order_in_one_op():
     np.testing.assert_array_equal(got, jnp.stack([kernel[i, j] for i, j in taps]), err_msg=name)
     text = jax.jit(lambda k, taps=taps: _layers._stacked_taps(k, taps)).lower(kernel).as_text()
     assert ("concatenate" in text or "gather" in text) != run, name
+  assert _layers._stacked_taps(kernel, []).shape == (0, 2, 4)      # every tap closed: nothing stacked
 
 
 @pytest.mark.parametrize("materialize", [1, 0])
