@@ -300,10 +300,10 @@ void out_tail(const Geometry& g, const float* P, const float* W, const float* bi
   }
 }
 
-// A row in blocks of NPX pixels, then the rest as one block: the 4 pixels a 28-pixel row leaves taken one at a
-// time had 4 sums in flight per multiply-add chain, and the Gated PixelCNN's 4x7 first layer (1 -> 128) ran
-// 1.09-1.33x, the PixelCNN's 7x7 mask A 1.02-1.29x as fast on one core with one block of 4 (the rows cut
-// evenly, 6, 6, 6, 5, 5, ran 0.84x: see the README).
+// A row in blocks of NPX pixels, then the rest as one block. The rest (4 pixels of a 28-pixel row) were blocks
+// of one pixel: 4 sums (Q = 4), each multiply-add waiting on the one before, where a block of 6 has 24 in
+// flight. With one block of 4, the Gated PixelCNN's 4x7 first layer (1 -> 128) ran 1.09-1.33x and a 4x7
+// layer into 64 1.02-1.29x as fast on one core (the rows cut evenly, 6, 6, 6, 5, 5, ran 0.84x: the README).
 template <int Q>
 void out_row(const Geometry& g, const float* P, const float* W, const float* bias, const int64_t* rowoff,
              int64_t orow, float* Y, int64_t col) {
@@ -527,7 +527,7 @@ void for_blocks(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t 
     for (const Block& blk : plan.rows[r % ho]) f(blk, X + (r / ho) * plan.xbatch, Y + (r / ho) * plan.ybatch);
 }
 
-// output rows [r0, r1), by runs; x's CX channels (RUNS_CX) a constant
+// output rows [r0, r1), by runs; x's CX channels (64 or 128: runs_cx) a constant
 template <int CX>
 void runs_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
   for_blocks(plan, X, Y, r0, r1, [&](const Block& blk, const float* Xb, float* Yb) {
@@ -578,7 +578,7 @@ ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, con
                          int64_t threads) {
   const int nt = thread_count(threads, rows);
   in_parts(pool, nt, rows, [&](int, int64_t r0, int64_t r1) {
-    if (!plan.runs.empty())
+    if (!plan.runs.empty())     // plan.cx is 64 or 128 (runs_cx)
       return plan.cx == 64 ? runs_run<64>(plan, X, Y, r0, r1) : runs_run<128>(plan, X, Y, r0, r1);
     // the families' layers into an image's 1 or 3 channels from 64, pixels read one after the other: those
     // sizes as constants (1.09x for the 3-channel layers; fewer registers for addresses)
