@@ -101,8 +101,7 @@ def weight_grad(p, r, offsets: Sequence[tuple[int, int]], strides: tuple[int, in
     raise ValueError(f"convgrad.weight_grad: P {p.shape} and R {r.shape} must be 4-D with one batch, R's "
                      f"channels a multiple of {ROW_MULTIPLE}")
   _validate(p, r, offsets, strides, r.shape[1:3], pads, "weight_grad")
-  return _weight_grad(p, r, (("offsets", offsets), ("strides", strides), ("out_hw", tuple(r.shape[1:3])),
-                             ("pads", pads), ("threads", int(threads))))
+  return _weight_grad(p, r, _taps_static(offsets, strides, tuple(r.shape[1:3]), pads, threads))
 
 
 def _taps_params(offsets, strides, pads):
@@ -160,7 +159,7 @@ def conv_taps(p, w, offsets: Sequence[tuple[int, int]], strides: tuple[int, int]
     raise ValueError(f"convgrad.conv_taps: P {p.shape} must be 4-D and w {w.shape} (taps, P's channels, C) "
                      f"with C a multiple of {ROW_MULTIPLE}")
   _validate(p, w, offsets, strides, out_hw, pads, "conv_taps")
-  params = (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("pads", pads), ("threads", int(threads)))
+  params = _taps_static(offsets, strides, out_hw, pads, threads)
   if bias is None:
     return _conv_taps(p, w, params)
   if bias.shape != (w.shape[2],) or bias.dtype != jnp.float32:
@@ -188,8 +187,7 @@ def thin_conv(p, v, offsets: Sequence[tuple[int, int]], strides: tuple[int, int]
     raise ValueError(f"convgrad.thin_conv: P {p.shape} must be 4-D with a multiple of {ROW_MULTIPLE} channels "
                      f"and v {v.shape} (taps, 1 to {THIN_MAX} outputs, P's channels)")
   _validate(p, v, offsets, strides, out_hw, pads, "thin_conv")
-  return _thin_conv(p, v, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("pads", pads),
-                           ("threads", int(threads))))
+  return _thin_conv(p, v, _taps_static(offsets, strides, out_hw, pads, threads))
 
 
 def thin_transposed(x, v, strides: tuple[int, int], lo: tuple[int, int], out_hw: tuple[int, int], threads: int = 0):
@@ -259,8 +257,7 @@ def _weight_grad_cts(p, r, g, *, offsets, strides, out_hw, pads, threads):
 
 def _conv_taps_cts(p, w, ct, *, offsets, strides, out_hw, pads, threads):
   return (_as_conv_ct_p(ct, p.shape, w, out_hw, offsets, strides, pads),
-          _weight_grad(p, ct, (("offsets", offsets), ("strides", strides), ("out_hw", out_hw), ("pads", pads),
-                               ("threads", threads))))
+          _weight_grad(p, ct, _taps_static(offsets, strides, out_hw, pads, threads)))
 
 
 def _conv_taps_bias_cts(p, w, bias, ct, **params):
@@ -316,6 +313,11 @@ def _define(name: str, target: str, shape, static: tuple[str, ...], attrs):
 
 # the kernels that read P at taps: (P, other[, bias]; offsets, strides, out_hw, pads, threads)
 _TAPS_PARAMS = ("offsets", "strides", "out_hw", "pads", "threads")
+
+
+def _taps_static(offsets, strides, out_hw, pads, threads):
+  """Those parameters as the (name, value) pairs the primitives' custom VJPs take as one static argument."""
+  return tuple(zip(_TAPS_PARAMS, (offsets, strides, out_hw, pads, int(threads))))
 
 
 def _taps_attrs(offsets, strides, out_hw, pads, threads):
