@@ -746,28 +746,21 @@ ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi:
 
 }  // namespace
 
-// Every handler: two float32 operands, one result, the strides, the taps' offsets and P's paddings (or the
-// transposed kernel's paddings), a thread count and XLA's thread pool.
-#define ZOO_BIND(...)                                        \
+// Every handler: two float32 operands (ZOO_BIND_EXTRA: and a third, conv_taps' bias), one result, the strides,
+// the taps' offsets and P's paddings (or the transposed kernel's paddings), a thread count and XLA's thread pool.
+#define ZOO_BIND_EXTRA(EXTRA, ...)                           \
   ffi::Ffi::Bind()                                           \
       .Arg<ffi::Buffer<ffi::F32>>()                          \
-      .Arg<ffi::Buffer<ffi::F32>>()                          \
+      .Arg<ffi::Buffer<ffi::F32>>() EXTRA                    \
       .Ret<ffi::Buffer<ffi::F32>>()                          \
       .Attr<ffi::Span<const int64_t>>("strides") __VA_ARGS__ \
       .Attr<int64_t>("threads")                              \
       .Ctx<ffi::ThreadPool>()
+#define ZOO_BIND(...) ZOO_BIND_EXTRA(, __VA_ARGS__)
 #define ZOO_TAPS .Attr<ffi::Span<const int64_t>>("offsets").Attr<ffi::Span<const int64_t>>("pads")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvWeightGrad, WeightGrad, ZOO_BIND(ZOO_TAPS));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvTaps, Conv, ZOO_BIND(ZOO_TAPS));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvTapsBias, ConvBias,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides") ZOO_TAPS
-                                  .Attr<int64_t>("threads")
-                                  .Ctx<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvTapsBias, ConvBias, ZOO_BIND_EXTRA(.Arg<ffi::Buffer<ffi::F32>>(), ZOO_TAPS));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinConv, ThinConv, ZOO_BIND(ZOO_TAPS));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooThinTransposed, ThinTransposed, ZOO_BIND(.Attr<ffi::Span<const int64_t>>("pads")));
