@@ -29,6 +29,15 @@ namespace ffi = xla::ffi;
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef int32_t i16 __attribute__((vector_size(64)));
 
+// 16 floats loaded from or stored to memory at any alignment (a float* may point into a v16u). Not
+// memcpy: GCC 12 tuned for Skylake-SP / Cascade Lake (-march=native on such a CPU) copies 64 bytes as two
+// 256-bit halves, through the stack, and then kept every register block's sums on the stack too (a load and
+// a store per multiply-add): the thin-input forward pass ran at 20 GFLOP/s on one such core, where its
+// kernels tuned for Sapphire / Emerald Rapids (a 512-bit copy) keep the sums in registers.
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+inline v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void store16(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+
 // Two-vector shuffles (GCC's and Clang's spellings).
 #if defined(__clang__)
 #define SHUF2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
@@ -126,7 +135,7 @@ inline void block(const Geometry& g, const float* P, int64_t b0, const float* R,
                   int64_t r1, float* out, int64_t row, int64_t col) {
   v16 acc[RB][Q];
   for (int k = 0; k < RB; ++k)
-    for (int q = 0; q < Q; ++q) memcpy(&acc[k][q], out + (row + k) * g.cr + col + 16 * q, 64);
+    for (int q = 0; q < Q; ++q) acc[k][q] = load16(out + (row + k) * g.cr + col + 16 * q);
   int64_t off[RB];
   for (int k = 0; k < RB; ++k) off[k] = rowoff[row + k];
   for (int64_t orow = r0; orow < r1; ++orow) {
@@ -136,7 +145,7 @@ inline void block(const Geometry& g, const float* P, int64_t b0, const float* R,
     const int64_t pstep = g.sw * g.cp;
     for (int64_t j = 0; j < g.wo; ++j, rp += g.cr, pp += pstep) {
       v16 v[Q];
-      for (int q = 0; q < Q; ++q) memcpy(&v[q], rp + 16 * q, 64);
+      for (int q = 0; q < Q; ++q) v[q] = load16(rp + 16 * q);
       for (int k = 0; k < RB; ++k) {
         const float a = pp[off[k]];
         for (int q = 0; q < Q; ++q) acc[k][q] += a * v[q];
@@ -144,7 +153,7 @@ inline void block(const Geometry& g, const float* P, int64_t b0, const float* R,
     }
   }
   for (int k = 0; k < RB; ++k)
-    for (int q = 0; q < Q; ++q) memcpy(out + (row + k) * g.cr + col + 16 * q, &acc[k][q], 64);
+    for (int q = 0; q < Q; ++q) store16(out + (row + k) * g.cr + col + 16 * q, acc[k][q]);
 }
 
 template <int Q>
@@ -268,7 +277,7 @@ inline void out_block(const Geometry& g, const float* P, const float* W, const f
   v16 b[Q];
   for (int q = 0; q < Q; ++q) {
     b[q] = v16{};
-    if (bias) memcpy(&b[q], bias + col + 16 * q, 64);
+    if (bias) b[q] = load16(bias + col + 16 * q);
   }
   v16 acc[NPX][Q];
   for (int k = 0; k < NPX; ++k)
@@ -278,7 +287,7 @@ inline void out_block(const Geometry& g, const float* P, const float* W, const f
   const int64_t pstep = g.sw * g.cp, rows = g.taps * g.cp;
   for (int64_t row = 0; row < rows; ++row) {
     v16 w[Q];
-    for (int q = 0; q < Q; ++q) memcpy(&w[q], W + row * g.cr + col + 16 * q, 64);
+    for (int q = 0; q < Q; ++q) w[q] = load16(W + row * g.cr + col + 16 * q);
     const float* pr = pp + rowoff[row];
     for (int k = 0; k < NPX; ++k) {
       const float a = pr[k * pstep];
@@ -287,7 +296,7 @@ inline void out_block(const Geometry& g, const float* P, const float* W, const f
   }
   float* y = Y + (orow * g.wo + j0) * g.cr + col;
   for (int k = 0; k < NPX; ++k)
-    for (int q = 0; q < Q; ++q) memcpy(y + k * g.cr + 16 * q, &acc[k][q], 64);
+    for (int q = 0; q < Q; ++q) store16(y + k * g.cr + 16 * q, acc[k][q]);
 }
 
 // out_block of the n < N pixels left at the end of a row, as one block
@@ -433,13 +442,13 @@ __attribute__((always_inline)) inline void thin_block(const Plan& plan, const Bl
       v16 w[C];
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
-        memcpy(&w[c], tap.v + c * cx + p, 64);
+        w[c] = load16(tap.v + c * cx + p);
         IN_REGISTER(w[c]);
       }
 #pragma GCC unroll 16
       for (int k = 0; k < NPX; ++k) {
         v16 a;
-        memcpy(&a, x[k] + p, 64);
+        a = load16(x[k] + p);
         IN_REGISTER(a);
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) acc[k * C + c] += a * w[c];
@@ -479,14 +488,14 @@ __attribute__((always_inline)) inline void run_fmas(const Run& run, const float*
     v16 w[L];
 #pragma GCC unroll 8
     for (int q = 0; q < L; ++q) {
-      memcpy(&w[q], run.v[q] + p, 64);
+      w[q] = load16(run.v[q] + p);
       IN_REGISTER(w[q]);
     }
 #pragma GCC unroll 32
     for (int m = 0; m < M; ++m) {
       if (EDGE && (m < run.mlo || m >= run.mhi)) continue;
       v16 a;
-      memcpy(&a, base + m * CX + p, 64);
+      a = load16(base + m * CX + p);
       IN_REGISTER(a);
 #pragma GCC unroll 8
       for (int q = 0; q < L; ++q)
