@@ -313,3 +313,30 @@ def test_profile_step_breaks_a_step_down_by_operation(tmp_path):
   assert sum(op["share_ms"] for op in result["ops"]) == pytest.approx(result["busy_ms_per_step"], rel=0.01)
   assert result["busy_ms_per_step"] <= result["traced_ms_per_step"] + 1e-3
   assert any("block_0" in op["jax_op"] for op in result["ops"])
+
+
+def test_conv_layers_records_every_convolution_of_a_familys_train_step():
+  """experiments/benchmarks/conv_layers.py --families: the distinct convolutions that a config's train step
+  makes, recorded while tracing it, with their masks; the recording leaves ``_layers`` as it was."""
+  sys.path.insert(0, "experiments/benchmarks")
+  try:
+    import conv_layers
+  finally:
+    sys.path.remove("experiments/benchmarks")
+  from zoo.models import _layers
+  conv, conv_t = _layers.conv2d, _layers.conv_transpose2d
+  # the quick DCGAN: G 7x7x32 -> 14x14x16 -> 28x28x1 (transposed), D 28x28x1 -> 14x14x16 -> 7x7x32
+  layers = conv_layers.recorded_layers("experiments/radford2015/dcgan_mnist.py:quick")
+  assert [(la.kind, la.in_shape, la.kernel, la.stride, la.c_out) for la in layers] == [
+      ("convT", (7, 7, 32), (4, 4), 2, 16), ("convT", (14, 14, 16), (4, 4), 2, 1),
+      ("conv", (28, 28, 1), (4, 4), 2, 16), ("conv", (14, 14, 16), (4, 4), 2, 32)]
+  assert all(la.batches == (64,) and la.mask is None and la.padding == "SAME" for la in layers)
+  assert layers[0].name == "dcgan_mnist T4x4/2 32->16 @7"
+  # the quick PixelCNN (16 features, 2 blocks): its masks come along, the 3x3 mask B's 5 open taps of 9
+  masked = conv_layers.recorded_layers("experiments/vandenoord2016/pixelcnn.py:quick")
+  by_kernel = {la.kernel: la for la in masked}
+  assert set(by_kernel) == {(7, 7), (3, 3), (1, 1)}
+  b3 = by_kernel[(3, 3)]
+  assert b3.mask.shape == (3, 3, 16, 16) and b3.mask.reshape(9, -1).any(-1).sum() == 5 and "5 taps" in b3.name
+  assert b3.flops(64, (28, 28)) == 2 * 64 * 28 * 28 * int(b3.mask.sum())
+  assert (_layers.conv2d, _layers.conv_transpose2d) == (conv, conv_t)

@@ -36,7 +36,9 @@ under ``zoo.kernels.xla_own_kernels()``; without it, with XLA's defaults (YNNPAC
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import inspect
 import json
 import math
 import os
@@ -115,6 +117,82 @@ LAYERS = [
     Layer("PixelCNN 1x1", "conv", (28, 28, 64), (1, 1), 1, 64, (64,)),
     *gated_layers(),
 ]
+
+
+# The experiment configs of the convolutional families (``--families``); a config with overrides is
+# (path, [key=value, ...]): the VAE's experiment is an MLP, so its convolutional encoder is this one.
+FAMILY_CONFIGS = (
+    "experiments/radford2015/dcgan_mnist.py", "experiments/karras2017/progan_mnist.py",
+    "experiments/vandenoord2016/pixelcnn.py", "experiments/vandenoord2016/gated_pixelcnn.py",
+    "experiments/vandenoord2016/row_lstm.py", "experiments/vandenoord2016/diagonal_bilstm.py",
+    ("experiments/kingma2013/vae.py", ["model.encoder='conv'"]),
+)
+
+
+@contextlib.contextmanager
+def _recording(calls: list):
+  """Records the outermost ``_layers.conv2d`` / ``conv_transpose2d`` calls made inside: (kind, x's shape,
+  the kernel's shape, strides, padding, mask) each. Every convolutional family calls one of the two
+  through the module (``Conv``, ``ConvTranspose``, ``MaskedConv``, the Gated PixelCNN's stacks)."""
+  conv, conv_t, depth = _layers.conv2d, _layers.conv_transpose2d, [0]
+
+  def recorded(kind, f):
+    def call(x, kernel, *args, **kwargs):
+      if depth[0] == 0:
+        bound = inspect.signature(f).bind(x, kernel, *args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        calls.append((kind, tuple(x.shape), tuple(kernel.shape), tuple(int(s) for s in a["strides"]),
+                       a["padding"], a.get("mask")))
+      depth[0] += 1
+      try:
+        return f(x, kernel, *args, **kwargs)
+      finally:
+        depth[0] -= 1
+    return call
+  _layers.conv2d, _layers.conv_transpose2d = recorded("conv", conv), recorded("convT", conv_t)
+  try:
+    yield calls
+  finally:
+    _layers.conv2d, _layers.conv_transpose2d = conv, conv_t
+
+
+def recorded_layers(spec, min_batch: int = 64) -> list[Layer]:
+  """The distinct convolutions of an experiment config's train step (every stage's, for a family trained in
+  stages), as ``Layer`` s timed at max(``min_batch``, the config's batch): issue 7's target is for batches
+  of 64 or more, and a family's shapes but for the batch do not depend on it. ``spec``: a config path, or
+  (path, overrides). Traced only (no compilation), on the config's own data."""
+  from zoo import config as config_lib
+  from zoo import data as data_lib
+  from zoo.train import build_run
+  path, overrides = (spec, []) if isinstance(spec, str) else spec
+  config = config_lib.with_defaults(config_lib.load(path, overrides))
+  batch = max(min_batch, int(config.batch_size))
+  dataset = data_lib.load(config.data)
+  local = dataset.batch(config.train_split, 0, batch, seed=0, process_index=0, process_count=1)
+  run = build_run(config, local, dataset.image_shape)
+  state_shapes = jax.eval_shape(run.init_state)
+  calls = []
+  with _recording(calls):
+    for stage in range(len(run.family.stage_steps) + 1):
+      step = step_lib.jit_train_step(run.family.at_stage(stage), run.txs, run.mesh, config.ema.to_dict())
+      step.trace(state_shapes, jax.eval_shape(lambda: local))
+  tag = os.path.splitext(os.path.basename(path))[0]
+  layers, seen = [], set()
+  for kind, x_shape, k_shape, strides, padding, mask in calls:
+    if len(set(strides)) != 1:
+      raise ValueError(f"{path}: a convolution of strides {strides}; the benchmark's layers have one stride")
+    mask = None if mask is None else np.asarray(mask, np.float32)
+    key = (kind, x_shape[1:], k_shape, strides, repr(padding), None if mask is None else mask.tobytes())
+    if key in seen:
+      continue
+    seen.add(key)
+    kh, kw, c_in, c_out = k_shape
+    tap = f" {int(mask.reshape(kh, kw, -1).any(-1).sum())} taps" if mask is not None else ""
+    name = f"{tag} {'T' if kind == 'convT' else ''}{kh}x{kw}/{strides[0]} {c_in}->{c_out} @{x_shape[1]}{tap}"
+    layers.append(Layer(name, kind, x_shape[1:], (kh, kw), strides[0], c_out, (batch,),
+                        padding if isinstance(padding, str) else tuple(map(tuple, padding)), mask))
+  return layers
 
 
 def timed(fns: dict, *args, repeats: int, options: dict | None = None, per_round: bool = False) -> dict:
@@ -212,9 +290,23 @@ def torch_ops(layer: Layer, x, kern, dy):
           "weight_grad": backward([False, True, False]), "gradients": backward([True, True, False])}
 
 
-def chosen_layers(parts) -> list:
-  """The entries of LAYERS whose names contain one of ``parts`` (all of them where ``parts`` is empty)."""
-  return [layer for layer in LAYERS if not parts or any(part in layer.name for part in parts)]
+def family_layers(specs) -> list[Layer]:
+  """``recorded_layers`` of each config in ``specs``, each shape once (named after its first config)."""
+  layers, seen = [], set()
+  for spec in specs:
+    for layer in recorded_layers(spec):
+      key = (layer.kind, layer.in_shape, layer.kernel, layer.stride, layer.c_out, repr(layer.padding),
+             None if layer.mask is None else layer.mask.tobytes())
+      if key not in seen:
+        seen.add(key)
+        layers.append(layer)
+  return layers
+
+
+def chosen_layers(parts, layers=None) -> list:
+  """The entries of ``layers`` (LAYERS) whose names contain one of ``parts`` (all where ``parts`` is empty)."""
+  return [layer for layer in (LAYERS if layers is None else layers)
+          if not parts or any(part in layer.name for part in parts)]
 
 
 def main():
@@ -226,9 +318,17 @@ def main():
   ap.add_argument("--step-options", action="store_true", help="compile as the shared train step does on CPU")
   ap.add_argument("--layers", nargs="+", metavar="NAME",
                   help="only the layers whose names contain one of these (e.g. 'deconv_2' '7x7')")
+  ap.add_argument("--families", nargs="*", metavar="CONFIG",
+                  help="instead of the benchmark architectures' layers, every convolution that these experiment "
+                       "configs' train steps make (recorded while tracing them; none named: FAMILY_CONFIGS), "
+                       "each at max(64, the config's batch)")
   args = ap.parse_args()
-  if not chosen_layers(args.layers):
-    raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[layer.name for layer in LAYERS]}")
+  layers = LAYERS
+  if args.families is not None:
+    layers = family_layers(args.families or FAMILY_CONFIGS)
+  args.chosen = chosen_layers(args.layers, layers)
+  if not args.chosen:
+    raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[layer.name for layer in layers]}")
   memory.ensure()     # as the `zoo` command does: huge pages and the large-block cache (zoo/memory.py)
   options = None
   if args.step_options:
@@ -253,10 +353,11 @@ def run(args, options):
     pass
   print(f"float32 matmul 2048^3: {ceiling:.1f} GFLOP/s ({jax.default_backend()}, {os.cpu_count()} cores, "
         f"load {env['load_average_before']})")
-  print(f"{'layer':<16} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'torch':>8} "
+  width = max(16, *(len(layer.name) for layer in args.chosen))
+  print(f"{'layer':<{width}} {'batch':>5} {'shape':<22} {'op':<11} {'native':>8} {'zoo':>8} {'torch':>8} "
         f"{'zoo/nat':>7} {'ceiling':>8} {'zoo/ceil':>8} {'GB/s':>6} {'roof':>5}  (GFLOP/s; GB/s: memory)")
   rows = [dict(env, kind="matmul", gflops=round(ceiling, 2))]
-  for layer in chosen_layers(args.layers):
+  for layer in args.chosen:
     name, (h, w, c_in) = layer.name, layer.in_shape
     for b in layer.batches or args.batches:
       x, kern = operands(layer, b)
@@ -292,7 +393,7 @@ def run(args, options):
         roof = statistics.median(max(work["zoo"] * c / work["ceiling"], nbytes[op] * t / (8 * m.size)) / z
                                  for z, c, t in zip(rounds["zoo"], rounds["ceiling"], rounds["stream"]))
         flag = "" if share >= 0.5 else "  < half" + (" (memory-bound)" if roof >= 0.5 else "")
-        print(f"{name:<16} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
+        print(f"{name:<{width}} {b:>5} {shape:<22} {op:<11} {gf['native']:>8.1f} {gf['zoo']:>8.1f} "
               f"{gf.get('torch', float('nan')):>8.1f} {gf['zoo'] / gf['native']:>6.2f}x {gf['ceiling']:>8.1f} "
               f"{share:>8.2f} {gbps:>6.1f} {roof:>5.2f}{flag}", flush=True)
         rows.append(dict(kind=layer.kind, layer=name, batch=b, shape=shape, kernel=layer.kernel,
