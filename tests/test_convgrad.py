@@ -69,8 +69,10 @@ def test_conv_taps_is_xlas_convolution_with_those_taps(b, hw, cp, cr, strides, o
     # given out of order), blocks of 16 pixels and of fewer
     (2, (3, 37), 64, 16, (1, 1), tuple((0, j) for j in range(10, -1, -1)) + ((2, 4), (1, 0), (1, 2))),
     # 128 channels into one (the Gated PixelCNN's first layer's input gradient): a 4x7 box by runs of 7
-    (2, (4, 21), 128, 16, (1, 1), tuple((i, j) for i in range(4) for j in range(7)))],
-    ids=["case2", "long-rows", "strided", "64-channels", "runs", "runs-128"])
+    (2, (4, 21), 128, 16, (1, 1), tuple((i, j) for i in range(4) for j in range(7))),
+    # 32 channels into one (the PixelRNNs' 7x7 mask A's input gradient): runs of 3 and 7, blocks of fewer pixels
+    (2, (3, 23), 32, 16, (1, 1), tuple((0, j) for j in range(7)) + ((1, 0), (1, 1), (1, 2)))],
+    ids=["case2", "long-rows", "strided", "64-channels", "runs", "runs-128", "runs-32"])
 @pytest.mark.parametrize("outputs", [1, 3, 4])
 def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides, offsets, outputs):
   """thin_conv(P, v) is XLA's convolution of P into 1 to 4 channels with v[t] (transposed) at offsets[t]:

@@ -368,7 +368,8 @@ def _check() -> str | None:
       ((2, 5, 6, 16), (3, 4, 16), (1, 1), ((0, 0), (1, 2)), NO_PADS),
       # 64 channels into one at stride 1: thin_conv by runs of a row's taps, blocks of 16 pixels and of fewer
       ((1, 4, 40, 64), (2, 38, 16), (1, 1), ((0, 0), (0, 1), (0, 2), (1, 1)), ((0, 0), (1, -1))),
-      ((1, 3, 20, 128), (2, 18, 16), (1, 1), ((0, 0), (0, 1), (1, 2)), ((0, 0), (0, 0)))):
+      ((1, 3, 20, 128), (2, 18, 16), (1, 1), ((0, 0), (0, 1), (1, 2)), ((0, 0), (0, 0))),
+      ((2, 3, 19, 32), (2, 18, 32), (1, 1), ((0, 0), (0, 1), (1, 1)), ((0, 0), (0, 0)))):
     p = jax.device_put(rng.standard_normal((b, hp, wp, cp), np.float32), cpu)
     r = jax.device_put(rng.standard_normal((b, h, wd, cr), np.float32), cpu)
     w = jax.device_put(rng.standard_normal((len(offsets), cp, cr), np.float32), cpu)
@@ -386,7 +387,7 @@ def _check() -> str | None:
       if not np.allclose(got, want_conv + np.asarray(w[0, 0]), rtol=1e-4, atol=1e-4):
         return f"conv_taps with a bias differs from XLA's convolution plus the bias at {case}, {threads} thread(s)"
       if cp % ROW_MULTIPLE == 0:
-        outputs = 1 if cp in (64, 128) else 3
+        outputs = 1 if cp in (32, 64, 128) else 3
         v = w[:, :, :outputs].swapaxes(1, 2)
         got = np.asarray(jax.jit(lambda p, v: thin_conv(p, v, offsets, strides, (h, wd), threads, pads))(p, v))
         if not np.allclose(got, want_conv[..., :outputs], rtol=1e-4, atol=1e-4):

@@ -176,6 +176,8 @@ void accumulate(const Geometry& g, Padded& P, const float* R, const int64_t* row
     const float* p = P.items(b0, (t1 - 1) / g.ho + 1);
     int64_t col = 0;
     for (; col + 64 <= g.cr; col += 64) tile<4>(g, p, b0, R, rowoff, t0, t1, out, col);
+    // 32 columns as 2 vectors (RB 12), not two passes of 1 (RB 24: a broadcast load per multiply-add)
+    for (; col + 32 <= g.cr; col += 32) tile<2>(g, p, b0, R, rowoff, t0, t1, out, col);
     for (; col + 16 <= g.cr; col += 16) tile<1>(g, p, b0, R, rowoff, t0, t1, out, col);
   }
 }
@@ -329,6 +331,7 @@ void convolve(const Geometry& g, Padded& P, const float* W, const float* bias, c
     const float* p = P.items(b, b + 1);
     int64_t col = 0;
     for (; col + 64 <= g.cr; col += 64) out_row<4>(g, p, W, bias, rowoff, orow, Y, col);
+    for (; col + 32 <= g.cr; col += 32) out_row<2>(g, p, W, bias, rowoff, orow, Y, col);   // as in accumulate
     for (; col + 16 <= g.cr; col += 16) out_row<1>(g, p, W, bias, rowoff, orow, Y, col);
   }
 }
@@ -473,7 +476,7 @@ __attribute__((always_inline)) inline void thin_block_of(const Plan& plan, const
     thin_block<C, N, false, CX>(plan, blk, X, Y);
 }
 
-// One run's multiply-adds into a block's 16 sums (one output channel, x's CX channels, 64 or 128): per 16
+// One run's multiply-adds into a block's 16 sums (one output channel, x's CX channels, 32, 64 or 128): per 16
 // channels, the run's L kernel vectors and each of its 15 + L positions' x vector loaded once into registers
 // (16 + L + 1 of the 32), 16 * L multiply-adds. Where the block's pixels read only x, 29 loads per 112
 // multiply-adds for a 7-tap run, against 15 per 14 and a pointer per pixel (more than the general registers
@@ -536,7 +539,7 @@ void for_blocks(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t 
     for (const Block& blk : plan.rows[r % ho]) f(blk, X + (r / ho) * plan.xbatch, Y + (r / ho) * plan.ybatch);
 }
 
-// output rows [r0, r1), by runs; x's CX channels (64 or 128: runs_cx) a constant
+// output rows [r0, r1), by runs; x's CX channels (32, 64 or 128: runs_cx) a constant
 template <int CX>
 void runs_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1) {
   for_blocks(plan, X, Y, r0, r1, [&](const Block& blk, const float* Xb, float* Yb) {
@@ -544,9 +547,9 @@ void runs_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1
   });
 }
 
-// x's channels that thin_conv takes by runs: the PixelCNN's 64, and the Gated PixelCNN's 128 (two gates of 64:
-// its first layer's input gradient ran 2.2-2.4x as fast as by thin_block on one core)
-bool runs_cx(int64_t cx) { return cx == 64 || cx == 128; }
+// x's channels that thin_conv takes by runs: the PixelCNN's 64, the Gated PixelCNN's 128 (two gates of 64:
+// its first layer's input gradient ran 2.2-2.4x as fast as by thin_block on one core) and the PixelRNNs' 32
+bool runs_cx(int64_t cx) { return cx == 32 || cx == 64 || cx == 128; }
 
 // Pixels per block: C * NPX <= 16 sums in registers, with the C vectors of V and one of x (24 sums in two
 // trees ran 0.93x as fast, GCC keeping some of them in memory).
@@ -587,8 +590,9 @@ ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, con
                          int64_t threads) {
   const int nt = thread_count(threads, rows);
   in_parts(pool, nt, rows, [&](int, int64_t r0, int64_t r1) {
-    if (!plan.runs.empty())     // plan.cx is 64 or 128 (runs_cx)
-      return plan.cx == 64 ? runs_run<64>(plan, X, Y, r0, r1) : runs_run<128>(plan, X, Y, r0, r1);
+    if (!plan.runs.empty())     // plan.cx is 32, 64 or 128 (runs_cx)
+      return plan.cx == 32 ? runs_run<32>(plan, X, Y, r0, r1)
+             : plan.cx == 64 ? runs_run<64>(plan, X, Y, r0, r1) : runs_run<128>(plan, X, Y, r0, r1);
     // the families' layers into an image's 1 or 3 channels from 64, pixels read one after the other: those
     // sizes as constants (1.09x for the 3-channel layers; fewer registers for addresses)
     if (plan.cx == 64 && plan.step == 64 && (c == 1 || c == 3))
