@@ -100,6 +100,11 @@ def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides,
     ((2, 30, 40, 16), (4, 4), 3, (2, 2), (1, 2)),     # 40-41 pixels per column parity: blocks of 4-5, edges
     ((2, 6, 21, 64), (4, 4), 3, (2, 2), (2, 2)),      # 64 channels into 3 or 1: the kernel's constant sizes
     ((1, 5, 19, 64), (3, 3), 1, (1, 1), (1, 1)),
+    # into one channel from 32, 64 or 128: by runs of a kernel row's taps (2 per parity at 4x4 stride 2, 1-3 at
+    # 5x5 stride 2, up to 3 at 3x3 stride 1), blocks of 16 pixels and fewer, edges
+    ((2, 7, 21, 128), (4, 4), 1, (2, 2), (2, 2)),     # the DCGAN MNIST generator's last layer, 'SAME'
+    ((1, 9, 37, 64), (5, 5), 1, (2, 2), (1, 3)),
+    ((2, 5, 19, 32), (3, 3), 1, (1, 1), (1, 1)),
 ])
 def test_thin_transposed_is_xlas_transposed_convolution(x_shape, k, c, strides, lo):
   assert convgrad.available()

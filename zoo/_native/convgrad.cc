@@ -742,6 +742,44 @@ Plan transposed_plan(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, i
   return plan;
 }
 
+// transposed_plan's function by runs (Run), where the output is one channel and x has 32, 64 or 128 (runs_cx):
+// the taps of a kernel row that meet one column parity read x's columns one apart (at stride s, taps s apart),
+// so each x vector loaded serves all of them (run_fmas), where taps one at a time load one per multiply-add.
+// Blocks of up to 16 pixels of a row's parity; the output's pixels of a block are s apart (plan.ostep).
+Plan transposed_runs(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, int64_t kh, int64_t kw, int64_t sh,
+                     int64_t sw, int64_t lo_h, int64_t lo_w, const float* V) {
+  Plan plan;
+  plan.step = cx, plan.ostep = sw, plan.cx = cx;
+  plan.xbatch = h * w * cx, plan.ybatch = ho * wo;
+  plan.rows.resize(ho);
+  std::vector<int64_t> ri, ru, cj, cd;
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    axis_taps(oy, h, kh, sh, lo_h, true, &ri, &ru);
+    for (int64_t par = 0; par < sw && par < wo; ++par) {
+      axis_taps(par, w, kw, sw, lo_w, false, &cj, &cd);     // cd ascending with cj
+      for (auto [m0, nb] : blocks_of((wo - par + sw - 1) / sw, 16)) {
+        Block blk{oy * wo + par + sw * m0, nb, false, plan.runs.size(), 0};
+        for (size_t r = 0; r < ri.size(); ++r)
+          for (size_t a = 0; a < cj.size();) {
+            size_t e = a + 1;      // the run from tap a: x's columns one apart, at most RUN_MAX
+            while (e < cj.size() && (int)(e - a) < RUN_MAX && cd[e] == cd[e - 1] + 1) ++e;
+            const int64_t col = cd[a] + m0;
+            Run run{(ru[r] * w + col) * cx, {}, (int)(e - a), 0, 0};
+            std::tie(run.mlo, run.mhi) = inside(col, 1, nb + run.len - 1, w);
+            for (size_t q = a; q < e; ++q) run.v[q - a] = V + (ri[r] * kw + cj[q]) * cx;
+            a = e;
+            if (run.mlo >= run.mhi) continue;
+            blk.edge = blk.edge || run.mlo > 0 || run.mhi < 16 + run.len - 1;
+            plan.runs.push_back(run);
+          }
+        blk.nt = plan.runs.size() - blk.t0;
+        plan.rows[oy].push_back(blk);
+      }
+    }
+  }
+  return plan;
+}
+
 ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads, int64_t threads,
                           ffi::ThreadPool pool) {
@@ -752,8 +790,11 @@ ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi:
   if (yd[0] != xd[0] || xd[3] % 16 || c < 1 || c > 4 || vd[2] != c || vd[3] != xd[3] || strides[0] < 1 ||
       strides[1] < 1)
     return ffi::Error::InvalidArgument("zoo_thin_transposed: shapes do not match");
-  const Plan plan = transposed_plan(xd[1], xd[2], xd[3], yd[1], yd[2], c, vd[0], vd[1], strides[0], strides[1],
-                                    pads[0], pads[1], v.typed_data());
+  const Plan plan = c == 1 && runs_cx(xd[3])
+      ? transposed_runs(xd[1], xd[2], xd[3], yd[1], yd[2], vd[0], vd[1], strides[0], strides[1], pads[0], pads[1],
+                        v.typed_data())
+      : transposed_plan(xd[1], xd[2], xd[3], yd[1], yd[2], c, vd[0], vd[1], strides[0], strides[1], pads[0],
+                        pads[1], v.typed_data());
   return thin_in_parts(pool, plan, c, x.typed_data(), y->typed_data(), xd[0] * yd[1], threads);
 }
 
