@@ -287,6 +287,13 @@ inline void out_block(const Geometry& g, const float* P, const float* W, const f
   const int64_t i = orow % g.ho;
   const float* pp = P + (g.sh * i * g.wp + g.sw * j0) * g.cp;
   const int64_t pstep = g.sw * g.cp, rows = g.taps * g.cp;
+  float* y = Y + (orow * g.wo + j0) * g.cr + col;
+  // the block's output lines asked for, for writing, before its sums are computed, so that their reads for
+  // ownership overlap the multiply-adds: the stores of a 1-channel first layer (12.8 MB of output at batch
+  // 64) waited on them. On the 2-core Cascade Lake VM, in alternating processes, the 7x7 mask A's forward
+  // pass 92-101 -> 142-144 GFLOP/s (109 against 101 once); D's first layer 0.60 -> 0.80 of the ceiling.
+  for (int k = 0; k < NPX; ++k)
+    for (int q = 0; q < Q; ++q) __builtin_prefetch(y + k * g.cr + 16 * q, 1, 3);
   for (int64_t row = 0; row < rows; ++row) {
     v16 w[Q];
     for (int q = 0; q < Q; ++q) w[q] = load16(W + row * g.cr + col + 16 * q);
@@ -296,7 +303,6 @@ inline void out_block(const Geometry& g, const float* P, const float* W, const f
       for (int q = 0; q < Q; ++q) acc[k][q] += a * w[q];
     }
   }
-  float* y = Y + (orow * g.wo + j0) * g.cr + col;
   for (int k = 0; k < NPX; ++k)
     for (int q = 0; q < Q; ++q) store16(y + k * g.cr + 16 * q, acc[k][q]);
 }
