@@ -26,12 +26,18 @@ the 1x1 64 -> 64 of the output layers; and the Gated PixelCNN's (``gated_layers`
 first layer's vertical 4x7 and horizontal 1x4 (mask A) from the image, and every later layer's vertical 2x3
 and horizontal 1x2 from 64 channels, all into 128 (two gates of 64).
 
+With ``--families``, instead of those: every convolution that the experiment configs' train steps make
+(``FAMILY_CONFIGS``, or the configs named: the DCGAN and Progressive GAN on MNIST, the PixelCNN, the Gated
+PixelCNN, both PixelRNNs and the VAE with its convolutional encoder), recorded from ``_layers.conv2d`` and
+``conv_transpose2d`` while tracing each step (every stage of a family trained in stages), each shape once,
+timed at max(64, the config's batch).
+
 With ``--step-options`` every JAX function (the matmul ceiling included) compiles as the shared train step
 does on CPU: with ``zoo.step.CPU_COMPILER_OPTIONS`` (XLA's own dot and convolution kernels) and traced
 under ``zoo.kernels.xla_own_kernels()``; without it, with XLA's defaults (YNNPACK), as a caller's own ``jit``.
 
   python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--no-torch] [--step-options]
-      [--layers NAME ...] [--out FILE.jsonl]
+      [--layers NAME ...] [--families [CONFIG ...]] [--out FILE.jsonl]
 """
 from __future__ import annotations
 
