@@ -329,13 +329,15 @@ def main():
                        "configs' train steps make (recorded while tracing them; none named: FAMILY_CONFIGS), "
                        "each at max(64, the config's batch)")
   args = ap.parse_args()
+  if args.families is None and not chosen_layers(args.layers):
+    raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[layer.name for layer in LAYERS]}")
+  memory.ensure()     # as the `zoo` command does: huge pages and the large-block cache (zoo/memory.py)
   layers = LAYERS
-  if args.families is not None:
+  if args.families is not None:     # after the re-execution above: recording the configs' steps takes ~1 minute
     layers = family_layers(args.families or FAMILY_CONFIGS)
   args.chosen = chosen_layers(args.layers, layers)
   if not args.chosen:
     raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[layer.name for layer in layers]}")
-  memory.ensure()     # as the `zoo` command does: huge pages and the large-block cache (zoo/memory.py)
   options = None
   if args.step_options:
     options = step_lib.compiler_options(sharding.make_mesh(1))
