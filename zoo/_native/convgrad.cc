@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <sched.h>
 #include <thread>
@@ -643,35 +644,49 @@ Plan thin_conv_plan(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Sp
   return plan;
 }
 
-// thin_conv_plan's function by runs (Run), where the convolution is at stride 1 into one channel from 64 or 128:
-// per block of up to 16 pixels, the taps of each kernel row in runs of neighbouring columns.
+// Into plan.runs, the runs of one kernel row's taps for block blk of nb pixels: tap q reads x's row `row` from
+// column col0 + dc[q] on (dc ascending) with kernel v[q]. A run is taps whose columns are one apart, at most
+// RUN_MAX of them; one that reads nothing inside x's width w is left out, and blk.edge set where one reads
+// zeros for some of its positions. (thin_conv_runs and transposed_runs.)
+void push_runs(Plan& plan, Block& blk, int64_t row, int64_t col0, const std::vector<int64_t>& dc,
+               const std::vector<const float*>& v, int nb, int64_t w) {
+  for (size_t a = 0; a < dc.size();) {
+    size_t e = a + 1;
+    while (e < dc.size() && (int)(e - a) < RUN_MAX && dc[e] == dc[e - 1] + 1) ++e;
+    const int64_t col = col0 + dc[a];
+    Run run{(row * w + col) * plan.cx, {}, (int)(e - a), 0, 0};
+    std::tie(run.mlo, run.mhi) = inside(col, 1, nb + run.len - 1, w);
+    for (size_t q = a; q < e; ++q) run.v[q - a] = v[q];
+    a = e;
+    if (run.mlo >= run.mhi) continue;
+    blk.edge = blk.edge || run.mlo > 0 || run.mhi < 16 + run.len - 1;
+    plan.runs.push_back(run);
+  }
+}
+
+// thin_conv_plan's function by runs (Run), where the convolution is at stride 1 into one channel from 32, 64 or
+// 128 (runs_cx): per block of up to 16 pixels, the taps of each kernel row in runs of neighbouring columns.
 Plan thin_conv_runs(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, int64_t h,
                     int64_t w, const float* V) {
   Plan plan;
   plan.step = g.cp, plan.ostep = 1, plan.cx = g.cp;
   plan.xbatch = h * w * g.cp, plan.ybatch = g.ho * g.wo;
   plan.rows.resize(g.ho);
-  // the taps by row, then column
+  // the taps by kernel row (its row offset), then column: their column offsets and kernels
+  std::map<int64_t, std::pair<std::vector<int64_t>, std::vector<const float*>>> by_row;
   std::vector<std::pair<std::pair<int64_t, int64_t>, int64_t>> order;
   for (int64_t t = 0; t < g.taps; ++t) order.push_back({{offsets[2 * t], offsets[2 * t + 1]}, t});
   std::sort(order.begin(), order.end());
+  for (auto [at, t] : order) {
+    by_row[at.first].first.push_back(at.second);
+    by_row[at.first].second.push_back(V + t * g.cp);
+  }
   for (int64_t i = 0; i < g.ho; ++i)
     for (auto [j0, nb] : blocks_of(g.wo, 16)) {
       Block blk{i * g.wo + j0, nb, false, plan.runs.size(), 0};
-      for (size_t a = 0; a < order.size();) {
-        // the run from tap a: same row, columns one apart, at most RUN_MAX
-        size_t e = a + 1;
-        while (e < order.size() && (int)(e - a) < RUN_MAX && order[e].first.first == order[a].first.first &&
-               order[e].first.second == order[e - 1].first.second + 1)
-          ++e;
-        const int64_t row = i + order[a].first.first - pads[0], col = j0 + order[a].first.second - pads[2];
-        Run run{(row * w + col) * g.cp, {}, (int)(e - a), 0, 0};
-        std::tie(run.mlo, run.mhi) = inside(col, 1, nb + run.len - 1, w);
-        for (size_t q = a; q < e; ++q) run.v[q - a] = V + order[q].second * g.cp;
-        a = e;
-        if (row < 0 || row >= h || run.mlo >= run.mhi) continue;
-        blk.edge = blk.edge || run.mlo > 0 || run.mhi < 16 + run.len - 1;
-        plan.runs.push_back(run);
+      for (const auto& [di, taps] : by_row) {
+        const int64_t row = i + di - pads[0];
+        if (row >= 0 && row < h) push_runs(plan, blk, row, j0 - pads[2], taps.first, taps.second, nb, w);
       }
       blk.nt = plan.runs.size() - blk.t0;
       plan.rows[i].push_back(blk);
@@ -760,25 +775,17 @@ Plan transposed_runs(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, i
   plan.xbatch = h * w * cx, plan.ybatch = ho * wo;
   plan.rows.resize(ho);
   std::vector<int64_t> ri, ru, cj, cd;
+  std::vector<std::vector<const float*>> v;    // per kernel row meeting oy: the kernels of the parity's taps
   for (int64_t oy = 0; oy < ho; ++oy) {
     axis_taps(oy, h, kh, sh, lo_h, true, &ri, &ru);
     for (int64_t par = 0; par < sw && par < wo; ++par) {
       axis_taps(par, w, kw, sw, lo_w, false, &cj, &cd);     // cd ascending with cj
+      v.assign(ri.size(), {});
+      for (size_t r = 0; r < ri.size(); ++r)
+        for (int64_t j : cj) v[r].push_back(V + (ri[r] * kw + j) * cx);
       for (auto [m0, nb] : blocks_of((wo - par + sw - 1) / sw, 16)) {
         Block blk{oy * wo + par + sw * m0, nb, false, plan.runs.size(), 0};
-        for (size_t r = 0; r < ri.size(); ++r)
-          for (size_t a = 0; a < cj.size();) {
-            size_t e = a + 1;      // the run from tap a: x's columns one apart, at most RUN_MAX
-            while (e < cj.size() && (int)(e - a) < RUN_MAX && cd[e] == cd[e - 1] + 1) ++e;
-            const int64_t col = cd[a] + m0;
-            Run run{(ru[r] * w + col) * cx, {}, (int)(e - a), 0, 0};
-            std::tie(run.mlo, run.mhi) = inside(col, 1, nb + run.len - 1, w);
-            for (size_t q = a; q < e; ++q) run.v[q - a] = V + (ri[r] * kw + cj[q]) * cx;
-            a = e;
-            if (run.mlo >= run.mhi) continue;
-            blk.edge = blk.edge || run.mlo > 0 || run.mhi < 16 + run.len - 1;
-            plan.runs.push_back(run);
-          }
+        for (size_t r = 0; r < ri.size(); ++r) push_runs(plan, blk, ru[r], m0, cd, v[r], nb, w);
         blk.nt = plan.runs.size() - blk.t0;
         plan.rows[oy].push_back(blk);
       }
