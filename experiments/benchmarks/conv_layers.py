@@ -184,21 +184,29 @@ def recorded_layers(spec, min_batch: int = 64) -> list[Layer]:
       step = step_lib.jit_train_step(run.family.at_stage(stage), run.txs, run.mesh, config.ema.to_dict())
       step.trace(state_shapes, jax.eval_shape(lambda: local))
   tag = os.path.splitext(os.path.basename(path))[0]
-  layers, seen = [], set()
+  layers = []
   for kind, x_shape, k_shape, strides, padding, mask in calls:
     if len(set(strides)) != 1:
       raise ValueError(f"{path}: a convolution of strides {strides}; the benchmark's layers have one stride")
     mask = None if mask is None else np.asarray(mask, np.float32)
-    key = (kind, x_shape[1:], k_shape, strides, repr(padding), None if mask is None else mask.tobytes())
-    if key in seen:
-      continue
-    seen.add(key)
     kh, kw, c_in, c_out = k_shape
     tap = f" {int(mask.reshape(kh, kw, -1).any(-1).sum())} taps" if mask is not None else ""
     name = f"{tag} {'T' if kind == 'convT' else ''}{kh}x{kw}/{strides[0]} {c_in}->{c_out} @{x_shape[1]}{tap}"
     layers.append(Layer(name, kind, x_shape[1:], (kh, kw), strides[0], c_out, (batch,),
                         padding if isinstance(padding, str) else tuple(map(tuple, padding)), mask))
-  return layers
+  return distinct(layers)
+
+
+def distinct(layers) -> list[Layer]:
+  """``layers`` with each shape (all but the name and the batches) once, the first of each kept, in order."""
+  out, seen = [], set()
+  for layer in layers:
+    key = (layer.kind, layer.in_shape, layer.kernel, layer.stride, layer.c_out, repr(layer.padding),
+           None if layer.mask is None else layer.mask.tobytes())
+    if key not in seen:
+      seen.add(key)
+      out.append(layer)
+  return out
 
 
 def timed(fns: dict, *args, repeats: int, options: dict | None = None, per_round: bool = False) -> dict:
@@ -298,15 +306,7 @@ def torch_ops(layer: Layer, x, kern, dy):
 
 def family_layers(specs) -> list[Layer]:
   """``recorded_layers`` of each config in ``specs``, each shape once (named after its first config)."""
-  layers, seen = [], set()
-  for spec in specs:
-    for layer in recorded_layers(spec):
-      key = (layer.kind, layer.in_shape, layer.kernel, layer.stride, layer.c_out, repr(layer.padding),
-             None if layer.mask is None else layer.mask.tobytes())
-      if key not in seen:
-        seen.add(key)
-        layers.append(layer)
-  return layers
+  return distinct([layer for spec in specs for layer in recorded_layers(spec)])
 
 
 def chosen_layers(parts, layers=None) -> list:
