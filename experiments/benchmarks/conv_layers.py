@@ -37,7 +37,7 @@ does on CPU: with ``zoo.step.CPU_COMPILER_OPTIONS`` (XLA's own dot and convoluti
 under ``zoo.kernels.xla_own_kernels()``; without it, with XLA's defaults (YNNPACK), as a caller's own ``jit``.
 
   python experiments/benchmarks/conv_layers.py [--batches 64 256] [--repeats 7] [--no-torch] [--step-options]
-      [--layers NAME ...] [--families [CONFIG ...]] [--out FILE.jsonl]
+      [--layers NAME ...] [--families [CONFIG ...]] [--out FILE.jsonl | --save-layers FILE.npz]
 """
 from __future__ import annotations
 
@@ -309,6 +309,25 @@ def family_layers(specs) -> list[Layer]:
   return distinct([layer for spec in specs for layer in recorded_layers(spec)])
 
 
+def save_layers(layers, path) -> None:
+  """Writes ``layers`` to an .npz (their fields as JSON, each mask an array) that ``load_layers`` reads
+  back without pickle: for a machine that lacks the configs' data (TFDS), such as a lent accelerator."""
+  meta = [dict(layer._asdict(), mask=None) for layer in layers]
+  masks = {f"mask{i}": layer.mask for i, layer in enumerate(layers) if layer.mask is not None}
+  np.savez(path, layers=np.array(json.dumps(meta)), **masks)
+
+
+def load_layers(path) -> list[Layer]:
+  """The layers that ``save_layers`` wrote to ``path``."""
+  def tup(v):
+    return tuple(tup(e) for e in v) if isinstance(v, list) else v
+  with np.load(path, allow_pickle=False) as f:
+    meta = json.loads(str(f["layers"]))
+    return [Layer(**{**{k: tup(v) for k, v in m.items()},
+                     "mask": f[f"mask{i}"].astype(np.float32) if f"mask{i}" in f.files else None})
+            for i, m in enumerate(meta)]
+
+
 def chosen_layers(parts, layers=None) -> list:
   """The entries of ``layers`` (LAYERS) whose names contain one of ``parts`` (all where ``parts`` is empty)."""
   return [layer for layer in (LAYERS if layers is None else layers)
@@ -328,6 +347,8 @@ def main():
                   help="instead of the benchmark architectures' layers, every convolution that these experiment "
                        "configs' train steps make (recorded while tracing them; none named: FAMILY_CONFIGS), "
                        "each at max(64, the config's batch)")
+  ap.add_argument("--save-layers", metavar="FILE.npz",
+                  help="write the chosen layers here (for cpu_gpu_parity.py --layers-file) and time nothing")
   args = ap.parse_args()
   if args.families is None and not chosen_layers(args.layers):
     raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[layer.name for layer in LAYERS]}")
@@ -338,6 +359,10 @@ def main():
   args.chosen = chosen_layers(args.layers, layers)
   if not args.chosen:
     raise SystemExit(f"--layers {args.layers}: no layer matches; the layers are {[layer.name for layer in layers]}")
+  if args.save_layers:
+    save_layers(args.chosen, args.save_layers)
+    print(f"{len(args.chosen)} layers written to {args.save_layers}")
+    return
   options = None
   if args.step_options:
     options = step_lib.compiler_options(sharding.make_mesh(1))

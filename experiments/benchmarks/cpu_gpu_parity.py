@@ -1,7 +1,8 @@
 """The zoo's CPU convolution paths against XLA's accelerator convolutions, in one process (issue 7).
 
-On a machine with an accelerator, each layer shape of ``conv_layers.py`` (batch 8) and the PixelCNN and
-Gated PixelCNN losses' parameter gradients (28x28 binary images, batch 8) are computed with inputs on the
+On a machine with an accelerator, each layer shape of ``conv_layers.py`` (batch 8 or ``--batch``; with
+``--layers-file``, also the layers saved there, such as every convolution of the families' experiment
+configs) and the PixelCNN and Gated PixelCNN losses' parameter gradients (28x28 binary images, batch 8) are computed with inputs on the
 CPU device, where ``_layers`` takes its CPU formulations (tap matmuls, phases, open boxes, 1x1 as
 matmuls), and on the accelerator, where it lowers to XLA's native convolutions. The CPU side is computed
 twice: as a caller's own ``jit`` compiles it ("zoo": XLA's default kernels) and as the shared train step
@@ -11,7 +12,7 @@ strided and transposed convolutions take XLA's own gradients). All at
 native convolution run on the two devices, so a ratio near 1 says the CPU formulations add no error of
 their own beyond what two backends' float32 arithmetic differ by anyway.
 
-  python experiments/benchmarks/cpu_gpu_parity.py [--out FILE.jsonl]
+  python experiments/benchmarks/cpu_gpu_parity.py [--batch 8] [--layers-file FILE.npz] [--out FILE.jsonl]
 
 Prints one line per (layer, op): the max |cpu - accelerator| over max |value| for the zoo's layer (both
 CPU compilations) and for XLA's native convolution; exits 1 when a zoo difference exceeds 1e-4
@@ -30,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conv_layers import LAYERS, layer_fns, ops  # noqa: E402
+from conv_layers import LAYERS, distinct, layer_fns, load_layers, ops  # noqa: E402
 from conv_layers import operands as layer_operands  # noqa: E402
 
 from zoo import sharding, step as step_lib  # noqa: E402
@@ -73,19 +74,32 @@ def family_grads(family):
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", help="write one JSON line per comparison here")
+  ap.add_argument("--layers-file", metavar="FILE.npz",
+                  help="also these layers (conv_layers.py --families --save-layers FILE.npz: every convolution "
+                       "of the families' experiment configs, recorded where their data is)")
+  ap.add_argument("--batch", type=int, default=8,
+                  help="the layers' batch (the zoo's own kernels take a stride-1 layer from 16,384 pixels of "
+                       "batch x H x W: 64 at 28x28, ``_layers._NATIVE_MIN_PIXELS``)")
   args = ap.parse_args()
+  layers = distinct(LAYERS + (load_layers(args.layers_file) if args.layers_file else []))
   cpu = jax.devices("cpu")[0]
   acc = jax.devices()[0]
   if acc.platform == "cpu":
     raise SystemExit("no accelerator here: this compares the CPU paths with an accelerator's convolutions")
   if step_lib.compiler_options(one_device_mesh(cpu)) is None:
     print("note: the shared step compiles the CPU with XLA's defaults here, so zoo_step = zoo")
-  rows, worst = [], 0.0
+  out = open(args.out, "w") if args.out else None     # a line per comparison as it is made: a run cut short keeps them
+  worst = 0.0
+
+  def record(row):
+    if out:
+      out.write(json.dumps(row) + "\n")
+      out.flush()
   print(f"cpu vs {acc.device_kind}; max |cpu - {acc.platform}| / max |value|, zoo's and XLA's native")
   with jax.default_matmul_precision("highest"):
-    for layer in LAYERS:
+    for layer in layers:
       name = layer.name
-      x, kern = layer_operands(layer, 8)
+      x, kern = layer_operands(layer, args.batch)
       fns = layer_fns(layer)
       dy = jax.random.normal(jax.random.PRNGKey(3), jax.eval_shape(fns["native"], x, kern).shape, jnp.float32)
       for op in ("forward", "input_grad", "weight_grad"):
@@ -94,7 +108,7 @@ def main():
         d = {impl: rel_diff(on(cpu, ops(f)[op], *operands), on_acc[impl]) for impl, f in fns.items()}
         d["zoo_step"] = rel_diff(on(cpu, ops(fns["zoo"])[op], *operands, as_step=True), on_acc["zoo"])
         worst = max(worst, d["zoo"], d["zoo_step"])
-        rows.append(dict(layer=name, op=op, **d, device=acc.device_kind))
+        record(dict(layer=name, op=op, **d, device=acc.device_kind))
         print(f"{name:<16} {op:<11} zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}  "
               f"native {d['native']:.2e}", flush=True)
     for family in (PixelCNN(image_shape=(28, 28, 1)), GatedPixelCNN(image_shape=(28, 28, 1))):
@@ -103,11 +117,11 @@ def main():
       d = {"zoo": rel_diff(on(cpu, grad, params, x), on_acc),
            "zoo_step": rel_diff(on(cpu, grad, params, x, as_step=True), on_acc)}
       worst = max(worst, *d.values())
-      rows.append(dict(layer=f"{family.name} loss", op="param_grad", **d, device=acc.device_kind))
+      record(dict(layer=f"{family.name} loss", op="param_grad", **d, device=acc.device_kind))
       print(f"{family.name + ' loss':<16} param_grad  zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}",
             flush=True)
-  if args.out:
-    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+  if out:
+    out.close()
   print(f"worst zoo difference {worst:.2e} (tolerance {TOLERANCE:.0e})")
   return 0 if worst <= TOLERANCE else 1
 
