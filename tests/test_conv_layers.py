@@ -341,6 +341,9 @@ NATIVE = [
     ("conv_transpose", 1, (5, 7), 5, (2, 2), "VALID", 16, 2, None),
     ("conv_transpose", 2, (5, 7), 3, (2, 1), ASYM, 32, 4, None),
     ("conv_transpose", 1, (5, 7), 3, (1, 1), "SAME", 16, 5, None),
+    # from 16 to 63 channels on the tapped side, only the weight gradient (``_native_strided``)
+    ("conv", 2, (9, 9), 4, (2, 2), "SAME", 32, 16, None),
+    ("conv_transpose", 2, (5, 5), 4, (2, 2), "SAME", 16, 32, None),
 ]
 
 
@@ -392,6 +395,7 @@ def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_o
   calls in the CPU program, none in the CUDA one), and compute XLA's function and both gradients."""
   assert convgrad.available()
   monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", 0)      # these small cases take the kernels too
+  monkeypatch.setattr(_layers, "_NATIVE_STRIDED_MIN_PIXELS", 0)
   ours, ref = _native_layer(kind, k, s, padding, c_in, c_out, taps)
   jax.clear_caches()
   with kernels.xla_own_kernels(), kernels.native_kernels():
@@ -401,8 +405,11 @@ def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_o
     text = jax.jit(grad).lower(x, w).as_text()        # (export refuses such a custom call)
     assert convgrad.TARGET in text
     # the convolution of few input channels: a strided one's forward pass (a stride-1 one's from few
-    # channels too), a transposed one's input gradient
-    assert (convgrad.CONV_TARGET in text) == (kind == "conv_transpose" or s != (1, 1) or c_in <= convgrad.THIN_MAX)
+    # channels too), a transposed one's input gradient, each from fewer than _NATIVE_STRIDED_THIN_MAX
+    tapped = c_out if kind == "conv_transpose" else c_in
+    assert (convgrad.CONV_TARGET in text) == (
+        (kind == "conv_transpose" or s != (1, 1)) and tapped < _layers._NATIVE_STRIDED_THIN_MAX
+        or (kind == "conv" and c_in <= convgrad.THIN_MAX))
     # the convolution into few channels: a stride-1 convolution's input gradient
     assert (convgrad.THIN_TARGET in text) == (kind == "conv" and s == (1, 1) and c_in <= convgrad.THIN_MAX)
     # a transposed convolution into few channels: its forward pass, and a strided convolution's input gradient
@@ -413,6 +420,7 @@ def test_native_weight_gradients_equal_xla(kind, b, hw, k, s, padding, c_in, c_o
   jax.clear_caches()        # the layers read the context while tracing; JAX's trace caches do not
   assert convgrad.TARGET not in jax.jit(grad).lower(x, w).as_text()   # outside the step's context: not used
   monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", b * hw[0] * hw[1] * 4 + 1)
+  monkeypatch.setattr(_layers, "_NATIVE_STRIDED_MIN_PIXELS", b * hw[0] * hw[1] * 4 + 1)
   jax.clear_caches()
   with kernels.xla_own_kernels(), kernels.native_kernels():
     assert convgrad.TARGET not in jax.jit(grad).lower(x, w).as_text()  # under the pixel floor: XLA's
@@ -433,6 +441,7 @@ def test_native_weight_gradients_with_a_bias_and_a_residual_and_to_the_second_or
   loss = lambda f: lambda *args: jnp.sum(jnp.sin(f(*args)))   # noqa: E731
   assert convgrad.available()
   monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", 0)
+  monkeypatch.setattr(_layers, "_NATIVE_STRIDED_MIN_PIXELS", 0)
   jax.clear_caches()
   with kernels.xla_own_kernels(), kernels.native_kernels():
     for g, h in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2, 3)))(x, w, bias, add),
@@ -445,3 +454,17 @@ def test_native_weight_gradients_with_a_bias_and_a_residual_and_to_the_second_or
       w = jax.random.normal(jax.random.PRNGKey(5), (k, k, c_in, c_out)) * 0.3
       penalty = lambda f: lambda w: jnp.sum(jnp.square(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w))))(x)))  # noqa: E731
       _close(jax.jit(jax.grad(penalty(layer)))(w), jax.grad(penalty(layer_ref))(w))
+
+
+@pytest.mark.skipif(convgrad._compiler() is None, reason="no C++ compiler to build zoo.convgrad's kernel")
+def test_how_much_of_a_strided_layer_the_native_kernels_take():
+  """By the tapped side's channels: all of it from few (the DCGAN's 3), the weight gradient alone from 16 to
+  63 (the VAE's 32), none from 64 (XLA's own is as fast there); none under the pixel floor or outside the
+  step's kernels, or where the side read as rows is not a multiple of 16."""
+  floor = _layers._NATIVE_STRIDED_MIN_PIXELS
+  with kernels.native_kernels():
+    assert [_layers._native_strided(True, c, 64, floor) for c in (3, 15, 16, 32, 63, 64, 128)] == [2, 2, 1, 1, 1, 0, 0]
+    assert _layers._native_strided(True, 32, 64, floor - 1) == 0
+    assert _layers._native_strided(True, 32, 24, floor) == 0
+    assert _layers._native_strided(False, 32, 64, floor) == 0
+  assert _layers._native_strided(True, 32, 64, floor) == 0

@@ -32,7 +32,7 @@ THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, 
               "_XLA_OWN_STRIDED_GRADIENTS": _layers, "_MATERIALIZE_CONV_INPUT": _layers,
               "_ONEDNN_MIN_PIXELS": _layers, "_ONEDNN_FUSED_ADDS": _layers,
               "_ONEDNN_PHASES": _layers, "_ONEDNN_PHASE_MIN_PIXELS": _layers, "_NATIVE_STRIDED_MAX_TAPPED": _layers,
-              "_NATIVE_MIN_PIXELS": _layers, "_NATIVE_THIN_STRIDE1_FORWARD": _layers,
+              "_NATIVE_MIN_PIXELS": _layers, "_NATIVE_STRIDED_MIN_PIXELS": _layers, "_NATIVE_STRIDED_THIN_MAX": _layers, "_NATIVE_THIN_STRIDE1_FORWARD": _layers,
               "USE_CPU_COMPILER_OPTIONS": step_lib, "USE_XLA_OWN_GRADIENTS": step_lib,
               "CPU_PREFER_VECTOR_WIDTH": step_lib, "USE_ONEDNN": step_lib, "USE_NATIVE_CONV_GRADS": step_lib}
 
@@ -40,6 +40,8 @@ THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--config", required=True)
+  ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                  help="config overrides, as `zoo train`'s --config.KEY=VALUE (e.g. model.encoder='conv')")
   ap.add_argument("--batch", type=int, required=True)
   ap.add_argument("--threshold", required=True, choices=THRESHOLDS)
   ap.add_argument("--values", type=int, nargs=2, required=True, metavar=("A", "B"))
@@ -48,7 +50,7 @@ def main():
   ap.add_argument("--out", help="append the result as a JSON line here")
   args = ap.parse_args()
   memory.ensure()     # as the `zoo` command does
-  cfg = config_lib.with_defaults(config_lib.load(args.config))
+  cfg = config_lib.with_defaults(config_lib.load(args.config, args.set))
   runners, programs = {}, []
   for value in args.values:
     setattr(THRESHOLDS[args.threshold], args.threshold, value)   # read when step_runner builds the step

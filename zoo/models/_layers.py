@@ -242,8 +242,9 @@ _ONEDNN_PHASE_MIN_PIXELS = 1024
 # weight gradients wherever the side read as rows has a multiple of 16 channels: every stride-1
 # convolution's (the PixelCNN's 3x3 mask B 168 against XLA's 63-93 GFLOP/s, its 7x7 mask A 148-168 against
 # 22-49), and a strided or transposed one's where the tapped side (x; for a transposed one dy) has fewer
-# than this many channels (the DCGAN's 3-channel layers, 139-183 against 5-70). With more, XLA's own weight
-# gradient is as fast or faster (the DCGAN's 8x8x128 -> 4x4x256 239 against 158, 4x4x256 -> 8x8x128 223
+# than this many channels (the DCGAN's 3-channel layers, 139-183 against 5-70; the VAE's 32-channel ones,
+# ``_NATIVE_STRIDED_MIN_PIXELS``). With 64 or more (16 until 2026-11-28), XLA's own weight gradient is as fast
+# or faster (the DCGAN's 8x8x128 -> 4x4x256 239 against 158, 4x4x256 -> 8x8x128 223
 # against 126; the DCGAN32 step 0.94x at batch 64 with the kernel on every layer). Those 3-channel layers'
 # forward pass (a strided convolution) and input gradient (a transposed one) are its convolution of few
 # input channels (110-157 against 62-109); the transposed one's forward pass and the strided one's input
@@ -251,7 +252,7 @@ _ONEDNN_PHASE_MIN_PIXELS = 1024
 # and a stride-1 convolution from at most 4 channels takes its input gradient from its thin kernel. In one
 # process (ab_step.py --threshold USE_NATIVE_CONV_GRADS, 7 rounds, results/thresholds_ab_cpu2.jsonl): the
 # PixelCNN28 step 1.13x and 1.17x at batch 64 and 256, the DCGAN32 step 1.00x and 1.02x.
-_NATIVE_STRIDED_MAX_TAPPED = 16
+_NATIVE_STRIDED_MAX_TAPPED = 64
 # ... and a stride-1 convolution from at most 4 channels (``_thin_input``) takes its forward pass from the
 # kernel of few input channels, its bias added in the kernel's sums (``_native_grad_forward``); 0: oneDNN's
 # or XLA's over the open box, as for the other stride-1 convolutions.
@@ -261,6 +262,15 @@ _NATIVE_THIN_STRIDE1_FORWARD = 1
 # level (4x4, batch 16: 256 pixels) ran 0.89x with the kernels (ab_step.py, 7 rounds), where the PixelCNN's
 # (50,176 pixels at batch 64) and the DCGAN's (16,384) gain. oneDNN's floor is the same (_ONEDNN_MIN_PIXELS).
 _NATIVE_MIN_PIXELS = 16384
+# ... but a strided or transposed convolution's from this many: the VAE's 4x4 stride-2 32 -> 64 and 64 -> 32
+# (batch 100: 4,900 pixels, 321 MFLOP each) ran 1.57x and 1.62x XLA's own weight gradients with the kernel
+# (in one process, 9 interleaved rounds; 74 and 79 against 46 and 47 GFLOP/s), where that level's cost is the
+# output's threads' copies (a 3x3 128 -> 128's 147,456 sums over 256 pixels), not this one's (32,768 over 4,900).
+_NATIVE_STRIDED_MIN_PIXELS = 4096
+# ... and its forward pass (a strided convolution's; ``conv_taps``) and input gradient (a transposed one's)
+# only where the tapped side has fewer channels than this; from more, those stay XLA's. From 32 channels the
+# VAE's 32 -> 64 forward pass ran 0.77x XLA's in ``conv_taps`` (layer alone, 9 interleaved rounds).
+_NATIVE_STRIDED_THIN_MAX = 16
 
 
 def _on_cpu(fast, native, *args):
@@ -529,13 +539,24 @@ def _open_box(kernel_shape, padding, taps):
   return box, tuple((lo - cut_lo, hi - cut_hi) for (lo, hi), (cut_lo, cut_hi) in zip(padding, box))
 
 
-def _use_native_weight_grad(row_channels: int, pixels: int, *arrays) -> bool:
+def _use_native_weight_grad(row_channels: int, pixels: int, *arrays, min_pixels: int | None = None) -> bool:
   """Whether a weight gradient is ``zoo.convgrad``'s kernel: traced under ``kernels.native_kernels()`` (the
   train step on one CPU device), float32 throughout, the side read as rows with a multiple of 16 channels
-  and at least ``_NATIVE_MIN_PIXELS`` pixels, and the kernel built and checked here."""
+  and at least ``min_pixels`` pixels (``_NATIVE_MIN_PIXELS``), and the kernel built and checked here."""
   return (kernels.native_kernels_on() and row_channels % convgrad.ROW_MULTIPLE == 0
-          and pixels >= _NATIVE_MIN_PIXELS
+          and pixels >= (_NATIVE_MIN_PIXELS if min_pixels is None else min_pixels)
           and all(a is None or a.dtype == jnp.float32 for a in arrays) and convgrad.available())
+
+
+def _native_strided(own: bool, tapped: int, row_channels: int, pixels: int, *arrays) -> int:
+  """How much of a strided or transposed convolution ``zoo.convgrad`` takes under the train step's kernels
+  (``own``), by the channels of its tapped side (x; a transposed one's dy) and of the side read as rows: 0
+  none; 1 the weight gradient (``_NATIVE_STRIDED_MAX_TAPPED``, ``_NATIVE_STRIDED_MIN_PIXELS``); 2 that and
+  the convolution over the tapped side as well (``_NATIVE_STRIDED_THIN_MAX``)."""
+  if not (own and tapped < _NATIVE_STRIDED_MAX_TAPPED and _use_native_weight_grad(
+      row_channels, pixels, *arrays, min_pixels=_NATIVE_STRIDED_MIN_PIXELS)):
+    return 0
+  return 2 if tapped < _NATIVE_STRIDED_THIN_MAX else 1
 
 
 def _conv_taps_pads(x_hw, kernel_shape, strides, padding, out_hw):
@@ -583,13 +604,16 @@ def _transposed_taps(x_hw, dy_hw, kernel_shape, strides, padding):
   return tuple(pads), [(offsets[0][i], offsets[1][j]) for i, j in _all_taps(kernel_shape)]
 
 
-def _native_transposed_grads(x, kernel, dy, strides, padding):
+def _native_transposed_grads(x, kernel, dy, strides, padding, dx: bool = True):
   """conv_transpose2d's both gradients by ``zoo.convgrad``, both reading dy padded (inside the kernels):
   dx[u] = sum_t P[s u + o_t] kernel[t]^T (``conv_taps``) and the kernel's gradient (``weight_grad``, x read
-  as rows; its sums come out (tap, C_out, C_in))."""
+  as rows; its sums come out (tap, C_out, C_in)); without ``dx``, dx is XLA's (a strided convolution)."""
   pads, offsets = _transposed_taps(x.shape[1:3], dy.shape[1:3], kernel.shape, strides, padding)
-  k_t = kernel.reshape(-1, *kernel.shape[2:]).swapaxes(1, 2)
-  dx = convgrad.conv_taps(dy, k_t, offsets, strides, x.shape[1:3], pads=pads)
+  if dx:
+    k_t = kernel.reshape(-1, *kernel.shape[2:]).swapaxes(1, 2)
+    dx = convgrad.conv_taps(dy, k_t, offsets, strides, x.shape[1:3], pads=pads)
+  else:
+    dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
   grads = convgrad.weight_grad(dy, x, offsets, strides, pads=pads)
   return dx, grads.transpose(0, 2, 1).reshape(kernel.shape)
 
@@ -644,7 +668,7 @@ _conv_native_grad.defvjp(_conv_native_grad_fwd, _conv_native_grad_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
 def _conv_tap_grad(x, kernel, padding, strides, taps, xla_weight_grad, onednn_phases=False, native=False):
-  if native and taps:     # an x of few channels (``_NATIVE_STRIDED_MAX_TAPPED``): XLA runs it as thin matmuls
+  if native == 2 and taps:     # an x of few channels (``_native_strided``): XLA runs it as thin matmuls
     return _native_thin_conv(x, kernel, padding, strides, taps)
   return _open_box_conv(x, kernel, padding, strides, taps)
 
@@ -659,9 +683,10 @@ def _conv_tap_grad_bwd(padding, strides, taps, xla_weight_grad, onednn_phases, n
   x[:, s_h * a + i - top, s_w * b + j - left, :] into output (a, b), or with ``xla_weight_grad`` XLA's own
   (under XLA's own kernels, ``zoo.kernels``); and the input gradient XLA's over the box of open taps
   (``_open_box_conv``), except at larger strides into 16 or more channels, a transposed convolution by
-  phases (``_strided_input_grad``; its phases oneDNN's with ``onednn_phases``). With ``native`` (an x of few
-  channels) the weight gradient is ``zoo.convgrad``'s (``_native_conv_weight_grad``), and so is the forward
-  pass (``_native_thin_conv``)."""
+  phases (``_strided_input_grad``; its phases oneDNN's with ``onednn_phases``). With ``native``
+  (``_native_strided``: an x of few channels) the weight gradient is ``zoo.convgrad``'s
+  (``_native_conv_weight_grad``), and with ``native`` 2 (fewer still) so is the forward pass
+  (``_native_thin_conv``)."""
   x, kernel = residuals
   if strides == (1, 1) and _from_dy_copies(x, kernel, taps):
     offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
@@ -711,7 +736,7 @@ def _dilated_conv(x, kernel, strides, padding, onednn_phases: bool = False):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv_transpose_tap_grad(x, kernel, strides, padding, xla_grads, onednn_phases=False, native=False):
-  if native and kernel.shape[3] <= convgrad.THIN_MAX:     # into an image's channels
+  if native == 2 and kernel.shape[3] <= convgrad.THIN_MAX:     # into an image's channels
     # the stride-1 convolution of x dilated by the strides ((n - 1) s + 1 rows)
     out_hw = _conv_out_hw(tuple((n - 1) * s + 1 for n, s in zip(x.shape[1:3], strides)), kernel.shape[:2],
                           (1, 1), padding)
@@ -730,10 +755,11 @@ def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, onednn_phases, nat
   twice x's channels, the input gradient comes from those same copies of dy (``_grads_from_dy_copies``),
   else it is XLA's (a strided convolution of dy). With ``xla_grads`` (under XLA's own kernels,
   ``zoo.kernels``) both are XLA's own strided convolutions (``_transposed_weight_grad``), or with ``native``
-  both ``zoo.convgrad``'s (``_native_transposed_grads``)."""
+  (``_native_strided``) the weight gradient ``zoo.convgrad``'s, and with ``native`` 2 both
+  (``_native_transposed_grads``)."""
   x, kernel = residuals
   if native:
-    return _native_transposed_grads(x, kernel, dy, strides, padding)
+    return _native_transposed_grads(x, kernel, dy, strides, padding, dx=native == 2)
   taps = _all_taps(kernel.shape)
   offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
   if not xla_grads and _from_dy_copies(x, kernel, taps):
@@ -837,8 +863,7 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   else:
     xla_weight_grad = own and bool(_XLA_OWN_STRIDED_GRADIENTS)
     phases = _use_onednn_phases(dy_pixels, x, kernel)
-    native_wgrad = (own and kernel.shape[2] < _NATIVE_STRIDED_MAX_TAPPED and
-                    _use_native_weight_grad(kernel.shape[3], dy_pixels, x, kernel))
+    native_wgrad = _native_strided(own, kernel.shape[2], kernel.shape[3], dy_pixels, x, kernel)
 
     def cpu(x, k, b, a):
       return _plus(_conv_tap_grad(x, k, padding, strides, taps, xla_weight_grad, phases, native_wgrad), b, a)
@@ -884,8 +909,7 @@ def conv_transpose2d(x, kernel, strides: Sequence[int], padding):
     pads = padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   xla_grads = kernels.xla_own_kernels_on() and bool(_XLA_OWN_STRIDED_GRADIENTS)   # see above
   phases = _use_onednn_phases(math.prod(x.shape[:3]), x, kernel)
-  native_wgrad = (xla_grads and kernel.shape[3] < _NATIVE_STRIDED_MAX_TAPPED
-                  and _use_native_weight_grad(kernel.shape[2], math.prod(x.shape[:3]), x, kernel))
+  native_wgrad = _native_strided(xla_grads, kernel.shape[3], kernel.shape[2], math.prod(x.shape[:3]), x, kernel)
   return _on_cpu(lambda x, k: _conv_transpose_tap_grad(x, k, strides, pads, xla_grads, phases, native_wgrad),
                  lambda x, k: jax.lax.conv_transpose(x, k, strides, padding, dimension_numbers=_DN),
                  x, kernel)
