@@ -171,7 +171,8 @@ def test_ab_step_refuses_a_threshold_that_changes_nothing(tmp_path):
   and ab_step.py says so instead of timing one program twice."""
   proc = subprocess.run([sys.executable, "experiments/benchmarks/ab_step.py", "--config",
                          "experiments/benchmarks/pixelcnn28.py", "--batch", "8", "--threshold",
-                         "_PHASE_MIN_FEATURES", "--values", "16", "17", "--steps", "1", "--repeats", "1"],
+                         "_PHASE_MIN_FEATURES", "--values", "16", "17", "--steps", "1", "--repeats", "1",
+                         "--set", "model.blocks=1"],
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "same program" in proc.stderr, proc.stderr[-2000:]
 

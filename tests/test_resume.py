@@ -13,7 +13,7 @@ import pytest
 import zoo
 from helpers import REPO, tiny_config, tree_equal
 
-SETTINGS = dict(steps=200, checkpoint_every=20, log_every=25, eval_every=0, batch_size=16, num_devices=1,
+SETTINGS = dict(steps=100, checkpoint_every=20, log_every=25, eval_every=0, batch_size=16, num_devices=1,
                 eval_examples=64, eval_batch_size=32, num_samples=4)
 
 
