@@ -6,8 +6,9 @@ configs) and the PixelCNN and Gated PixelCNN losses' parameter gradients (28x28 
 CPU device, where ``_layers`` takes its CPU formulations (tap matmuls, phases, open boxes, 1x1 as
 matmuls), and on the accelerator, where it lowers to XLA's native convolutions. The CPU side is computed
 twice: as a caller's own ``jit`` compiles it ("zoo": XLA's default kernels) and as the shared train step
-does ("zoo_step": the step's CPU compiler options, traced under ``zoo.kernels.xla_own_kernels()``, where
-strided and transposed convolutions take XLA's own gradients). All at
+does ("zoo_step": the step's CPU compiler options, traced under ``zoo.step.own_kernels_for``: XLA's own
+gradients for most strided and transposed convolutions, the zoo's C++ kernels (``zoo.convgrad``) and oneDNN
+where the step takes them). All at
 ``jax.default_matmul_precision("highest")`` (no TF32). The reference for the difference is XLA's own
 native convolution run on the two devices, so a ratio near 1 says the CPU formulations add no error of
 their own beyond what two backends' float32 arithmetic differ by anyway.
