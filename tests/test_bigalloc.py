@@ -286,7 +286,8 @@ def test_zoo_train_through_the_cache_logs_the_same_numbers_as_without_it(tmp_pat
         [sys.executable, "-m", "zoo", "train", "--config", "experiments/benchmarks/pixelcnn28.py:quick",
          "--workdir", str(workdir), "--config.steps=3", "--config.eval_examples=250", "--config.num_samples=0",
          "--config.model.blocks=2"],
-        capture_output=True, text=True, cwd=REPO, timeout=600, env={**base, **extra})  # the session's built libraries
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**base, **extra})      # the session's cache: its libraries built once for the whole suite
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["bigalloc"] is (name == "cache")

@@ -341,3 +341,29 @@ def test_conv_layers_records_every_convolution_of_a_familys_train_step():
   assert b3.mask.shape == (3, 3, 16, 16) and b3.mask.reshape(9, -1).any(-1).sum() == 5 and "5 taps" in b3.name
   assert b3.flops(64, (28, 28)) == 2 * 64 * 28 * 28 * int(b3.mask.sum())
   assert (_layers.conv2d, _layers.conv_transpose2d) == (conv, conv_t)
+
+
+def test_conv_layers_saves_layers_that_load_back_without_pickle(tmp_path):
+  """conv_layers.py --save-layers (read by cpu_gpu_parity.py --layers-file on a machine without the configs'
+  data): every field and mask comes back as it was, in a file named as given; a file that is not one, or a
+  mask that does not fit its kernel, fails with one ValueError naming the file."""
+  sys.path.insert(0, "experiments/benchmarks")
+  try:
+    import conv_layers
+  finally:
+    sys.path.remove("experiments/benchmarks")
+  path = tmp_path / "layers.bin"
+  conv_layers.save_layers(conv_layers.LAYERS, path)
+  back = conv_layers.load_layers(path)
+  assert len(back) == len(conv_layers.LAYERS) and path.is_file()
+  for a, b in zip(conv_layers.LAYERS, back):
+    assert a._replace(mask=None) == b._replace(mask=None)
+    assert (a.mask is None and b.mask is None) or np.array_equal(a.mask, b.mask)
+  assert any(b.mask is not None for b in back) and any(isinstance(b.padding, tuple) for b in back)
+  (tmp_path / "junk").write_bytes(b"not an npz")
+  with pytest.raises(ValueError, match="junk: not a layers file"):
+    conv_layers.load_layers(tmp_path / "junk")
+  bad = conv_layers.LAYERS[8]._replace(mask=np.ones((3, 3, 1, 64), np.float32))     # the 7x7 mask A's shape is 7x7
+  conv_layers.save_layers([bad], tmp_path / "bad")
+  with pytest.raises(ValueError, match="mask"):
+    conv_layers.load_layers(tmp_path / "bad")

@@ -32,7 +32,8 @@ THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, 
               "_XLA_OWN_STRIDED_GRADIENTS": _layers, "_MATERIALIZE_CONV_INPUT": _layers,
               "_ONEDNN_MIN_PIXELS": _layers, "_ONEDNN_FUSED_ADDS": _layers,
               "_ONEDNN_PHASES": _layers, "_ONEDNN_PHASE_MIN_PIXELS": _layers, "_NATIVE_STRIDED_MAX_TAPPED": _layers,
-              "_NATIVE_MIN_PIXELS": _layers, "_NATIVE_STRIDED_MIN_PIXELS": _layers, "_NATIVE_STRIDED_THIN_MAX": _layers, "_NATIVE_THIN_STRIDE1_FORWARD": _layers,
+              "_NATIVE_MIN_PIXELS": _layers, "_NATIVE_STRIDED_MIN_PIXELS": _layers,
+              "_NATIVE_STRIDED_THIN_MAX": _layers, "_NATIVE_THIN_STRIDE1_FORWARD": _layers,
               "USE_CPU_COMPILER_OPTIONS": step_lib, "USE_XLA_OWN_GRADIENTS": step_lib,
               "CPU_PREFER_VECTOR_WIDTH": step_lib, "USE_ONEDNN": step_lib, "USE_NATIVE_CONV_GRADS": step_lib}
 

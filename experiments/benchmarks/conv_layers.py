@@ -310,22 +310,34 @@ def family_layers(specs) -> list[Layer]:
 
 
 def save_layers(layers, path) -> None:
-  """Writes ``layers`` to an .npz (their fields as JSON, each mask an array) that ``load_layers`` reads
-  back without pickle: for a machine that lacks the configs' data (TFDS), such as a lent accelerator."""
+  """Writes ``layers`` to ``path`` as an .npz (their fields as JSON, each mask an array) that ``load_layers``
+  reads back without pickle: for a machine that lacks the configs' data (TFDS), such as a lent accelerator."""
   meta = [dict(layer._asdict(), mask=None) for layer in layers]
   masks = {f"mask{i}": layer.mask for i, layer in enumerate(layers) if layer.mask is not None}
-  np.savez(path, layers=np.array(json.dumps(meta)), **masks)
+  with open(path, "wb") as f:       # the name as given (np.savez would add .npz to a name without it)
+    np.savez(f, layers=np.array(json.dumps(meta)), **masks)
 
 
 def load_layers(path) -> list[Layer]:
-  """The layers that ``save_layers`` wrote to ``path``."""
+  """The layers that ``save_layers`` wrote to ``path``, checked: each entry Layer's fields, a known kind, and
+  a mask (if any) of the kernel's (kh, kw, C_in, C_out) shape; otherwise one ValueError naming the file."""
   def tup(v):
     return tuple(tup(e) for e in v) if isinstance(v, list) else v
-  with np.load(path, allow_pickle=False) as f:
-    meta = json.loads(str(f["layers"]))
-    return [Layer(**{**{k: tup(v) for k, v in m.items()},
-                     "mask": f[f"mask{i}"].astype(np.float32) if f"mask{i}" in f.files else None})
-            for i, m in enumerate(meta)]
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      meta = json.loads(str(f["layers"]))
+      layers = []
+      for i, m in enumerate(meta):
+        mask = f[f"mask{i}"].astype(np.float32) if f"mask{i}" in f.files else None
+        layer = Layer(**{**{k: tup(v) for k, v in m.items()}, "mask": mask})
+        shape = (*layer.kernel, layer.in_shape[2], layer.c_out)
+        if layer.kind not in ("conv", "convT") or (mask is not None and mask.shape != shape):
+          raise ValueError(f"entry {i} ({layer.name!r}): kind {layer.kind!r}, mask "
+                           f"{None if mask is None else mask.shape} for a kernel of {shape}")
+        layers.append(layer)
+      return layers
+  except (OSError, KeyError, TypeError, ValueError, IndexError) as e:
+    raise ValueError(f"{path}: not a layers file of conv_layers.py --save-layers ({e})") from None
 
 
 def chosen_layers(parts, layers=None) -> list:

@@ -2,8 +2,8 @@
 
 On a machine with an accelerator, each layer shape of ``conv_layers.py`` (batch 8 or ``--batch``; with
 ``--layers-file``, also the layers saved there, such as every convolution of the families' experiment
-configs) and the PixelCNN and Gated PixelCNN losses' parameter gradients (28x28 binary images, batch 8) are computed with inputs on the
-CPU device, where ``_layers`` takes its CPU formulations (tap matmuls, phases, open boxes, 1x1 as
+configs) and the PixelCNN and Gated PixelCNN losses' parameter gradients (28x28 binary images, batch 8)
+are computed with inputs on the CPU device, where ``_layers`` takes its CPU formulations (tap matmuls, phases, open boxes, 1x1 as
 matmuls), and on the accelerator, where it lowers to XLA's native convolutions. The CPU side is computed
 twice: as a caller's own ``jit`` compiles it ("zoo": XLA's default kernels) and as the shared train step
 does ("zoo_step": the step's CPU compiler options, traced under ``zoo.step.own_kernels_for``: XLA's own
@@ -22,6 +22,7 @@ CPU compilations) and for XLA's native convolution; exits 1 when a zoo differenc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -89,7 +90,15 @@ def main():
     raise SystemExit("no accelerator here: this compares the CPU paths with an accelerator's convolutions")
   if step_lib.compiler_options(one_device_mesh(cpu)) is None:
     print("note: the shared step compiles the CPU with XLA's defaults here, so zoo_step = zoo")
-  out = open(args.out, "w") if args.out else None     # a line per comparison as it is made: a run cut short keeps them
+  # a line per comparison as it is made: a run cut short keeps them
+  with open(args.out, "w") if args.out else contextlib.nullcontext() as out:
+    worst = compare(layers, args.batch, cpu, acc, out)
+  print(f"worst zoo difference {worst:.2e} (tolerance {TOLERANCE:.0e})")
+  return 0 if worst <= TOLERANCE else 1
+
+
+def compare(layers, batch, cpu, acc, out) -> float:
+  """Prints (and writes to ``out``, where not None) each comparison; the worst zoo difference."""
   worst = 0.0
 
   def record(row):
@@ -100,7 +109,7 @@ def main():
   with jax.default_matmul_precision("highest"):
     for layer in layers:
       name = layer.name
-      x, kern = layer_operands(layer, args.batch)
+      x, kern = layer_operands(layer, batch)
       fns = layer_fns(layer)
       dy = jax.random.normal(jax.random.PRNGKey(3), jax.eval_shape(fns["native"], x, kern).shape, jnp.float32)
       for op in ("forward", "input_grad", "weight_grad"):
@@ -121,10 +130,7 @@ def main():
       record(dict(layer=f"{family.name} loss", op="param_grad", **d, device=acc.device_kind))
       print(f"{family.name + ' loss':<16} param_grad  zoo {d['zoo']:.2e}  zoo_step {d['zoo_step']:.2e}",
             flush=True)
-  if out:
-    out.close()
-  print(f"worst zoo difference {worst:.2e} (tolerance {TOLERANCE:.0e})")
-  return 0 if worst <= TOLERANCE else 1
+  return worst
 
 
 if __name__ == "__main__":
