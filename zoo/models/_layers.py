@@ -604,16 +604,15 @@ def _transposed_taps(x_hw, dy_hw, kernel_shape, strides, padding):
   return tuple(pads), [(offsets[0][i], offsets[1][j]) for i, j in _all_taps(kernel_shape)]
 
 
-def _native_transposed_grads(x, kernel, dy, strides, padding, dx: bool = True):
+def _native_transposed_grads(x, kernel, dy, strides, padding, input_grad: bool = True):
   """conv_transpose2d's both gradients by ``zoo.convgrad``, both reading dy padded (inside the kernels):
   dx[u] = sum_t P[s u + o_t] kernel[t]^T (``conv_taps``) and the kernel's gradient (``weight_grad``, x read
-  as rows; its sums come out (tap, C_out, C_in)); without ``dx``, dx is XLA's (a strided convolution)."""
+  as rows; its sums come out (tap, C_out, C_in)); without ``input_grad``, (None, the kernel's gradient)."""
   pads, offsets = _transposed_taps(x.shape[1:3], dy.shape[1:3], kernel.shape, strides, padding)
-  if dx:
+  dx = None
+  if input_grad:
     k_t = kernel.reshape(-1, *kernel.shape[2:]).swapaxes(1, 2)
     dx = convgrad.conv_taps(dy, k_t, offsets, strides, x.shape[1:3], pads=pads)
-  else:
-    dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
   grads = convgrad.weight_grad(dy, x, offsets, strides, pads=pads)
   return dx, grads.transpose(0, 2, 1).reshape(kernel.shape)
 
@@ -758,14 +757,16 @@ def _conv_transpose_tap_grad_bwd(strides, padding, xla_grads, onednn_phases, nat
   (``_native_strided``) the weight gradient ``zoo.convgrad``'s, and with ``native`` 2 both
   (``_native_transposed_grads``)."""
   x, kernel = residuals
-  if native:
-    return _native_transposed_grads(x, kernel, dy, strides, padding, dx=native == 2)
+  if native == 2:
+    return _native_transposed_grads(x, kernel, dy, strides, padding)
   taps = _all_taps(kernel.shape)
   offsets = [(padding[0][0] - i, padding[1][0] - j) for i, j in taps]
   if not xla_grads and _from_dy_copies(x, kernel, taps):
     return _grads_from_dy_copies(x, kernel, dy, offsets, strides, taps)
   dx = jax.vjp(lambda x: _native_dilated_conv(x, kernel, strides, padding), x)[1](dy)[0]
-  if xla_grads:
+  if native:      # 1 (``native`` needs XLA's own kernels): XLA's input gradient, the kernel's weight gradient
+    dk = _native_transposed_grads(x, kernel, dy, strides, padding, input_grad=False)[1]
+  elif xla_grads:
     dk = _transposed_weight_grad(x, dy, kernel.shape, strides, padding)
   else:
     slices = _tap_slices(dy, offsets, strides, x.shape[1:3])
