@@ -173,8 +173,8 @@ void tile(const Geometry& g, const float* P, int64_t b0, const float* R, const i
           int64_t r1, float* out, int64_t col) {
   constexpr int RB = 24 / Q;    // RB * Q accumulators: 24 of the 32 vector registers
   const int64_t rows = g.taps * g.cp;
-  if constexpr (Q == 1) {
-    int64_t row = 0;
+  if constexpr (Q == 1) {     // 16 columns: blocks of 24 rows and single rows, as before (balancing them
+    int64_t row = 0;           // would build 24 block sizes more; none of the families' layers was timed so)
     for (; row + RB <= rows; row += RB) block<Q, RB>(g, P, b0, R, rowoff, r0, r1, out, row, col);
     for (; row < rows; ++row) block<Q, 1>(g, P, b0, R, rowoff, r0, r1, out, row, col);
   } else {
