@@ -302,6 +302,29 @@ def test_the_library_is_built_once_and_can_be_turned_off(monkeypatch, capsys):
   assert convgrad.available() is True
 
 
+def test_a_passed_check_is_remembered_per_key_and_a_failed_one_is_not(monkeypatch, tmp_path):
+  """The kernels' self-checks (seconds of compiling in each process) run once per library, JAX, XLA flags
+  and CPU on a machine: a pass leaves a file in the cache that later processes trust as a library's."""
+  monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
+  runs = []
+
+  def passing():
+    runs.append("pass")
+    return None
+
+  assert native.checked_once("k", [b"lib", b"jax 1"], passing) is None
+  assert native.checked_once("k", [b"lib", b"jax 1"], passing) is None and runs == ["pass"]   # remembered
+  assert native.checked_once("k", [b"lib", b"jax 2"], passing) is None and runs == ["pass"] * 2  # new key
+  monkeypatch.setattr(native, "cpu_identity", lambda: b"x86_64|flags : fpu sse sse2")
+  assert native.checked_once("k", [b"lib", b"jax 1"], passing) is None and runs == ["pass"] * 3  # other CPU
+  assert native.checked_once("f", [b"lib"], lambda: runs.append("fail") or "differs") == "differs"
+  assert native.checked_once("f", [b"lib"], lambda: runs.append("fail") or "differs") == "differs"
+  assert runs.count("fail") == 2                                # a failure runs (and says why) each time
+  (tmp_path / "native").chmod(0o777)         # a directory anyone can write: its files prove nothing
+  assert native.checked_once("k", [b"lib", b"jax 2"], passing) is None and runs.count("pass") == 4
+  (tmp_path / "native").chmod(0o700)
+
+
 def test_the_library_is_named_by_the_cpu_it_was_built_for(monkeypatch):
   """Built with -march=native, the library runs only on CPUs with this one's instruction sets: a cache
   directory shared by two machines (a home directory on a cluster) holds one library per CPU."""

@@ -47,6 +47,7 @@ import functools
 import os
 import shutil
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -406,10 +407,29 @@ def _check() -> str | None:
   return None
 
 
+def _checked() -> str | None:
+  global _checking
+  _checking = True
+  try:
+    with jax.ensure_compile_time_eval():     # a layer asks while it is being traced
+      return _check()
+  finally:
+    _checking = False
+
+
+def _check_key(lib) -> list[bytes]:
+  """What ``_check``'s answer depends on: the library's bytes, this file (the wrappers and the cases), the
+  JAX versions and XLA's flags."""
+  import jaxlib
+  return [Path(lib).read_bytes(), Path(__file__).read_bytes(), jax.__version__.encode(),
+          jaxlib.__version__.encode(), os.environ.get("XLA_FLAGS", "").encode()]
+
+
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
   """Whether ``weight_grad`` may be used in this process: not turned off (``ZOO_NATIVE_CONV=0``), built,
-  loaded, registered with XLA for the CPU, and matching the einsum of ``_check`` here."""
+  loaded, registered with XLA for the CPU, and matching the einsum of ``_check`` here (checked once per
+  library, JAX and XLA flags on this machine: ``zoo.native.checked_once``)."""
   if os.environ.get(ENV_OFF) == "0" or _UNSUPPORTED is not None:
     return False
   lib = build()
@@ -422,13 +442,7 @@ def available() -> bool:
     jax.ffi.register_ffi_target(CONV_BIAS_TARGET, jax.ffi.pycapsule(handlers.ZooConvTapsBias), platform="cpu")
     jax.ffi.register_ffi_target(THIN_TARGET, jax.ffi.pycapsule(handlers.ZooThinConv), platform="cpu")
     jax.ffi.register_ffi_target(TRANSPOSED_TARGET, jax.ffi.pycapsule(handlers.ZooThinTransposed), platform="cpu")
-    global _checking
-    _checking = True
-    try:
-      with jax.ensure_compile_time_eval():     # a layer asks while it is being traced
-        why = _check()
-    finally:
-      _checking = False
+    why = native.checked_once("convgrad", _check_key(lib), _checked)
   except Exception as e:       # a JAX whose FFI API moved, a library that does not load
     why = f"{type(e).__name__}: {e}"
   if why is not None:

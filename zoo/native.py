@@ -116,3 +116,29 @@ def child_check(code: str, env: dict | None = None) -> str | None:
   if done.returncode or done.stderr.strip():
     return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
   return None
+
+
+def checked_once(name: str, key: Sequence[bytes], check: Callable[[], str | None]) -> str | None:
+  """``check()``'s answer (None: passed, else why not), with a pass remembered on this machine: an empty file
+  in ``cache_dir()`` named by a hash of ``key`` (what the answer depends on: the library's bytes, the
+  checking code, the JAX versions, XLA's flags, the CPU) says that an identical check passed, and later
+  processes (each ``zoo`` command, a run's subprocesses, the test suite's workers) skip it. The checks take
+  seconds each (dozens of small programs to compile) in every process that uses a kernel. A failure is not
+  remembered: it runs again, and says why again. The file counts only where it and its directory are this
+  user's alone, as a library does."""
+  directory = cache_dir()
+  digest = hashlib.sha256(b"\0".join([*key, cpu_identity()])).hexdigest()[:16]
+  marker = directory / f"{name}-passed-{digest}"
+  if trusted(marker):
+    return None
+  why = check()
+  if why is None:
+    try:
+      directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+      if _mine_alone(directory.stat()):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=directory)
+        os.close(fd)
+        os.replace(tmp, marker)
+    except OSError:         # a read-only cache: the check runs again next time
+      pass
+  return why

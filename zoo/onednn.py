@@ -35,10 +35,13 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import jaxlib
+
+from zoo import native
 
 try:   # JAX internals a later JAX may move: without them oneDNN stays off (available() is False)
   from jax._src import config as _jax_config
@@ -238,6 +241,14 @@ class UncachedJit:
 
 
 def _probe() -> bool:
+  """``_probe_child()``, once per jaxlib, XLA flags and version of this file on this machine (a pass is
+  remembered: ``zoo.native.checked_once``; the child takes seconds, in every process that would use oneDNN)."""
+  key = [Path(__file__).read_bytes(), jax.__version__.encode(), jaxlib.__version__.encode(),
+         os.environ.get("XLA_FLAGS", "").encode()]
+  return native.checked_once("onednn", key, lambda: None if _probe_child() else "failed") is None
+
+
+def _probe_child() -> bool:
   """Both custom calls against XLA's own convolution and product, in a child process (a configuration
   oneDNN rejects aborts the process that runs it). The child keeps a persistent compilation cache of its
   own that takes every program, so that it also proves ``uncached()`` keeps oneDNN's programs out of one
