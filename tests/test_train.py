@@ -21,7 +21,7 @@ def test_a_run_leaves_checkpoints_samples_logs_and_results(tmp_path):
   res = _train(tmp_path, steps=6, eval_every=3, checkpoint_every=3)
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
   assert (tmp_path / "samples.png").is_file() and (tmp_path / "samples" / "step_0000006.png").is_file()
-  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["steps"] == res["steps"] == 6 and on_disk["family"] == res["family"] == "vae"
   ev = on_disk["eval"]["valid"]
@@ -29,6 +29,39 @@ def test_a_run_leaves_checkpoints_samples_logs_and_results(tmp_path):
   assert on_disk["best"]["step"] in (3, 6)
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert {l["split"] for l in lines} == {"train", "valid"}
+  # TensorBoard's event file holds the same scalars, read here with tensorboardX's protobuf classes and CRC
+  logged = {(l["step"], f"{l['split']}/{k}"): v for l in lines for k, v in l.items() if k not in ("step", "split")}
+  assert _read_events(events) == pytest.approx(logged, rel=1e-6)
+
+
+def _read_events(path) -> dict[tuple[int, str], float]:
+  """{(step, tag): value} of an event file, each record's length and bytes checked against their CRCs."""
+  import struct
+
+  from tensorboardX.proto.event_pb2 import Event
+  from tensorboardX.record_writer import masked_crc32c
+  data, at, scalars, versions = path.read_bytes(), 0, {}, []
+  while at < len(data):
+    header = data[at:at + 8]
+    (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[at + 8:at + 12])
+    record = data[at + 12:at + 12 + length]
+    (record_crc,) = struct.unpack("<I", data[at + 12 + length:at + 16 + length])
+    assert header_crc == masked_crc32c(header) and record_crc == masked_crc32c(record)
+    event = Event.FromString(record)
+    assert event.wall_time > 0
+    if event.file_version:
+      versions.append(event.file_version)
+    for value in event.summary.value:
+      scalars[(event.step, value.tag)] = value.simple_value
+    at += 16 + length
+  assert versions == ["brain.Event:2"]
+  return scalars
+
+
+def test_event_records_check_as_tfrecords_do():
+  from zoo import events
+  assert events.crc32c(b"123456789") == 0xE3069283                  # CRC-32C's check value
+  assert events._varint(300) == bytes([0xAC, 0x02]) and len(events._varint(-1)) == 10
 
 
 def test_resume_in_process_matches_an_unbroken_run(tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 
 from zoo import config as config_lib
 from zoo import data as data_lib
-from zoo import bigalloc, images, optim, registry, sharding, step as step_lib
+from zoo import bigalloc, events, images, optim, registry, sharding, step as step_lib
 from zoo.checkpoint import Checkpointer, abstract_like
 from zoo.errors import CheckpointError, ConfigError, TrainingError, ZooError
 from zoo.family import Family
@@ -144,15 +144,13 @@ class _Logger:
     self.enabled = jax.process_index() == 0
     self.writer = None
     if self.enabled:
-      from tensorboardX import SummaryWriter
-      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+      self.writer = events.EventWriter(workdir / "tensorboard")
       self.jsonl = open(workdir / "metrics.jsonl", "a")
 
   def scalars(self, step: int, prefix: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    for k, v in metrics.items():
-      self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
+    self.writer.add_scalars(step, {f"{prefix}/{k}": float(v) for k, v in metrics.items()})
     self.jsonl.write(json.dumps({"step": step, "split": prefix,
                                  **{k: float(v) for k, v in metrics.items()}}) + "\n")
     self.jsonl.flush()
