@@ -302,6 +302,30 @@ def test_the_library_is_built_once_and_can_be_turned_off(monkeypatch, capsys):
   assert convgrad.available() is True
 
 
+def test_builds_that_start_together_compile_the_library_once(tmp_path):
+  """Two builds of one library at once (a suite's two workers, two runs): the second waits for the first's
+  and loads it, instead of compiling its own (~20 s for the kernels on 2 cores)."""
+  import threading
+  compiler = tmp_path / "cc"
+  compiler.write_text(f'#!/bin/sh\necho built >> {tmp_path / "log"}\nsleep 1\n: > "$1"\n')
+  compiler.chmod(0o755)
+  source = tmp_path / "k.c"
+  source.write_text("int k;")
+  got = []
+
+  def build():
+    got.append(native.build("k", source, str(compiler), lambda cc, out: [cc, out], lambda lib: None,
+                            tmp_path / "cache", False, "off", "missing"))
+
+  threads = [threading.Thread(target=build) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert got[0] is not None and got == [got[0]] * 2 and got[0].exists()
+  assert (tmp_path / "log").read_text().split() == ["built"]
+
+
 def test_a_passed_check_is_remembered_per_key_and_a_failed_one_is_not(monkeypatch, tmp_path):
   """The kernels' self-checks (seconds of compiling in each process) run once per library, JAX, XLA flags
   and CPU on a machine: a pass leaves a file in the cache that later processes trust as a library's."""

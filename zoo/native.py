@@ -6,6 +6,8 @@ preloaded) and ``zoo.convgrad`` (C++, an XLA FFI handler).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import os
@@ -86,10 +88,34 @@ def build(prefix: str, source: Path, compiler: str | None, command: Callable[[st
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not _mine_alone(directory.stat()):
       return fail(f"{directory} is not this user's alone")
-    fd, tmp = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".so", dir=directory)
-    os.close(fd)
+    lock = _lock(directory, lib.name)
   except OSError as e:
     return fail(f"cannot write {directory}: {e.strerror}")
+  with lock:
+    if lib.exists():       # built by another process while this one waited
+      return lib if trusted(lib) else fail(f"{lib} or its directory is not this user's alone")
+    return _build(prefix, lib, command, check, fail)
+
+
+@contextlib.contextmanager
+def _lock(directory: Path, name: str):
+  """An exclusive lock on ``directory/{name}.lock`` while the context lasts: processes that start together
+  (a test suite's workers, a user's runs side by side) wait for the first one's build of a library (~20 s on
+  2 cores) or check of it (seconds), and then find its result, instead of each doing it again."""
+  fd = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)          # releases the lock
+
+
+def _build(prefix: str, lib: Path, command, check, fail) -> Path | None:
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".so", dir=lib.parent)
+    os.close(fd)
+  except OSError as e:
+    return fail(f"cannot write {lib.parent}: {e.strerror}")
   try:
     cc = subprocess.run(command(tmp), capture_output=True, text=True, timeout=300)
     if cc.returncode:
@@ -131,14 +157,22 @@ def checked_once(name: str, key: Sequence[bytes], check: Callable[[], str | None
   marker = directory / f"{name}-passed-{digest}"
   if trusted(marker):
     return None
-  why = check()
-  if why is None:
-    try:
-      directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-      if _mine_alone(directory.stat()):
+  try:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = _lock(directory, marker.name) if _mine_alone(directory.stat()) else None
+  except OSError:           # a read-only cache: the check runs, and runs again next time
+    lock = None
+  if lock is None:
+    return check()
+  with lock:
+    if trusted(marker):     # passed in another process while this one waited
+      return None
+    why = check()
+    if why is None:
+      try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=directory)
         os.close(fd)
         os.replace(tmp, marker)
-    except OSError:         # a read-only cache: the check runs again next time
-      pass
+      except OSError:
+        pass
   return why
