@@ -6,7 +6,6 @@ preloaded) and ``zoo.convgrad`` (C++, an XLA FFI handler).
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -97,17 +96,20 @@ def build(prefix: str, source: Path, compiler: str | None, command: Callable[[st
     return _build(prefix, lib, command, check, fail)
 
 
-@contextlib.contextmanager
-def _lock(directory: Path, name: str):
+class _lock:
   """An exclusive lock on ``directory/{name}.lock`` while the context lasts: processes that start together
   (a test suite's workers, a user's runs side by side) wait for the first one's build of a library (~20 s on
-  2 cores) or check of it (seconds), and then find its result, instead of each doing it again."""
-  fd = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    yield
-  finally:
-    os.close(fd)          # releases the lock
+  2 cores) or check of it (seconds), and then find its result, instead of each doing it again. The file is
+  opened here, so that an unwritable directory raises OSError where the caller handles it."""
+
+  def __init__(self, directory: Path, name: str):
+    self._fd = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+  def __enter__(self):
+    fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+  def __exit__(self, *exc):
+    os.close(self._fd)    # releases the lock
 
 
 def _build(prefix: str, lib: Path, command, check, fail) -> Path | None:
