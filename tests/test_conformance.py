@@ -32,7 +32,6 @@ class Harness:
     self.run = build_run(self.config, self.batches[0], self.dataset.image_shape)
     self.step = step_lib.jit_train_step(self.run.family, self.run.txs, self.run.mesh,
                                         self.config.ema.to_dict())
-
     self._memo = {}
 
   def initial(self):
