@@ -31,7 +31,7 @@ from zoo.models import _layers
 THRESHOLDS = {"_DY_COPIES_MAX_RATIO": _layers, "_CONCAT_MAX_FEATURES": _layers, "_PHASE_MIN_FEATURES": _layers,
               "_XLA_OWN_STRIDED_GRADIENTS": _layers, "_MATERIALIZE_CONV_INPUT": _layers,
               "_ONEDNN_MIN_PIXELS": _layers, "_ONEDNN_FUSED_ADDS": _layers,
-              "_ONEDNN_PHASES": _layers, "_ONEDNN_PHASE_MIN_PIXELS": _layers, "_NATIVE_STRIDED_MAX_TAPPED": _layers,
+              "_ONEDNN_PHASES": _layers, "_ONEDNN_PHASE_MIN_PIXELS": _layers, "_ONEDNN_1X1_MIN_IN_CHANNELS": _layers, "_NATIVE_STRIDED_MAX_TAPPED": _layers,
               "_NATIVE_MIN_PIXELS": _layers, "_NATIVE_STRIDED_MIN_PIXELS": _layers,
               "_NATIVE_STRIDED_THIN_MAX": _layers, "_NATIVE_THIN_STRIDE1_FORWARD": _layers,
               "USE_CPU_COMPILER_OPTIONS": step_lib, "USE_XLA_OWN_GRADIENTS": step_lib,

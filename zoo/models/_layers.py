@@ -226,6 +226,12 @@ _MATERIALIZE_CONV_INPUT = 1
 # GAN's 4x4 level (batch 16, 256 pixels) 0.90x in two runs of 7 and 11 rounds, where the PixelCNN's layers
 # (50,176 pixels at batch 64) gained (the README, issue 7).
 _ONEDNN_MIN_PIXELS = 16384
+# ... but a 1x1 convolution with one channel on either side is XLA's: into one, its product is a
+# matrix-vector one; from one (ProGAN's from-RGB on MNIST), its input gradient is, and oneDNN's ran at 0.45x
+# XLA's convolution (`conv_layers.py --families experiments/karras2017/progan_mnist.py --layers "1x1/1 1->"
+# --step-options`, batch 64: 6.6 and 6.7 GFLOP/s at 16x16 and 32x32, 14.6 and 12.6 with XLA's dot; both
+# gradients together 9.9 -> 14.0 and 9.9 -> 13.1)
+_ONEDNN_1X1_MIN_IN_CHANNELS = 2
 # Where a layer's forward pass is oneDNN's convolution, its bias and a residual given to it (``conv2d``'s
 # ``add``) are added inside that call (``zoo.onednn.conv``) rather than by XLA after it.
 _ONEDNN_FUSED_ADDS = 1
@@ -845,8 +851,10 @@ def conv2d(x, kernel, padding, mask: np.ndarray | None = None, strides: Sequence
   if taps == ((0, 0),) and (kh, kw) == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
     # a 1x1 convolution is a matmul over the pixels: XLA:CPU runs it as one 2.7x faster than as a
     # convolution (64 -> 64 channels, batch 64, 28x28), and differentiates it into matmuls too; under the
-    # train step's oneDNN kernels, oneDNN's matmuls (its weight gradient 3x XLA's, above)
-    dot = onednn.matmul if onednn_ok and kernel.shape[3] > 1 else jnp.dot
+    # train step's oneDNN kernels, oneDNN's matmuls (its weight gradient 3x XLA's, above), but for one channel
+    # on either side (_ONEDNN_1X1_MIN_IN_CHANNELS)
+    dot = (onednn.matmul if onednn_ok and kernel.shape[3] > 1 and kernel.shape[2] >= _ONEDNN_1X1_MIN_IN_CHANNELS
+           else jnp.dot)
     return _on_cpu(lambda x, k, b, a: _plus(dot(x.reshape(-1, x.shape[3]), k[0, 0]).reshape(*x.shape[:3], -1),
                                             b, a), native, x, kernel, bias, add)
   own = kernels.xla_own_kernels_on()   # XLA's own gradients where they are the faster (above)
