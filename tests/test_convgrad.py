@@ -92,6 +92,27 @@ def test_thin_conv_is_xlas_convolution_into_few_channels(b, hw, cp, cr, strides,
     _close(g, h)
 
 
+@pytest.mark.parametrize("cp,w,kw,pad", [
+    (32, 28, 7, 3),     # the PixelRNNs' 7x7 input gradient: up to 3 zero positions a run, read from x itself
+    (64, 19, 11, 5),    # 5 of them: such blocks read x padded; blocks of 10 and 9 (14 sums each)
+    (128, 16, 3, 1),    # one block of 16
+    (64, 7, 5, 2),      # 14 sums, 7 kept
+    (32, 37, 2, 0),     # blocks of 12-13 pixels (14 sums), zeros at the right only
+])
+def test_runs_read_the_edges_as_zeros_from_x_or_from_x_padded(cp, w, kw, pad):
+  """A stride-1 convolution into one channel (by runs of a kernel row's taps) whose rows run off x's
+  columns (its pads: 'SAME' input gradients): the same as on x padded by XLA, on one and two threads."""
+  rng = np.random.default_rng(8)
+  offsets = tuple((i, j) for i in range(3) for j in range(kw))
+  a = jnp.asarray(rng.standard_normal((2, 4, w, cp), np.float32))
+  pads = ((1, 1), (pad, kw - 1 - pad))
+  out_hw = (4, w)
+  v = jnp.asarray(rng.standard_normal((len(offsets), 1, cp), np.float32) / np.sqrt(len(offsets) * cp))
+  want = convgrad._as_conv(convgrad._pad(a, pads), v.swapaxes(1, 2), out_hw, offsets, (1, 1))
+  for threads in (1, 2):
+    _close(jax.jit(lambda a, v: convgrad.thin_conv(a, v, offsets, (1, 1), out_hw, threads, pads))(a, v), want)
+
+
 @pytest.mark.parametrize("x_shape,k,c,strides,lo", [
     ((2, 5, 7, 16), (4, 4), 3, (2, 2), (2, 2)),       # a DCGAN's last layer, 'SAME'
     ((1, 6, 5, 32), (3, 5), 2, (2, 1), (1, 3)),
