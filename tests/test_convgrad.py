@@ -33,6 +33,8 @@ CASES = [
     (2, (6, 7), 16, 80, (1, 1), ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1))),
     (2, (3, 150), 1, 32, (2, 1), ((2, 0), (0, 2), (1, 1))),
     (1, (5, 4), 7, 48, (1, 3), tuple((i, j) for i in range(3) for j in range(4))),
+    # the VAE's first layer (1 -> 32, 4x4 at stride 2): rows of 14 pixels into 32 channels as 7 + 7
+    (2, (2, 14), 1, 32, (2, 2), tuple((i, j) for i in range(4) for j in range(4))),
 ]
 
 
