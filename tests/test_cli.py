@@ -135,6 +135,23 @@ def test_bench_prints_one_json_line(capsys):
 
 
 @pytest.mark.slow
+def test_bench_times_a_staged_family_at_the_stage_asked_for(capsys):
+  """``zoo bench --stage``: the Progressive GAN's step at its second stage (8x8, fading in) is another program
+  than at its first (4x4), and the line says which stage it timed; a stage it does not have fails in one
+  line. (Two compiles of the step: ~15 s.)"""
+  config = "experiments/karras2017/progan_mnist.py:quick"
+  lines = []
+  for stage in ("0", "1"):
+    code, out, _ = run(capsys, "bench", "--config", config, "--batch", "8", "--steps", "1", "--warmup", "1",
+                       "--stage", stage)
+    assert code == 0
+    lines.append(json.loads(out.strip().splitlines()[-1]))
+  assert [line["stage"] for line in lines] == [0, 1] and lines[0]["program"] != lines[1]["program"]
+  code, _, err = run(capsys, "bench", "--config", config, "--batch", "8", "--steps", "1", "--stage", "99")
+  one_line_error(code, err, "stage 99", "progan")
+
+
+@pytest.mark.slow
 def test_ab_step_times_two_formulations_of_one_step(tmp_path):
   """experiments/benchmarks/ab_step.py builds the step under each threshold value and reports both rates
   and their within-round ratio (the DCGAN step's strided and transposed convolutions with their custom

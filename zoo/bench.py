@@ -18,11 +18,15 @@ import numpy as np
 from zoo import config as config_lib
 from zoo import data as data_lib
 from zoo import bigalloc, sharding, step as step_lib
+from zoo.errors import ConfigError
 from zoo.train import build_run
 
 
-def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None):
+def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None, stage: int | None = None):
   """The compiled shared step, a fresh state and one real batch on the devices, for timing.
+
+  ``stage``: a family trained in stages (the Progressive GAN) steps at that stage (default: its first, where
+  training starts); 0 to ``len(family.stage_steps)``.
 
   Returns:
     (step, state, batch, info): ``step(state, batch) -> (state, metrics)`` is compiled (state
@@ -35,14 +39,22 @@ def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None):
   local = dataset.batch(config.train_split, 0, batch_size, seed=int(config.seed),
                         process_index=jax.process_index(), process_count=jax.process_count())
   run = build_run(config, local, dataset.image_shape)
+  family = run.family
+  if stage is not None:
+    last = len(family.stage_steps)
+    if not 0 <= stage <= last:
+      raise ConfigError(f"stage {stage}: {config.family} trains in stages 0 to {last}" if last else
+                        f"stage {stage}: {config.family} trains in one stage, 0")
+    family = family.at_stage(stage)
   sharding.check_batch_size(batch_size, run.mesh)
   batch = sharding.global_batch(local, run.mesh)
-  train_step = step_lib.jit_train_step(run.family, run.txs, run.mesh, config.ema.to_dict())
+  train_step = step_lib.jit_train_step(family, run.txs, run.mesh, config.ema.to_dict())
   state = run.init_state()
   t0 = time.perf_counter()
   lowered = train_step.lower(state, batch)
   compiled = lowered.compile()
   info = {"experiment": config.experiment, "family": config.family, "batch_size": batch_size,
+          **({} if stage is None else {"stage": int(stage)}),
           "compile_s": round(time.perf_counter() - t0, 3),
           "program": program_hash(lowered, step_lib.compiler_options(run.mesh))}
   return compiled, state, batch, info
@@ -64,7 +76,7 @@ def report(result: dict, out: str | None = None) -> None:
 
 
 def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, steps: int = 300,
-              warmup: int = 10) -> dict:
+              warmup: int = 10, stage: int | None = None) -> dict:
   """Times ``steps`` calls of the shared train step on one real batch kept on the devices.
 
   The batch is the first training batch of the config's data set, placed once, so the figure is the
@@ -72,9 +84,9 @@ def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, 
 
   Returns:
     {examples_per_s, steps_per_s, compile_s, batch_size, steps, family, experiment, platform,
-     device_kind, device_count, process_count}.
+     device_kind, device_count, process_count}, and ``stage`` where one is given (``prepare``).
   """
-  compiled, state, batch, info = prepare(config, batch_size)
+  compiled, state, batch, info = prepare(config, batch_size, stage)
   for _ in range(max(warmup, 1)):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
@@ -101,13 +113,15 @@ def benchmark(config: ml_collections.ConfigDict, batch_size: int | None = None, 
 Runner = Callable[[int], None]
 
 
-def step_runner(config: ml_collections.ConfigDict, batch_size: int | None = None) -> tuple[Runner, dict]:
-  """The shared step as a runner on one real batch kept on the devices (what ``zoo bench`` times).
+def step_runner(config: ml_collections.ConfigDict, batch_size: int | None = None,
+                stage: int | None = None) -> tuple[Runner, dict]:
+  """The shared step (at ``stage``: ``prepare``) as a runner on one real batch kept on the devices (what
+  ``zoo bench`` times).
 
   Returns:
     (run, info): ``info`` is ``prepare``'s.
   """
-  compiled, state, batch, info = prepare(config, batch_size)
+  compiled, state, batch, info = prepare(config, batch_size, stage)
   return runner_of(compiled, state, batch), info
 
 

@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
   b.add_argument("--batch", type=int, default=None, help="default: the config's batch_size")
   b.add_argument("--steps", type=int, default=300)
   b.add_argument("--warmup", type=int, default=10)
+  b.add_argument("--stage", type=int, default=None,
+                 help="a family trained in stages (the Progressive GAN): the step at this stage, 0 to the last "
+                      "(default: the first)")
   i = sub.add_parser("import", help="a PyTorch or safetensors checkpoint -> a new run's Orbax checkpoint")
   i.add_argument("--from", dest="fmt", choices=("pytorch", "safetensors"), default=None,
                  help="the file's format (default: from its suffix)")
@@ -301,7 +304,7 @@ def cmd_bench(args, overrides) -> int:
   from zoo import config as config_lib
   from zoo.bench import benchmark
   cfg = config_lib.load(args.config, overrides)
-  print(json.dumps(benchmark(cfg, args.batch, args.steps, args.warmup)))
+  print(json.dumps(benchmark(cfg, args.batch, args.steps, args.warmup, args.stage)))
   return 0
 
 

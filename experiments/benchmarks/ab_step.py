@@ -12,7 +12,10 @@ so two step runners built under the two values run the two programs side by side
 by up to 2x over minutes, so only the within-round ratio B / A is reported as the comparison.
 
   python experiments/benchmarks/ab_step.py --config experiments/benchmarks/pixelcnn28.py --batch 64 \\
-      --threshold _DY_COPIES_MAX_RATIO --values 0 1 [--steps 6] [--repeats 5] [--out FILE.jsonl]
+      --threshold _DY_COPIES_MAX_RATIO --values 0 1 [--steps 6] [--repeats 5] [--out FILE.jsonl] \\
+      [--set KEY=VALUE ...] [--stage N]
+
+``--stage``: a family trained in stages (the Progressive GAN) at that stage's resolution, not its first.
 
 ``--out`` appends one JSON line per run.
 """
@@ -44,6 +47,8 @@ def main():
   ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                   help="config overrides, as `zoo train`'s --config.KEY=VALUE (e.g. model.encoder='conv')")
   ap.add_argument("--batch", type=int, required=True)
+  ap.add_argument("--stage", type=int, default=None,
+                  help="a family trained in stages (the Progressive GAN): its step at this stage (default: the first)")
   ap.add_argument("--threshold", required=True, choices=THRESHOLDS)
   ap.add_argument("--values", type=int, nargs=2, required=True, metavar=("A", "B"))
   ap.add_argument("--steps", type=int, default=4, help="steps per runner per round")
@@ -58,14 +63,15 @@ def main():
     # JAX keeps the functions it has traced, keyed by the function and its arguments' shapes, not by this
     # module's thresholds: without this the second runner reuses the first's trace, the same program twice
     jax.clear_caches()
-    runners[f"{args.threshold}={value}"], info = bench.step_runner(cfg, args.batch)
+    runners[f"{args.threshold}={value}"], info = bench.step_runner(cfg, args.batch, args.stage)
     programs.append(info["program"])
   if programs[0] == programs[1]:
     raise SystemExit(f"{args.threshold} = {args.values[0]} and {args.values[1]} compile this config's step to "
                      "the same program: there is nothing to compare")
   rounds = bench.interleaved_rounds(runners, args.batch, args.steps, args.repeats, warmup=2)
   a, b = runners
-  result = {"config": args.config, "batch_size": args.batch, "threshold": args.threshold,
+  result = {"config": args.config, "batch_size": args.batch, **({} if args.stage is None else {"stage": args.stage}),
+            "threshold": args.threshold,
             "values": args.values, "programs": programs, "steps_per_round": args.steps, **bench.machine_info(),
             **bench.round_figures(rounds),
             "b_over_a": round(bench.within_round_ratio(rounds, b, a), 3)}
