@@ -128,6 +128,14 @@ def test_runs_read_the_edges_as_zeros_from_x_or_from_x_padded(cp, w, kw, pad):
     ((2, 7, 21, 128), (4, 4), 1, (2, 2), (2, 2)),     # the DCGAN MNIST generator's last layer, 'SAME'
     ((1, 9, 37, 64), (5, 5), 1, (2, 2), (1, 3)),
     ((2, 5, 19, 32), (3, 3), 1, (1, 1), (1, 1)),
+    # 4 wide at stride 2 along a row, into one channel: both column parities in one block (pairs), parity 1's
+    # taps a column after parity 0's (lo even) or at the same columns (lo odd); rows of 14 pixels per parity (the
+    # VAE's last layer: 7 + 7), odd output widths; lo 8 reads 4 zero columns before x: by runs instead
+    ((2, 14, 14, 32), (4, 4), 1, (2, 2), (2, 2)),
+    ((1, 5, 9, 64), (4, 4), 1, (2, 2), (1, 1)),
+    ((1, 3, 10, 128), (4, 4), 1, (1, 2), (3, 3)),
+    ((1, 3, 12, 32), (2, 4), 1, (2, 2), (0, 0)),
+    ((1, 4, 11, 64), (4, 4), 1, (2, 2), (2, 8)),
 ])
 def test_thin_transposed_is_xlas_transposed_convolution(x_shape, k, c, strides, lo):
   assert convgrad.available()
