@@ -540,6 +540,38 @@ inline void store_sums(v16 sums, int n, float* y, int64_t step) {
   for (int k = 0; k < n; ++k) y[k * step] = lanes[k];
 }
 
+// A run's M positions (x vectors of CX channels) from `base`: the first and last E through pointers chosen once
+// per run (edge_pointers: zeros where a position lies outside x, Run::mlo and mhi), the others x's own. (Plain
+// functions on the caller's array: as members of a struct, GCC kept the pointers on the stack.)
+template <int M, int E, int CX>
+__attribute__((always_inline)) inline void edge_pointers(const Run& run, const float* base, const float* zeros,
+                                                         const float** edge) {
+  static_assert(M >= 2 * E, "the edges do not meet");
+  for (int e = 0; e < E; ++e) {
+    edge[e] = e >= run.mlo && e < run.mhi ? base + e * CX : zeros;
+    const int m = M - E + e;
+    edge[E + e] = m >= run.mlo && m < run.mhi ? base + m * CX : zeros;
+  }
+}
+
+// position m's channels [p, p + 16) in a register
+template <int M, int E, int CX>
+__attribute__((always_inline)) inline v16 position(const float* const* edge, const float* base, int m, int p) {
+  v16 a = load16((m < E ? edge[m] : m >= M - E ? edge[E + m - (M - E)] : base + m * CX) + p);
+  IN_REGISTER(a);
+  return a;
+}
+
+// The run's first L kernels' channels [p, p + 16) in registers
+template <int L>
+__attribute__((always_inline)) inline void load_kernels(const Run& run, int p, v16* w) {
+#pragma GCC unroll 8
+  for (int q = 0; q < L; ++q) {
+    w[q] = load16(run.v[q] + p);
+    IN_REGISTER(w[q]);
+  }
+}
+
 // One run's multiply-adds into a block's NPX sums (one output channel, x's CX channels, 32, 64 or 128): per 16
 // channels, the run's L kernel vectors and each of its NPX - 1 + L positions' x vector loaded once into
 // registers (NPX + L + 1 of the 32), NPX * L multiply-adds. A 7-tap run of 16 pixels: 29 loads per 112
@@ -548,28 +580,17 @@ inline void store_sums(v16 sums, int n, float* y, int64_t step) {
 template <int NPX, int L, int CX, bool DIRECT>
 __attribute__((always_inline)) inline void run_fmas(const Run& run, const float* X, const float* zeros, v16* acc) {
   constexpr int M = NPX + L - 1, E = DIRECT ? RUN_EDGE : 0;
-  static_assert(M >= 2 * RUN_EDGE, "the edges do not meet");
   // x's item read directly: the run's first position may lie before it (never read: the edges read zeros)
   const float* base = DIRECT ? (const float*)((intptr_t)X + (intptr_t)(run.at * (int64_t)sizeof(float))) : X + run.off;
-  const float* edge[2 * RUN_EDGE + 1];   // positions m < E, then m >= M - E
-  for (int e = 0; e < E; ++e) {
-    edge[e] = e >= run.mlo && e < run.mhi ? base + e * CX : zeros;
-    const int m = M - E + e;
-    edge[E + e] = m >= run.mlo && m < run.mhi ? base + m * CX : zeros;
-  }
+  const float* edge[2 * RUN_EDGE + 1];
+  edge_pointers<M, E, CX>(run, base, zeros, edge);
 #pragma GCC unroll 1
   for (int p = 0; p < CX; p += 16) {
     v16 w[L];
-#pragma GCC unroll 8
-    for (int q = 0; q < L; ++q) {
-      w[q] = load16(run.v[q] + p);
-      IN_REGISTER(w[q]);
-    }
+    load_kernels<L>(run, p, w);
 #pragma GCC unroll 32
     for (int m = 0; m < M; ++m) {
-      v16 a;
-      a = load16((m < E ? edge[m] : m >= M - E ? edge[E + m - (M - E)] : base + m * CX) + p);
-      IN_REGISTER(a);
+      const v16 a = position<M, E, CX>(edge, base, m, p);
 #pragma GCC unroll 8
       for (int q = 0; q < L; ++q)
         if (m - q >= 0 && m - q < NPX) acc[m - q] += a * w[q];
@@ -658,27 +679,16 @@ constexpr int PAIR_NPX = 7;
 template <int O1, int CX>
 __attribute__((always_inline)) inline void pair_fmas(const Run& run, const float* X, const float* zeros, v16* acc) {
   constexpr int NPX = PAIR_NPX, M = NPX + 1 + O1, E = RUN_EDGE;
-  static_assert(M >= 2 * E, "the edges do not meet");
   const float* base = (const float*)((intptr_t)X + (intptr_t)(run.at * (int64_t)sizeof(float)));
-  const float* edge[2 * E];
-  for (int e = 0; e < E; ++e) {
-    edge[e] = e >= run.mlo && e < run.mhi ? base + e * CX : zeros;
-    const int m = M - E + e;
-    edge[E + e] = m >= run.mlo && m < run.mhi ? base + m * CX : zeros;
-  }
+  const float* edge[2 * RUN_EDGE + 1];
+  edge_pointers<M, E, CX>(run, base, zeros, edge);
 #pragma GCC unroll 1
   for (int p = 0; p < CX; p += 16) {
     v16 w[4];
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-      w[q] = load16(run.v[q] + p);
-      IN_REGISTER(w[q]);
-    }
+    load_kernels<4>(run, p, w);
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
-      v16 a;
-      a = load16((m < E ? edge[m] : m >= M - E ? edge[E + m - (M - E)] : base + m * CX) + p);
-      IN_REGISTER(a);
+      const v16 a = position<M, E, CX>(edge, base, m, p);
 #pragma GCC unroll 2
       for (int q = 0; q < 2; ++q) {
         const int k0 = m - q, k1 = m - O1 - q;
