@@ -463,7 +463,7 @@ struct Plan {
   std::vector<std::vector<Block>> rows;   // per output row
   std::vector<Tap> taps;
   std::vector<Run> runs;                  // in place of taps where the blocks are runs' (thin_conv_runs)
-  int64_t h = 0, w = 0, padl = 0, padr = 0;   // (runs) x's rows and columns, and its zero columns each side
+  int64_t h = 0, w = 0, padl = 0, padr = 0;   // x's rows and columns; (runs) its zero columns each side
   int pairs = 0;                          // (transposed_pairs) 1 + parity 1's first position O1
   int64_t step, ostep;                    // x's and y's step from one pixel of a block to the next
   int64_t xbatch, ybatch, cx;             // a batch item's size in x and y; x's channels
@@ -778,17 +778,25 @@ ffi::Error thin_in_parts(ffi::ThreadPool& pool, const Plan& plan, int64_t c, con
   return ffi::Error::Success();
 }
 
+// An empty plan of x (b, h, w, cx), read at `step` from one pixel of a block to the next, into y (b, ho, wo, c),
+// written at `ostep`: its sizes, its ho rows of blocks to fill and a pixel's channels of zeros.
+Plan plan_of(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, int64_t c, int64_t step, int64_t ostep) {
+  Plan plan;
+  plan.step = step, plan.ostep = ostep, plan.cx = cx;
+  plan.xbatch = h * w * cx, plan.ybatch = ho * wo * c;
+  plan.h = h, plan.w = w;
+  plan.zeros.assign(cx, 0.0f);
+  plan.rows.resize(ho);
+  return plan;
+}
+
 // The plan of a convolution of P (A (b, h, w, cx) padded by `pads`) by V (taps, c, cx) into y (b, ho, wo, c):
 // output pixel (i, j) reads P at (sh * i + di_t, sw * j + dj_t) at tap t, that is A at (sh * i + di_t - lo_h,
 // sw * j + dj_t - lo_w), zeros outside A (taps that read only zeros for a block are left out of its plan; its
 // pixels that do read zeros read them from plan.zeros).
 Plan thin_conv_plan(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, int64_t h,
                     int64_t w, const float* V) {
-  Plan plan;
-  plan.step = g.sw * g.cp, plan.ostep = g.cr, plan.cx = g.cp;
-  plan.xbatch = h * w * g.cp, plan.ybatch = g.ho * g.wo * g.cr;
-  plan.zeros.assign(g.cp, 0.0f);
-  plan.rows.resize(g.ho);
+  Plan plan = plan_of(h, w, g.cp, g.ho, g.wo, g.cr, g.sw * g.cp, g.cr);
   for (int64_t i = 0; i < g.ho; ++i)
     for (auto [j0, nb] : blocks_of(g.wo, npx_of(g.cr))) {
       Block blk{(i * g.wo + j0) * g.cr, nb, false, plan.taps.size(), 0};
@@ -842,12 +850,7 @@ void place_runs(Plan& plan) {
 // 128 (runs_cx): per block of up to 16 pixels, the taps of each kernel row in runs of neighbouring columns.
 Plan thin_conv_runs(const Geometry& g, ffi::Span<const int64_t> offsets, ffi::Span<const int64_t> pads, int64_t h,
                     int64_t w, const float* V) {
-  Plan plan;
-  plan.step = g.cp, plan.ostep = 1, plan.cx = g.cp;
-  plan.xbatch = h * w * g.cp, plan.ybatch = g.ho * g.wo;
-  plan.h = h, plan.w = w;
-  plan.zeros.assign(g.cp, 0.0f);
-  plan.rows.resize(g.ho);
+  Plan plan = plan_of(h, w, g.cp, g.ho, g.wo, 1, g.cp, 1);
   // the taps by kernel row (its row offset), then column: their column offsets and kernels
   std::map<int64_t, std::pair<std::vector<int64_t>, std::vector<const float*>>> by_row;
   std::vector<std::pair<std::pair<int64_t, int64_t>, int64_t>> order;
@@ -912,11 +915,7 @@ void axis_taps(int64_t o, int64_t n, int64_t k, int64_t s, int64_t lo, bool insi
 // The plan of a transposed convolution of x (b, h, w, cx) by V (kh, kw, c, cx) into y (b, ho, wo, c).
 Plan transposed_plan(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, int64_t c, int64_t kh, int64_t kw,
                      int64_t sh, int64_t sw, int64_t lo_h, int64_t lo_w, const float* V) {
-  Plan plan;
-  plan.step = cx, plan.ostep = sw * c, plan.cx = cx;
-  plan.xbatch = h * w * cx, plan.ybatch = ho * wo * c;
-  plan.zeros.assign(cx, 0.0f);
-  plan.rows.resize(ho);
+  Plan plan = plan_of(h, w, cx, ho, wo, c, cx, sw * c);
   std::vector<int64_t> ri, ru, cj, cd;
   for (int64_t oy = 0; oy < ho; ++oy) {
     axis_taps(oy, h, kh, sh, lo_h, true, &ri, &ru);
@@ -947,12 +946,7 @@ Plan transposed_plan(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, i
 // Blocks of up to 16 pixels of a row's parity; the output's pixels of a block are s apart (plan.ostep).
 Plan transposed_runs(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, int64_t kh, int64_t kw, int64_t sh,
                      int64_t sw, int64_t lo_h, int64_t lo_w, const float* V) {
-  Plan plan;
-  plan.step = cx, plan.ostep = sw, plan.cx = cx;
-  plan.xbatch = h * w * cx, plan.ybatch = ho * wo;
-  plan.h = h, plan.w = w;
-  plan.zeros.assign(cx, 0.0f);
-  plan.rows.resize(ho);
+  Plan plan = plan_of(h, w, cx, ho, wo, 1, cx, sw);
   std::vector<int64_t> ri, ru, cj, cd;
   std::vector<std::vector<const float*>> v;    // per kernel row meeting oy: the kernels of the parity's taps
   for (int64_t oy = 0; oy < ho; ++oy) {
@@ -980,12 +974,7 @@ Plan transposed_runs(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, i
 bool transposed_pairs(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, int64_t kh, int64_t kw, int64_t sh,
                       int64_t sw, int64_t lo_h, int64_t lo_w, const float* V, Plan* out) {
   if (sw != 2 || kw != 4 || wo < 2) return false;
-  Plan plan;
-  plan.step = cx, plan.ostep = 1, plan.cx = cx;
-  plan.xbatch = h * w * cx, plan.ybatch = ho * wo;
-  plan.h = h, plan.w = w;
-  plan.zeros.assign(cx, 0.0f);
-  plan.rows.resize(ho);
+  Plan plan = plan_of(h, w, cx, ho, wo, 1, cx, 1);
   std::vector<int64_t> ri, ru, cj[2], cd[2];
   for (int par = 0; par < 2; ++par) {
     axis_taps(par, w, kw, sw, lo_w, false, &cj[par], &cd[par]);
