@@ -4,6 +4,8 @@ tap sets and thread counts, to the second order; bad input fails with one clear 
 off."""
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -331,6 +333,33 @@ def test_the_library_is_built_once_and_can_be_turned_off(monkeypatch, capsys):
     monkeypatch.undo()
     convgrad.available.cache_clear()
   assert convgrad.available() is True
+
+
+def test_a_build_registered_under_a_suffix_is_what_a_function_lowered_inside_suffixed_calls():
+  """experiments/benchmarks/ab_kernels.py's mechanism: a build of the kernels registered beside the zoo's
+  (here the same library again, under "_ab") is what a function compiled inside ``suffixed`` calls, and
+  only there; a function jitted once keeps its first lowering (JAX caches it), which ``compiled_for``
+  avoids by tracing afresh and catches by reading the compiled program's targets."""
+  assert convgrad.available()
+  convgrad.register(convgrad.build(quiet=True), "_ab")
+  sys.path.insert(0, "experiments/benchmarks")
+  try:
+    import ab_kernels
+  finally:
+    sys.path.remove("experiments/benchmarks")
+  rng = np.random.default_rng(0)
+  x, v = rng.standard_normal((2, 5, 7, 16), np.float32), rng.standard_normal((4, 4, 3, 16), np.float32)
+  fn = lambda x, v: convgrad.thin_transposed(x, v, (2, 2), (2, 2), (10, 13))   # noqa: E731
+  jitted = jax.jit(fn)
+  plain = jitted.lower(x, v).compile()
+  with convgrad.suffixed("_ab"):
+    assert ab_kernels.zoo_targets(jitted.lower(x, v).compile()) == ["zoo_thin_transposed"]   # cached
+  other = ab_kernels.compiled_for(fn, (x, v), None, "_ab")
+  assert ab_kernels.zoo_targets(plain) == ["zoo_thin_transposed"]
+  assert ab_kernels.zoo_targets(other) == ["zoo_thin_transposed_ab"]
+  np.testing.assert_array_equal(np.asarray(other(x, v)), np.asarray(plain(x, v)))
+  assert ab_kernels.zoo_targets(jax.jit(lambda x, v: fn(x, v)).lower(x, v).compile()) == ["zoo_thin_transposed"]
+  assert ab_kernels.compiled_for(lambda x, v: x * 2.0, (x, v), None, "_ab") is None     # no kernel of the zoo's
 
 
 def test_builds_that_start_together_compile_the_library_once(tmp_path):

@@ -42,6 +42,7 @@ split a custom call over a batch-sharded mesh); which layers: ``zoo/models/_laye
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -73,18 +74,49 @@ def _compiler() -> str | None:
   return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
 
-def _command(compiler: str, out: str) -> list[str]:
+def _command(compiler: str, out: str, source: Path = SOURCE) -> list[str]:
   return [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
-          "-o", out, str(SOURCE), "-lpthread"]
+          "-o", out, str(source), "-lpthread"]
 
 
-def build(directory=None, quiet: bool = False):
-  """The library, compiled into ``directory`` (default ``zoo.native.cache_dir()``) if it is not there yet;
-  None where it cannot be (a one-line reason on stderr unless ``quiet``)."""
-  check = ("import ctypes; l = ctypes.CDLL({!r}); l.ZooConvWeightGrad; l.ZooConvTaps; l.ZooConvTapsBias; "
-           "l.ZooThinConv; l.ZooThinTransposed")
-  return native.build("convgrad", SOURCE, _compiler(), _command, lambda lib: native.child_check(check.format(str(lib))),
-                      directory, quiet, "native convolution kernels off", "no C++ compiler: set CXX or install one")
+# each FFI target and the library's handler for it
+HANDLERS = {TARGET: "ZooConvWeightGrad", CONV_TARGET: "ZooConvTaps", CONV_BIAS_TARGET: "ZooConvTapsBias",
+            THIN_TARGET: "ZooThinConv", TRANSPOSED_TARGET: "ZooThinTransposed"}
+
+
+def build(directory=None, quiet: bool = False, source: Path = SOURCE):
+  """The library, compiled from ``source`` (default: the zoo's) into ``directory`` (default
+  ``zoo.native.cache_dir()``) if it is not there yet; None where it cannot be (a one-line reason on stderr
+  unless ``quiet``)."""
+  check = "import ctypes; l = ctypes.CDLL({!r}); " + "; ".join(f"l.{h}" for h in HANDLERS.values())
+  return native.build("convgrad", Path(source), _compiler(), functools.partial(_command, source=Path(source)),
+                      lambda lib: native.child_check(check.format(str(lib))), directory, quiet,
+                      "native convolution kernels off", "no C++ compiler: set CXX or install one")
+
+
+def register(lib, suffix: str = "") -> None:
+  """Registers the library ``lib``'s handlers with XLA for the CPU, each under its target's name plus
+  ``suffix``: another build of the kernels (``suffix`` not empty) beside the zoo's, which the primitives
+  lower to inside ``suffixed(suffix)`` (experiments/benchmarks/ab_kernels.py times two builds so)."""
+  handlers = ctypes.CDLL(str(lib))
+  for target, handler in HANDLERS.items():
+    jax.ffi.register_ffi_target(target + suffix, jax.ffi.pycapsule(getattr(handlers, handler)), platform="cpu")
+
+
+# the suffix of the FFI targets that the primitives lower to (``suffixed``)
+_suffix = ""
+
+
+@contextlib.contextmanager
+def suffixed(suffix: str):
+  """Inside the block, the primitives lower to the FFI targets registered with ``suffix`` (``register``): a
+  function compiled (lowered) here calls that build of the kernels."""
+  global _suffix
+  before, _suffix = _suffix, suffix
+  try:
+    yield
+  finally:
+    _suffix = before
 
 
 NO_PADS = ((0, 0), (0, 0))
@@ -307,8 +339,8 @@ def _define(name: str, target: str, shape, static: tuple[str, ...], attrs):
   prim.def_abstract_eval(lambda *ops, **params: jax.core.ShapedArray(
       shape(*(o.shape for o in ops), **params), ops[0].dtype))
   prim.def_impl(functools.partial(jax.jit, static_argnames=static)(lambda *ops, **params: prim.bind(*ops, **params)))
-  lowering = jax.ffi.ffi_lowering(target)
-  mlir.register_lowering(prim, lambda ctx, *ops, **params: lowering(ctx, *ops, **attrs(**params)), platform="cpu")
+  mlir.register_lowering(prim, lambda ctx, *ops, **params: jax.ffi.ffi_lowering(target + _suffix)(
+      ctx, *ops, **attrs(**params)), platform="cpu")
   return prim
 
 
@@ -436,12 +468,7 @@ def available() -> bool:
   if lib is None:
     return False
   try:
-    handlers = ctypes.CDLL(str(lib))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handlers.ZooConvWeightGrad), platform="cpu")
-    jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(handlers.ZooConvTaps), platform="cpu")
-    jax.ffi.register_ffi_target(CONV_BIAS_TARGET, jax.ffi.pycapsule(handlers.ZooConvTapsBias), platform="cpu")
-    jax.ffi.register_ffi_target(THIN_TARGET, jax.ffi.pycapsule(handlers.ZooThinConv), platform="cpu")
-    jax.ffi.register_ffi_target(TRANSPOSED_TARGET, jax.ffi.pycapsule(handlers.ZooThinTransposed), platform="cpu")
+    register(lib)
     why = native.checked_once("convgrad", _check_key(lib), _checked)
   except Exception as e:       # a JAX whose FFI API moved, a library that does not load
     why = f"{type(e).__name__}: {e}"

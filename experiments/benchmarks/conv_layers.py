@@ -210,14 +210,17 @@ def distinct(layers) -> list[Layer]:
 
 
 def timed(fns: dict, *args, repeats: int, options: dict | None = None, per_round: bool = False) -> dict:
-  """Median seconds of one call of each f in ``fns`` (a JAX function, jitted and called on ``args``, or a
-  ``torch_*`` entry called with none), compiled and warmed up first, their timings taken in turns so that
-  a change in the machine's load falls on all of them alike (``per_round``: each one's seconds per round,
-  in order, instead of their median). ``options``: XLA's compiler options."""
+  """Median seconds of one call of each f in ``fns`` (a JAX function, jitted and called on ``args``, a
+  function compiled already (``jax.stages.Compiled``) called on them, or a ``torch_*`` entry called with
+  none), compiled and warmed up first, their timings taken in turns so that a change in the machine's load
+  falls on all of them alike (``per_round``: each one's seconds per round, in order, instead of their
+  median). ``options``: XLA's compiler options."""
   calls, inner, times = {}, {}, {}
   for name, f in fns.items():
     if name.startswith("torch"):
       calls[name] = f
+    elif isinstance(f, jax.stages.Compiled):      # compiled already (ab_kernels.py: under a build's targets)
+      calls[name] = functools.partial(f, *args)
     else:
       calls[name] = functools.partial(jax.jit(f, compiler_options=options), *args)
     jax.block_until_ready(calls[name]())
@@ -305,8 +308,10 @@ def torch_ops(layer: Layer, x, kern, dy):
 
 
 def family_layers(specs) -> list[Layer]:
-  """``recorded_layers`` of each config in ``specs``, each shape once (named after its first config)."""
-  return distinct([layer for spec in specs for layer in recorded_layers(spec)])
+  """``recorded_layers`` of each config in ``specs``, each shape once (named after its first config). A path
+  named alone that is in ``FAMILY_CONFIGS`` takes its overrides there (the VAE's convolutional encoder)."""
+  known = {spec[0]: spec for spec in FAMILY_CONFIGS if not isinstance(spec, str)}
+  return distinct([layer for spec in specs for layer in recorded_layers(known.get(spec, spec))])
 
 
 def save_layers(layers, path) -> None:
