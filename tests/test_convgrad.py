@@ -130,14 +130,20 @@ def test_runs_read_the_edges_as_zeros_from_x_or_from_x_padded(cp, w, kw, pad):
     ((2, 7, 21, 128), (4, 4), 1, (2, 2), (2, 2)),     # the DCGAN MNIST generator's last layer, 'SAME'
     ((1, 9, 37, 64), (5, 5), 1, (2, 2), (1, 3)),
     ((2, 5, 19, 32), (3, 3), 1, (1, 1), (1, 1)),
-    # 4 wide at stride 2 along a row, into one channel: both column parities in one block (pairs), parity 1's
-    # taps a column after parity 0's (lo even) or at the same columns (lo odd); rows of 14 pixels per parity (the
-    # VAE's last layer: 7 + 7), odd output widths; lo 8 reads 4 zero columns before x: by runs instead
+    # 4 wide at stride 2 along a row, into one channel, rows of x of at most 16 pixels: by tap vectors (below)
     ((2, 14, 14, 32), (4, 4), 1, (2, 2), (2, 2)),
     ((1, 5, 9, 64), (4, 4), 1, (2, 2), (1, 1)),
     ((1, 3, 10, 128), (4, 4), 1, (1, 2), (3, 3)),
     ((1, 3, 12, 32), (2, 4), 1, (2, 2), (0, 0)),
     ((1, 4, 11, 64), (4, 4), 1, (2, 2), (2, 8)),
+    # rows of x of at most 16 pixels and of y of at most 32: by tap vectors (the four above too); a row of 15
+    # (two blocks of tap sums), of 3, kernels 1 to 3 tall, stride 1 down the columns, lo 0 (taps before y)
+    ((3, 6, 15, 64), (4, 4), 1, (2, 2), (2, 1)),
+    ((1, 4, 3, 32), (1, 4), 1, (1, 2), (0, 0)),
+    ((2, 3, 8, 128), (3, 4), 1, (1, 2), (2, 5)),
+    # rows wider than 16: by pairs (lo odd: parity 1's taps at parity 0's columns; even: a column after)
+    ((1, 5, 18, 32), (4, 4), 1, (2, 2), (1, 1)),
+    ((2, 4, 17, 64), (4, 4), 1, (2, 2), (3, 2)),
 ])
 def test_thin_transposed_is_xlas_transposed_convolution(x_shape, k, c, strides, lo):
   assert convgrad.available()

@@ -427,7 +427,8 @@ def _check() -> str | None:
           return f"thin_conv differs from XLA's convolution at {case}, {threads} thread(s)"
   for (b, h, wd, cx), (kh, kw, c), strides, lo in (((2, 5, 7, 16), (4, 4, 3), (2, 2), (2, 2)),
                                                   ((1, 6, 5, 32), (3, 5, 2), (2, 1), (1, 3)),
-                                                  ((2, 4, 19, 64), (4, 4, 1), (2, 2), (2, 2))):   # by runs
+                                                  ((2, 4, 19, 64), (4, 4, 1), (2, 2), (2, 2)),    # by pairs
+                                                  ((2, 5, 14, 32), (4, 4, 1), (2, 2), (2, 1))):   # tap vectors
     x = jax.device_put(rng.standard_normal((b, h, wd, cx), np.float32), cpu)
     v = jax.device_put(rng.standard_normal((kh, kw, c, cx), np.float32), cpu)
     out_hw = ((h - 1) * strides[0] + 2, (wd - 1) * strides[1] + 1)

@@ -1048,6 +1048,172 @@ bool transposed_pairs(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, 
   return true;
 }
 
+// ---- the same transposed convolutions into one channel (stride 2 along rows, a kernel 4 wide and at most 4 tall),
+// where x's rows are at most 16 pixels and y's at most 32 (the VAE's and the DCGAN's last layers, 14 -> 28, and
+// their first layers' input gradients), by tap vectors: for each pixel u of a row of x, z_u = sum over c of
+// x[u, c] * vt_c, the vector of its 16 taps' products (kernel row i and column j at lane 4 i + j), by
+// multiply-adds of a broadcast entry of x into registers that hold 16 channels' vt. No lane sums: the pairs'
+// blocks spent as much on them (45 shuffles and adds per 14 outputs) and on their runs' set-up as on their 112
+// multiply-adds at 32 channels (perf: 50% of the time in the multiply-adds). Then the row's z transposed (64
+// shuffles: lane u of T_t is pixel u's tap t), and each output row's two column parities are sums of two T_t
+// shifted by whole pixels (loads at an offset from a zero-padded copy), their lanes interleaved and added into
+// y, whose rows each meet two rows of x. A row of 14 pixels at 32 channels: 448 multiply-adds, ~150 other
+// vector operations.
+constexpr int TV_W = 16, TV_PAD = 16, TV_SLOT = TV_W + 2 * TV_PAD;
+
+struct TapVectors {
+  std::vector<float> vt;        // (cx, 16): the kernel of tap (i, j) at 4 i + j, channel c at [16 c + 4 i + j]
+  int64_t h, w, cx, ho, wo, kh, sh, lo_h;
+  int64_t at[4][2][2];          // kernel row i, column parity p: its two taps' T (at tap j's shift k: lane m + k)
+  int64_t xbatch, ybatch;
+};
+
+// The 16 x 16 matrix a (row r: a[r]) transposed in place (4 stages of two-vector shuffles)
+inline void transpose16(v16* a) {
+  v16 t[16];
+#pragma GCC unroll 8
+  for (int k = 0; k < 16; k += 2) {     // within 128-bit lanes: rows 2k, 2k+1 interleaved
+    t[k] = SHUF2(a[k], a[k + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29);
+    t[k + 1] = SHUF2(a[k], a[k + 1], 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < 16; k += 4) {     // lane L of a[k + q]: column 4 L + q of rows k .. k + 3
+    a[k] = SHUF2(t[k], t[k + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+    a[k + 1] = SHUF2(t[k], t[k + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    a[k + 2] = SHUF2(t[k + 1], t[k + 3], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+    a[k + 3] = SHUF2(t[k + 1], t[k + 3], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {         // lanes 0, 1 then 2, 3 of the rows' groups (q, 4 + q) and (8 + q, 12 + q)
+    t[q] = SHUF2(a[q], a[4 + q], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    t[4 + q] = SHUF2(a[q], a[4 + q], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    t[8 + q] = SHUF2(a[8 + q], a[12 + q], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    t[12 + q] = SHUF2(a[8 + q], a[12 + q], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {         // column 4 L + q: lane L of each group
+    a[q] = SHUF2(t[q], t[8 + q], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    a[4 + q] = SHUF2(t[q], t[8 + q], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    a[8 + q] = SHUF2(t[4 + q], t[12 + q], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    a[12 + q] = SHUF2(t[4 + q], t[12 + q], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  }
+}
+
+// z[u] for the TV_NP pixels of a row from xr (CX channels each, a constant: one pointer for all the pixels, where
+// 14 of their own were more than the general registers, kept on the stack), with vt's 16 channels at a time in
+// registers: 14 sums and 16 kernel vectors, 30 of the 32 registers
+constexpr int TV_NP = 14;
+template <int CX>
+__attribute__((always_inline)) inline void tap_sums(const float* xr, const float* vt, v16* z) {
+  constexpr int NP = TV_NP;
+  v16 acc[NP];
+#pragma GCC unroll 16
+  for (int u = 0; u < NP; ++u) acc[u] = v16{};
+#pragma GCC unroll 1
+  for (int c0 = 0; c0 < CX; c0 += 16) {
+    v16 v[16];
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c) {
+      v[c] = load16(vt + (c0 + c) * 16);
+      IN_REGISTER(v[c]);
+    }
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c)
+#pragma GCC unroll 16
+      for (int u = 0; u < NP; ++u) acc[u] += xr[u * CX + c0 + c] * v[c];
+  }
+#pragma GCC unroll 16
+  for (int u = 0; u < NP; ++u) z[u] = acc[u];
+}
+
+
+// y[k] += v[k] for k < n <= 16
+inline void add_into(float* y, v16 v, int n) {
+#if defined(__AVX512F__)
+  const __mmask16 m = (__mmask16)((1u << n) - 1);
+  _mm512_mask_storeu_ps(y, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, y), (__m512)v));
+#else
+  for (int k = 0; k < n; ++k) y[k] += v[k];
+#endif
+}
+
+// batch items [b0, b1); x's CX channels (32, 64 or 128)
+template <int CX>
+void tap_vectors_run(const TapVectors& tv, const float* X, float* Y, int64_t b0, int64_t b1) {
+  alignas(64) float tb[16 * TV_SLOT];     // T_t at tb + TV_SLOT t + TV_PAD, zeros either side
+  std::fill(tb, tb + 16 * TV_SLOT, 0.0f);
+  // blocks of 14 pixels; one of fewer (x's rows of other than 14 or 28 pixels) from a copy padded with zeros
+  const auto blocks = blocks_of(tv.w, TV_NP);
+  std::vector<float> part(TV_NP * CX, 0.0f);
+  const int n0 = (int)std::min<int64_t>(tv.wo, 16), n1 = (int)std::max<int64_t>(tv.wo - 16, 0);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* Xb = X + b * tv.xbatch;
+    float* Yb = Y + b * tv.ybatch;
+    zero_floats(Yb, tv.ybatch);
+    for (int64_t r = 0; r < tv.h; ++r) {
+      // the output rows sh r + lo_h - i that this row of x meets
+      const int64_t top = tv.sh * r + tv.lo_h;
+      if (top - (tv.kh - 1) >= tv.ho || top < 0) continue;
+      // at 32 channels, the next row of x asked for while this one is summed (x streams from memory at 8 FLOP a
+      // byte: 1.04-1.08x); at 64 and 128, 56 and 112 lines asked for at once, 0.91-0.92x
+      if (CX == 32 && r + 1 < tv.h)
+        for (int64_t k = 0; k < tv.w * CX; k += 16) __builtin_prefetch(Xb + (r + 1) * tv.w * CX + k, 0, 3);
+      // each block's 14 sums written from its first pixel on, in order (a block's sums past its pixels are the
+      // next block's, written after), then those past the row's pixels zeroed (copying a block's sums out
+      // instead took a call of memcpy per row)
+      v16 z[TV_W + TV_NP];
+      for (auto [u0, n] : blocks) {
+        const float* xr = Xb + (r * tv.w + u0) * CX;
+        if (n < TV_NP) {
+          std::copy(xr, xr + n * CX, part.begin());
+          xr = part.data();
+        }
+        tap_sums<CX>(xr, tv.vt.data(), z + u0);
+      }
+      for (int64_t u = tv.w; u < TV_W; ++u) z[u] = v16{};
+      transpose16(z);
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) store16(tb + TV_SLOT * t + TV_PAD, z[t]);
+      for (int64_t i = 0; i < tv.kh; ++i) {
+        const int64_t yo = top - i;
+        if (yo < 0 || yo >= tv.ho) continue;
+        v16 par[2];
+        for (int p = 0; p < 2; ++p) par[p] = load16(tb + tv.at[i][p][0]) + load16(tb + tv.at[i][p][1]);
+        float* yr = Yb + yo * tv.wo;
+        add_into(yr, SHUF2(par[0], par[1], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), n0);
+        if (n1) add_into(yr + 16, SHUF2(par[0], par[1], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), n1);
+      }
+    }
+  }
+}
+
+// The plan of tap_vectors_run for x (b, h, w, cx) by V (kh, kw, 1, cx) into y (b, ho, wo, 1) at strides (sh, sw),
+// paddings lo; false where it is not such a layer.
+bool tap_vectors(int64_t h, int64_t w, int64_t cx, int64_t ho, int64_t wo, int64_t kh, int64_t kw, int64_t sh,
+                 int64_t sw, int64_t lo_h, int64_t lo_w, const float* V, TapVectors* out) {
+  if (sw != 2 || kw != 4 || kh < 1 || kh > 4 || w > TV_W || wo > 2 * TV_W || !runs_cx(cx)) return false;
+  TapVectors tv;
+  // output column 2 m + p meets tap j (x's column u = (2 m + p - lo_w + j) / 2) where lo_w - j - p is even:
+  // lane m of T_j shifted by k = (j + p - lo_w) / 2
+  for (int p = 0; p < 2; ++p) {
+    int n = 0;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t d = j + p - lo_w;
+      if (d % 2) continue;
+      if (d / 2 < -TV_PAD || d / 2 > TV_PAD) return false;
+      for (int i = 0; i < 4; ++i) tv.at[i][p][n] = TV_SLOT * (4 * i + j) + TV_PAD + d / 2;
+      ++n;
+    }
+  }
+  tv.vt.assign(cx * 16, 0.0f);
+  for (int64_t t = 0; t < kh * 4; ++t)
+    for (int64_t c = 0; c < cx; ++c) tv.vt[c * 16 + t] = V[t * cx + c];
+  tv.h = h, tv.w = w, tv.cx = cx, tv.ho = ho, tv.wo = wo, tv.kh = kh, tv.sh = sh, tv.lo_h = lo_h;
+  tv.xbatch = h * w * cx, tv.ybatch = ho * wo;
+  *out = std::move(tv);
+  return true;
+}
+
 ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi::Result<ffi::Buffer<ffi::F32>> y,
                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads, int64_t threads,
                           ffi::ThreadPool pool) {
@@ -1058,6 +1224,18 @@ ffi::Error ThinTransposed(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v, ffi:
   if (yd[0] != xd[0] || xd[3] % 16 || c < 1 || c > 4 || vd[2] != c || vd[3] != xd[3] || strides[0] < 1 ||
       strides[1] < 1)
     return ffi::Error::InvalidArgument("zoo_thin_transposed: shapes do not match");
+  TapVectors tv;
+  if (c == 1 && tap_vectors(xd[1], xd[2], xd[3], yd[1], yd[2], vd[0], vd[1], strides[0], strides[1], pads[0], pads[1],
+                            v.typed_data(), &tv)) {
+    in_parts(pool, thread_count(threads, xd[0]), xd[0],
+             [&](int, int64_t b0, int64_t b1) {
+               const float* X = x.typed_data();
+               float* Y = y->typed_data();
+               tv.cx == 32 ? tap_vectors_run<32>(tv, X, Y, b0, b1)
+               : tv.cx == 64 ? tap_vectors_run<64>(tv, X, Y, b0, b1) : tap_vectors_run<128>(tv, X, Y, b0, b1);
+             });
+    return ffi::Error::Success();
+  }
   Plan plan;
   if (c == 1 && runs_cx(xd[3]) &&
       transposed_pairs(xd[1], xd[2], xd[3], yd[1], yd[2], vd[0], vd[1], strides[0], strides[1], pads[0], pads[1],
