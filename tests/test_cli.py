@@ -360,6 +360,20 @@ def test_conv_layers_records_every_convolution_of_a_familys_train_step():
   assert (_layers.conv2d, _layers.conv_transpose2d) == (conv, conv_t)
 
 
+def test_conv_layers_takes_a_family_config_named_alone_with_its_overrides():
+  """--families (and ab_kernels.py's): the VAE's config named alone is its convolutional variant, as in
+  FAMILY_CONFIGS; entries of FAMILY_CONFIGS and other paths pass as they are."""
+  sys.path.insert(0, "experiments/benchmarks")
+  try:
+    import conv_layers
+  finally:
+    sys.path.remove("experiments/benchmarks")
+  vae = conv_layers.family_spec("experiments/kingma2013/vae.py")
+  assert vae[0] == "experiments/kingma2013/vae.py" and vae in conv_layers.FAMILY_CONFIGS and vae[1]
+  assert all(conv_layers.family_spec(spec) == spec for spec in conv_layers.FAMILY_CONFIGS)
+  assert conv_layers.family_spec("experiments/vandenoord2016/pixelcnn.py") == "experiments/vandenoord2016/pixelcnn.py"
+
+
 def test_conv_layers_saves_layers_that_load_back_without_pickle(tmp_path):
   """conv_layers.py --save-layers (read by cpu_gpu_parity.py --layers-file on a machine without the configs'
   data): every field and mask comes back as it was, in a file named as given; a file that is not one, or a

@@ -307,11 +307,18 @@ def torch_ops(layer: Layer, x, kern, dy):
           "weight_grad": backward([False, True, False]), "gradients": backward([True, True, False])}
 
 
+def family_spec(spec):
+  """``spec`` (a config path, or (path, overrides)) as ``recorded_layers`` takes it: a path named alone that is
+  in ``FAMILY_CONFIGS`` with overrides takes them from there (the VAE's convolutional encoder)."""
+  if isinstance(spec, str):
+    return next((known for known in FAMILY_CONFIGS if not isinstance(known, str) and known[0] == spec), spec)
+  return spec
+
+
 def family_layers(specs) -> list[Layer]:
-  """``recorded_layers`` of each config in ``specs``, each shape once (named after its first config). A path
-  named alone that is in ``FAMILY_CONFIGS`` takes its overrides there (the VAE's convolutional encoder)."""
-  known = {spec[0]: spec for spec in FAMILY_CONFIGS if not isinstance(spec, str)}
-  return distinct([layer for spec in specs for layer in recorded_layers(known.get(spec, spec))])
+  """``recorded_layers`` of each config in ``specs`` (``family_spec``), each shape once (named after its
+  first config)."""
+  return distinct([layer for spec in specs for layer in recorded_layers(family_spec(spec))])
 
 
 def save_layers(layers, path) -> None:
