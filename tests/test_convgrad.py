@@ -366,6 +366,8 @@ def test_a_build_registered_under_a_suffix_is_what_a_function_lowered_inside_suf
   np.testing.assert_array_equal(np.asarray(other(x, v)), np.asarray(plain(x, v)))
   assert ab_kernels.zoo_targets(jax.jit(lambda x, v: fn(x, v)).lower(x, v).compile()) == ["zoo_thin_transposed"]
   assert ab_kernels.compiled_for(lambda x, v: x * 2.0, (x, v), None, "_ab") is None     # no kernel of the zoo's
+  with pytest.raises(SystemExit, match="neither a file nor a git revision"):
+    ab_kernels.source_of("no-such-revision-or-file", None, "a")
 
 
 def test_builds_that_start_together_compile_the_library_once(tmp_path):
