@@ -15,8 +15,8 @@ holds still where one-run tables do not. Passes that call none of the zoo's kern
   python experiments/benchmarks/ab_kernels.py A B [--families [CONFIG ...]] [--layers NAME ...]
       [--batch 128] [--repeats 9] [--out FILE.jsonl]
 
-e.g. ``ab_kernels.py HEAD zoo/_native/convgrad.cc --families experiments/kingma2013/vae_conv.py`` (the working
-tree's kernels against the last commit's).
+e.g. ``ab_kernels.py HEAD zoo/_native/convgrad.cc --families experiments/kingma2013/vae.py`` (the working
+tree's kernels against the last commit's, on the conv VAE's layers: ``conv_layers.family_spec``).
 """
 from __future__ import annotations
 

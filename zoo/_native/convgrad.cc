@@ -404,7 +404,8 @@ void out_row(const Geometry& g, const float* P, const float* W, const float* bia
 template <int PS>
 void convolve_at(const Geometry& g, Padded& P, const float* W, const float* bias, const int64_t* rowoff, int64_t r0,
                  int64_t r1, float* Y) {
-  // the row's batch item b and row i in it counted, not divided for (block)
+  // the row's batch item b and row i in it counted, not divided for (block); no rows where ho is 0
+  if (r0 >= r1) return;
   for (int64_t orow = r0, b = r0 / g.ho, i = r0 % g.ho; orow < r1; ++orow, i = i + 1 < g.ho ? i + 1 : (++b, 0)) {
     const float* p = P.items(b, b + 1);
     int64_t col = 0;
@@ -672,7 +673,8 @@ constexpr int run_npx(int nb) { return nb <= 14 ? 14 : 16; }
 template <class F>
 void for_blocks(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1, F f) {
   const int64_t ho = (int64_t)plan.rows.size();
-  // the row's batch item b and row i in it counted, not divided for (block)
+  // the row's batch item b and row i in it counted, not divided for (block); no rows where ho is 0
+  if (r0 >= r1) return;
   for (int64_t r = r0, b = r0 / ho, i = r0 % ho; r < r1; ++r, i = i + 1 < ho ? i + 1 : (++b, 0))
     for (const Block& blk : plan.rows[i]) f(blk, X + b * plan.xbatch, Y + b * plan.ybatch);
 }
@@ -1126,7 +1128,6 @@ __attribute__((always_inline)) inline void tap_sums(const float* xr, const float
   for (int u = 0; u < NP; ++u) z[u] = acc[u];
 }
 
-
 // y[k] += v[k] for k < n <= 16
 inline void add_into(float* y, v16 v, int n) {
 #if defined(__AVX512F__)
@@ -1142,7 +1143,8 @@ template <int CX>
 void tap_vectors_run(const TapVectors& tv, const float* X, float* Y, int64_t b0, int64_t b1) {
   alignas(64) float tb[16 * TV_SLOT];     // T_t at tb + TV_SLOT t + TV_PAD, zeros either side
   std::fill(tb, tb + 16 * TV_SLOT, 0.0f);
-  // blocks of 14 pixels; one of fewer (x's rows of other than 14 or 28 pixels) from a copy padded with zeros
+  // blocks of 14 pixels; one of fewer (x's rows of other than 14 or 28 pixels) from a copy (its sums past the
+  // block's pixels are the next block's to overwrite, or past the row, zeroed)
   const auto blocks = blocks_of(tv.w, TV_NP);
   std::vector<float> part(TV_NP * CX, 0.0f);
   const int n0 = (int)std::min<int64_t>(tv.wo, 16), n1 = (int)std::max<int64_t>(tv.wo - 16, 0);
