@@ -136,7 +136,7 @@ def test_runs_read_the_edges_as_zeros_from_x_or_from_x_padded(cp, w, kw, pad):
     ((1, 3, 10, 128), (4, 4), 1, (1, 2), (3, 3)),
     ((1, 3, 12, 32), (2, 4), 1, (2, 2), (0, 0)),
     ((1, 4, 11, 64), (4, 4), 1, (2, 2), (2, 8)),
-    # rows of x of at most 16 pixels and of y of at most 32: by tap vectors (the four above too); a row of 15
+    # rows of x of at most 16 pixels and of y of at most 32: by tap vectors (the five above too); a row of 15
     # (two blocks of tap sums), of 3, kernels 1 to 3 tall, stride 1 down the columns, lo 0 (taps before y)
     ((3, 6, 15, 64), (4, 4), 1, (2, 2), (2, 1)),
     ((1, 4, 3, 32), (1, 4), 1, (1, 2), (0, 0)),

@@ -121,6 +121,17 @@ inline void zero_floats(float* dst, int64_t n) {
 #endif
 }
 
+// Output row r of the b * ho rows of a batch as its batch item b and row i in it, counted from one row to the
+// next (next()) instead of divided for per row: a 64-bit division is ~40-90 cycles, and perf put 10% of
+// conv_taps' VAE 1 -> 32 block on one. Divides once, and not at all where ho is 0 (no rows).
+struct RowOf {
+  int64_t b, i, ho;
+  RowOf(int64_t r, int64_t ho) : b(ho ? r / ho : 0), i(ho ? r % ho : 0), ho(ho) {}
+  void next() {
+    if (++i == ho) i = 0, ++b;
+  }
+};
+
 // P as the kernels read it: the operand A (b, h, w, c) padded by (lo_h, hi_h, lo_w, hi_w) zeros (a padding
 // may be negative: a crop). The padding is done here, a few batch items at a time into a buffer of the
 // thread's, where XLA's pad before the call wrote the whole padded P to memory and the kernel read it
@@ -172,10 +183,10 @@ inline void block(const Geometry& g, const float* P, int64_t b0, const float* R,
     for (int q = 0; q < Q; ++q) acc[k][q] = load16(out + (row + k) * g.cr + col + 16 * q);
   int64_t off[RB];
   for (int k = 0; k < RB; ++k) off[k] = rowoff[row + k];
-  // the row's batch item and row in it counted, not divided for (a 64-bit division per row: ~40-90 cycles)
-  for (int64_t orow = r0, b = r0 / g.ho, i = r0 % g.ho; orow < r1; ++orow, i = i + 1 < g.ho ? i + 1 : (++b, 0)) {
+  RowOf at(r0, g.ho);
+  for (int64_t orow = r0; orow < r1; ++orow, at.next()) {
     const float* rp = R + (orow * g.wo) * g.cr + col;
-    const float* pp = P + (((b - b0) * g.hp + g.sh * i) * g.wp) * g.cp;
+    const float* pp = P + (((at.b - b0) * g.hp + g.sh * at.i) * g.wp) * g.cp;
     const int64_t pstep = g.sw * g.cp;
     for (int64_t j = 0; j < g.wo; ++j, rp += g.cr, pp += pstep) {
       v16 v[Q];
@@ -404,14 +415,13 @@ void out_row(const Geometry& g, const float* P, const float* W, const float* bia
 template <int PS>
 void convolve_at(const Geometry& g, Padded& P, const float* W, const float* bias, const int64_t* rowoff, int64_t r0,
                  int64_t r1, float* Y) {
-  // the row's batch item b and row i in it counted, not divided for (block); no rows where ho is 0
-  if (r0 >= r1) return;
-  for (int64_t orow = r0, b = r0 / g.ho, i = r0 % g.ho; orow < r1; ++orow, i = i + 1 < g.ho ? i + 1 : (++b, 0)) {
-    const float* p = P.items(b, b + 1);
+  RowOf at(r0, g.ho);
+  for (int64_t orow = r0; orow < r1; ++orow, at.next()) {
+    const float* p = P.items(at.b, at.b + 1);
     int64_t col = 0;
-    for (; col + 64 <= g.cr; col += 64) out_row<4, PS>(g, p, W, bias, rowoff, orow, i, Y, col);
-    for (; col + 32 <= g.cr; col += 32) out_row<2, PS>(g, p, W, bias, rowoff, orow, i, Y, col);   // as in accumulate
-    for (; col + 16 <= g.cr; col += 16) out_row<1, PS>(g, p, W, bias, rowoff, orow, i, Y, col);
+    for (; col + 64 <= g.cr; col += 64) out_row<4, PS>(g, p, W, bias, rowoff, orow, at.i, Y, col);
+    for (; col + 32 <= g.cr; col += 32) out_row<2, PS>(g, p, W, bias, rowoff, orow, at.i, Y, col);   // as in accumulate
+    for (; col + 16 <= g.cr; col += 16) out_row<1, PS>(g, p, W, bias, rowoff, orow, at.i, Y, col);
   }
 }
 
@@ -673,10 +683,9 @@ constexpr int run_npx(int nb) { return nb <= 14 ? 14 : 16; }
 template <class F>
 void for_blocks(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1, F f) {
   const int64_t ho = (int64_t)plan.rows.size();
-  // the row's batch item b and row i in it counted, not divided for (block); no rows where ho is 0
-  if (r0 >= r1) return;
-  for (int64_t r = r0, b = r0 / ho, i = r0 % ho; r < r1; ++r, i = i + 1 < ho ? i + 1 : (++b, 0))
-    for (const Block& blk : plan.rows[i]) f(blk, X + b * plan.xbatch, Y + b * plan.ybatch);
+  RowOf at(r0, ho);
+  for (int64_t r = r0; r < r1; ++r, at.next())
+    for (const Block& blk : plan.rows[at.i]) f(blk, X + at.b * plan.xbatch, Y + at.b * plan.ybatch);
 }
 
 // output rows [r0, r1), by runs; x's CX channels (32, 64 or 128: runs_cx) a constant. A block whose runs read
@@ -709,8 +718,9 @@ void runs_run(const Plan& plan, const float* X, float* Y, int64_t r0, int64_t r1
   }
 }
 
-// ---- a transposed convolution at stride 2 along a row, into one channel, with a kernel 4 wide (the DCGAN's and
-// the VAE's last layers, their first layers' input gradients): both column parities of a row in one block
+// ---- a transposed convolution at stride 2 along a row, into one channel, with a kernel 4 wide, where x's rows are
+// wider than the tap vectors below take (16: the DCGAN's and the VAE's last layers, their first layers' input
+// gradients, 14 wide, go by those since 2aa9db7): both column parities of a row in one block
 // (transposed_pairs). Output pixel 2 m + par reads x's columns m + d at two taps d = O_par, O_par + 1 from the
 // block's first position on (O0 = 0; O1 0 or 1, by the padding's parity): each x vector loaded serves the four
 // taps, where a block of one parity (runs) loaded it for two, and the block's 14 sums are 14 neighbouring
