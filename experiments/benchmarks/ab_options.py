@@ -7,9 +7,10 @@ function left out of and put into ``CPU_OPTIONS_FOR``, on a fresh state's variab
 as in ab_step.py only the within-round ratio (options / defaults) is the comparison.
 
   python experiments/benchmarks/ab_options.py --config experiments/vandenoord2016/pixelcnn.py --fn eval \\
-      --batch 64 [--k 1000] [--repeats 5] [--out FILE.jsonl]
+      [sample context] --batch 64 [--k 1000] [--repeats 5] [--out FILE.jsonl]
 
-``--out`` appends one JSON line per run.
+Several ``--fn`` are timed one after the other in the one process (one data load, one state); ``--out``
+appends one JSON line per function.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ BUILDERS = {"eval": step_lib.jit_eval_step, "sample": step_lib.jit_sample, "cont
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--config", required=True)
-  ap.add_argument("--fn", required=True, choices=BUILDERS)
+  ap.add_argument("--fn", required=True, nargs="+", choices=BUILDERS)
   ap.add_argument("--batch", type=int, required=True, help="the eval batch, or the number of samples")
   ap.add_argument("--k", type=int, help="the likelihood estimator's samples (eval, context)")
   ap.add_argument("--calls", type=int, default=1, help="calls per runner per round")
@@ -45,38 +46,45 @@ def main():
   variables = run.init_state().variables()
   rng = jax.random.PRNGKey(0)
   estimator = {"k": args.k} if args.k else {}
-  if args.fn == "eval":
+  for fn_name in args.fn:
+    compare(args, fn_name, run, local, variables, rng, estimator)
+
+
+def compare(args, fn_name, run, local, variables, rng, estimator):
+  """``fn_name``'s function built with and without the CPU options, timed in interleaved rounds, reported."""
+  if fn_name == "eval":
     batch = sharding.global_batch({**local, "mask": np.ones(args.batch, np.float32)}, run.mesh)
     fn_args = (variables, batch, rng)
   else:
     fn_args = (variables, rng)
-  build_args = (run.family, run.mesh, args.batch) if args.fn == "sample" else (run.family, run.mesh)
-  build_kwargs = {} if args.fn == "sample" else estimator     # the sampler takes the number of samples
-  runners, programs = {}, []
-  for name, on in (("defaults", False), ("options", True)):
-    step_lib.CPU_OPTIONS_FOR = (step_lib.CPU_OPTIONS_FOR | {args.fn}) if on else (
-        step_lib.CPU_OPTIONS_FOR - {args.fn})
-    BUILDERS[args.fn].cache_clear()   # the jit_* functions are cached per family and mesh
-    jax.clear_caches()
-    fn = BUILDERS[args.fn](*build_args, **build_kwargs)
-    lowered = fn.lower(*fn_args)
-    programs.append(bench.program_hash(lowered, step_lib.compiler_options(run.mesh, args.fn)))
-    compiled = lowered.compile()
+  build_args = (run.family, run.mesh, args.batch) if fn_name == "sample" else (run.family, run.mesh)
+  build_kwargs = {} if fn_name == "sample" else estimator     # the sampler takes the number of samples
+  runners, programs, given = {}, [], step_lib.CPU_OPTIONS_FOR
+  try:
+    for name, on in (("defaults", False), ("options", True)):
+      step_lib.CPU_OPTIONS_FOR = (given | {fn_name}) if on else (given - {fn_name})
+      BUILDERS[fn_name].cache_clear()   # the jit_* functions are cached per family and mesh
+      jax.clear_caches()
+      fn = BUILDERS[fn_name](*build_args, **build_kwargs)
+      lowered = fn.lower(*fn_args)
+      programs.append(bench.program_hash(lowered, step_lib.compiler_options(run.mesh, fn_name)))
+      compiled = lowered.compile()
 
-    def runner(n, compiled=compiled):
-      for _ in range(n):
-        out = compiled(*fn_args)
-      jax.block_until_ready(out)
-    runners[name] = runner
+      def runner(n, compiled=compiled):
+        for _ in range(n):
+          out = compiled(*fn_args)
+        jax.block_until_ready(out)
+      runners[name] = runner
+  finally:
+    step_lib.CPU_OPTIONS_FOR = given     # the next function's builds see the set as it was given
   if programs[0] == programs[1]:
-    raise SystemExit(f"{args.fn} compiles to the same program with and without the options on this backend")
-  per_call = args.batch if args.fn != "context" else 1
+    raise SystemExit(f"{fn_name} compiles to the same program with and without the options on this backend")
+  per_call = args.batch if fn_name != "context" else 1
   rounds = bench.interleaved_rounds(runners, per_call, args.calls, args.repeats, warmup=1)
-  result = {"config": args.config, "fn": args.fn, "batch_size": args.batch, **estimator, "programs": programs,
+  result = {"config": args.config, "fn": fn_name, "batch_size": args.batch, **estimator, "programs": programs,
             "calls_per_round": args.calls, **bench.machine_info(), **bench.round_figures(rounds),
             "options_over_defaults": round(bench.within_round_ratio(rounds, "options", "defaults"), 3)}
   bench.report(result, args.out)
-
 
 if __name__ == "__main__":
   main()
