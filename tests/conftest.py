@@ -55,14 +55,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # workers' start-up and their first tests, and a test that needs the library waits on the build's file lock
 # (zoo.native) for what is left of it. Before, the first test to need it built it while the other worker's
 # tests that needed it waited: on the 2-core VM the zoo-train-through-the-cache test took 81 s (29 s after),
-# the suite 562 and 602 s (482 s after; CPU time 1.94 of the 2 cores' wall, so a third worker would not help).
+# the suite 562 and 602 s (482 and 508 s after; CPU time 1.94 of the 2 cores' wall: a third worker would not
+# help). Its programs go to no persistent compilation cache (not a user's $JAX_COMPILATION_CACHE_DIR; the
+# oneDNN probe's child still sets one of its own: it proves that cache writes of oneDNN's programs are skipped).
 _WARM = None
 if _OWNER:
   import subprocess
   _WARM = subprocess.Popen(
       [sys.executable, "-c", "from zoo import convgrad, onednn; convgrad.available(); onednn.available()"],
-      cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-      start_new_session=True)
+      cwd=Path(__file__).resolve().parent.parent,
+      env={k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

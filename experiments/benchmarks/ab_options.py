@@ -86,5 +86,6 @@ def compare(args, fn_name, run, local, variables, rng, estimator):
             "options_over_defaults": round(bench.within_round_ratio(rounds, "options", "defaults"), 3)}
   bench.report(result, args.out)
 
+
 if __name__ == "__main__":
   main()
