@@ -1177,7 +1177,7 @@ void tap_vectors_run(const TapVectors& tv, const float* X, float* Y, int64_t b0,
       for (auto [u0, n] : blocks) {
         const float* xr = Xb + (r * tv.w + u0) * CX;
         if (n < TV_NP) {
-          std::copy(xr, xr + n * CX, part.begin());
+          copy_floats(part.data(), xr, n * CX);
           xr = part.data();
         }
         tap_sums<CX>(xr, tv.vt.data(), z + u0);
