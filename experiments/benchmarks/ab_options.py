@@ -44,14 +44,14 @@ def main():
   local = dataset.batch(cfg.train_split, 0, args.batch, seed=0)
   run = build_run(cfg, local, dataset.image_shape)
   variables = run.init_state().variables()
+  for fn_name in args.fn:
+    compare(args, fn_name, run, local, variables)
+
+
+def compare(args, fn_name, run, local, variables):
+  """``fn_name``'s function built with and without the CPU options, timed in interleaved rounds, reported."""
   rng = jax.random.PRNGKey(0)
   estimator = {"k": args.k} if args.k else {}
-  for fn_name in args.fn:
-    compare(args, fn_name, run, local, variables, rng, estimator)
-
-
-def compare(args, fn_name, run, local, variables, rng, estimator):
-  """``fn_name``'s function built with and without the CPU options, timed in interleaved rounds, reported."""
   if fn_name == "eval":
     batch = sharding.global_batch({**local, "mask": np.ones(args.batch, np.float32)}, run.mesh)
     fn_args = (variables, batch, rng)
