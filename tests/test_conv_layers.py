@@ -228,6 +228,35 @@ def test_with_xlas_own_kernels_the_gradients_are_xlas_convolutions():
     assert "dot_general" in ops(f), name    # outside the block: the custom gradients' tap matmuls
 
 
+def test_where_the_caller_compiles_for_cpu_only_the_cpu_branch_is_traced(monkeypatch):
+  """Under ``kernels.cpu_only()`` (what ``zoo.step.own_kernels_for`` sets where the step compiles for a CPU
+  mesh) a layer's gradient is traced without ``lax.platform_dependent`` (no platform index in its jaxpr, so no
+  XLA branch and no conditional to differentiate) and gives the same values; outside the block, and in the
+  step's context for no CPU options (a GPU mesh), the switch is there."""
+  from zoo import step as step_lib
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 3, 16))
+  layers = {"strided": lambda x, w: _layers.conv2d(x, w, "SAME", strides=(2, 2)),
+            "transposed": lambda x, w: _layers.conv_transpose2d(x, w, (2, 2), "SAME"),
+            "stride 1": lambda x, w: _layers.conv2d(x, w[:3, :3], "SAME")}
+  for name, layer in layers.items():
+    def grad(x, w, layer=layer):
+      return jax.grad(lambda x, w: jnp.sum(jnp.sin(layer(x, w))), (0, 1))(x, w)
+    with kernels.cpu_only():   # each trace of a new function: JAX caches traces by function, not by context
+      alone = jax.make_jaxpr(lambda x, w: grad(x, w))(x, w)
+      values = jax.jit(lambda x, w: grad(x, w))(x, w)
+    assert "platform_index" not in str(alone), name
+    assert "platform_index" in str(jax.make_jaxpr(lambda x, w: grad(x, w))(x, w)), name
+    for got, want in zip(values, jax.jit(lambda x, w: grad(x, w))(x, w)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+  monkeypatch.setattr(step_lib, "USE_ONEDNN", False)   # no oneDNN probe for the context alone
+  with step_lib.own_kernels_for(None):
+    assert not kernels.cpu_only_on()
+  with step_lib.own_kernels_for(step_lib.cpu_compiler_options()):
+    assert kernels.cpu_only_on()
+  assert not kernels.cpu_only_on()
+
+
 def test_materialized_is_x_bit_for_bit_and_passes_gradients_through():
   """``_materialized`` returns x exactly (NaN, infinities, signed zeros, bfloat16 kept), whichever branch a
   NaN in the kernel picks, and its gradient is the identity; a layer with no input channels still runs."""

@@ -16,6 +16,7 @@ import contextvars
 _XLA_OWN_KERNELS = contextvars.ContextVar("zoo_xla_own_kernels", default=False)
 _ONEDNN_KERNELS = contextvars.ContextVar("zoo_onednn_kernels", default=False)
 _NATIVE_KERNELS = contextvars.ContextVar("zoo_native_kernels", default=False)
+_CPU_ONLY = contextvars.ContextVar("zoo_cpu_only", default=False)
 
 
 @contextlib.contextmanager
@@ -57,3 +58,16 @@ def native_kernels(on: bool = True):
 def native_kernels_on() -> bool:
   """Whether the layers may emit ``zoo.convgrad``'s kernel for the computation being traced."""
   return _NATIVE_KERNELS.get()
+
+
+def cpu_only(on: bool = True):
+  """Within this block, what is traced will be compiled for CPU devices only (if ``on``): set by the train
+  step where it compiles for a mesh of CPUs with its CPU options. The layers then trace their CPU formulation
+  alone, where they would otherwise trace it and XLA's native convolution as the two branches of
+  ``lax.platform_dependent`` (and differentiate both)."""
+  return _set(_CPU_ONLY, on)
+
+
+def cpu_only_on() -> bool:
+  """Whether the computation being traced will be compiled for CPU devices only."""
+  return _CPU_ONLY.get()

@@ -170,12 +170,13 @@ def own_kernels_for(options: dict | None, mesh: Mesh | None = None):
   when they would use it) and ``kernels.onednn_kernels()`` where ``USE_ONEDNN`` and
   ``zoo.onednn.available()``, and then ``onednn.uncached()``: what the block compiles (a benchmark's
   functions) is not written to the persistent compilation cache (the train step, compiled after its trace,
-  is wrapped by ``jit_train_step``)."""
+  is wrapped by ``jit_train_step``). Wherever ``options`` is not None (``compiler_options`` gives them only
+  for a mesh of CPUs), ``kernels.cpu_only()``: the layers trace their CPU formulations alone."""
   own = options is not None and USE_XLA_OWN_GRADIENTS
   use_onednn = _onednn_for(options, mesh)
   native = own and _one_device(mesh) and USE_NATIVE_CONV_GRADS
   with kernels.xla_own_kernels(own), kernels.onednn_kernels(use_onednn), kernels.native_kernels(native), (
-      onednn.uncached() if use_onednn else contextlib.nullcontext()):
+      kernels.cpu_only(options is not None)), (onednn.uncached() if use_onednn else contextlib.nullcontext()):
     yield
 
 

@@ -279,8 +279,22 @@ _NATIVE_STRIDED_MIN_PIXELS = 4096
 _NATIVE_STRIDED_THIN_MAX = 16
 
 
+# Where the caller compiles for CPU only (``zoo.kernels.cpu_only()``), ``_on_cpu`` traces the CPU formulation
+# alone; 0: under ``lax.platform_dependent`` beside XLA's, as elsewhere (experiments/benchmarks/trace_step.py
+# times the two).
+_TRACE_CPU_ONLY = 1
+
+
 def _on_cpu(fast, native, *args):
-  """``fast(*args)`` where the computation runs on CPU, ``native(*args)`` elsewhere (chosen when lowering)."""
+  """``fast(*args)`` where the computation runs on CPU, ``native(*args)`` elsewhere: chosen when lowering
+  (``lax.platform_dependent``), or when tracing where the caller compiles for CPU only
+  (``zoo.kernels.cpu_only()``: the train step on a CPU mesh). There ``native`` is not traced at all: JAX
+  differentiates a ``platform_dependent`` through both of its branches (our CPU formulation's custom VJPs
+  and XLA's convolution), so the train step's trace took 1.3-1.8x as long, for the same program after
+  XLA's optimizations (the same compiled HLO instructions for the PixelCNN28, DCGAN32, conv VAE,
+  Gated PixelCNN, Row LSTM and ProGAN MNIST steps; experiments/benchmarks/trace_step.py)."""
+  if _TRACE_CPU_ONLY and kernels.cpu_only_on():
+    return fast(*args)
   return jax.lax.platform_dependent(*args, cpu=fast, default=native)
 
 
