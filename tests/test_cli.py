@@ -1,6 +1,7 @@
 """The CLI: each bad input gives one clear line and a non-zero exit; the commands do their job."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import os
@@ -398,3 +399,24 @@ def test_conv_layers_saves_layers_that_load_back_without_pickle(tmp_path):
   conv_layers.save_layers([bad], tmp_path / "bad")
   with pytest.raises(ValueError, match="mask"):
     conv_layers.load_layers(tmp_path / "bad")
+
+
+def test_trace_step_traces_both_ways_into_the_same_program(monkeypatch):
+  """experiments/benchmarks/trace_step.py's measurement, in this process: the PixelCNN28 step traced with the
+  layers' CPU formulations alone and under ``lax.platform_dependent`` beside XLA's compiles to the same HLO
+  instructions; the phases are timed; the instructions' text leaves out metadata and names' numbers."""
+  sys.path.insert(0, "experiments/benchmarks")
+  try:
+    import trace_step
+  finally:
+    sys.path.remove("experiments/benchmarks")
+  from zoo.models import _layers
+  monkeypatch.setattr(_layers, "_TRACE_CPU_ONLY", 1)
+  args = argparse.Namespace(config="experiments/benchmarks/pixelcnn28.py", set=[], batch=8, stage=None)
+  runs = [trace_step.measure(argparse.Namespace(**vars(args), child=setting)) for setting in (1, 0)]
+  assert runs[0]["program"] == runs[1]["program"] and trace_step.sameness(runs) == "identical"
+  assert trace_step.sameness([runs[0], {**runs[1], "program": "x"}]) == "reordered"
+  assert trace_step.sameness([runs[0], {"program": "x", "unordered": "y"}]) == "different"
+  assert all(r[p] > 0 for r in runs for p in trace_step.PHASES) and runs[0]["batch_size"] == 8
+  assert trace_step.instructions('%add.12 = f32[] add(%a.1, %b.2), metadata={op_name="x"}\nFileNames') == (
+      "%add = f32[] add(%a, %b), ")

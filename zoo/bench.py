@@ -22,16 +22,17 @@ from zoo.errors import ConfigError
 from zoo.train import build_run
 
 
-def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None, stage: int | None = None):
-  """The compiled shared step, a fresh state and one real batch on the devices, for timing.
+def step_inputs(config: ml_collections.ConfigDict, batch_size: int | None = None, stage: int | None = None):
+  """The shared step jitted as ``zoo train`` jits it (not yet lowered), a fresh state and one real batch on
+  the devices: ``prepare`` compiles it; experiments/benchmarks/trace_step.py times its trace, lowering and
+  compile apart.
 
   ``stage``: a family trained in stages (the Progressive GAN) steps at that stage (default: its first, where
   training starts); 0 to ``len(family.stage_steps)``.
 
   Returns:
-    (step, state, batch, info): ``step(state, batch) -> (state, metrics)`` is compiled (state
-    donated); ``info`` holds batch_size, compile_s, the config's names and ``program``, a hash of the
-    step's StableHLO text and XLA options (two steps with the same hash are the same program).
+    (step, state, batch, info, options): ``info`` holds the config's names and batch_size, ``options`` the
+    XLA options the step compiles with (``zoo.step.compiler_options``).
   """
   config = config_lib.with_defaults(config)
   batch_size = int(batch_size or config.batch_size)
@@ -49,14 +50,26 @@ def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None, st
   sharding.check_batch_size(batch_size, run.mesh)
   batch = sharding.global_batch(local, run.mesh)
   train_step = step_lib.jit_train_step(family, run.txs, run.mesh, config.ema.to_dict())
-  state = run.init_state()
+  info = {"experiment": config.experiment, "family": config.family, "batch_size": batch_size,
+          **({} if stage is None else {"stage": int(stage)})}
+  return train_step, run.init_state(), batch, info, step_lib.compiler_options(run.mesh)
+
+
+def prepare(config: ml_collections.ConfigDict, batch_size: int | None = None, stage: int | None = None):
+  """The compiled shared step, a fresh state and one real batch on the devices, for timing.
+
+  ``stage``: as ``step_inputs``'s.
+
+  Returns:
+    (step, state, batch, info): ``step(state, batch) -> (state, metrics)`` is compiled (state
+    donated); ``info`` holds batch_size, compile_s, the config's names and ``program``, a hash of the
+    step's StableHLO text and XLA options (two steps with the same hash are the same program).
+  """
+  train_step, state, batch, info, options = step_inputs(config, batch_size, stage)
   t0 = time.perf_counter()
   lowered = train_step.lower(state, batch)
   compiled = lowered.compile()
-  info = {"experiment": config.experiment, "family": config.family, "batch_size": batch_size,
-          **({} if stage is None else {"stage": int(stage)}),
-          "compile_s": round(time.perf_counter() - t0, 3),
-          "program": program_hash(lowered, step_lib.compiler_options(run.mesh))}
+  info = {**info, "compile_s": round(time.perf_counter() - t0, 3), "program": program_hash(lowered, options)}
   return compiled, state, batch, info
 
 
