@@ -418,5 +418,5 @@ def test_trace_step_traces_both_ways_into_the_same_program(monkeypatch):
   assert trace_step.sameness([runs[0], {**runs[1], "program": "x"}]) == "reordered"
   assert trace_step.sameness([runs[0], {"program": "x", "unordered": "y"}]) == "different"
   assert all(r[p] > 0 for r in runs for p in trace_step.PHASES) and runs[0]["batch_size"] == 8
-  assert trace_step.instructions('%add.12 = f32[] add(%a.1, %b.2), metadata={op_name="x"}\nFileNames') == (
-      "%add = f32[] add(%a, %b), ")
+  assert trace_step.instructions('%add.12 = f32[] add(%a.1, %b.2), metadata={op_name="x"}\nFileNames\n'
+                                 '%c.3 = f32[] constant(0.25)') == "%add = f32[] add(%a, %b), \n%c = f32[] constant(0.25)"

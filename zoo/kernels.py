@@ -64,7 +64,8 @@ def cpu_only(on: bool = True):
   """Within this block, what is traced will be compiled for CPU devices only (if ``on``): set by the train
   step where it compiles for a mesh of CPUs with its CPU options. The layers then trace their CPU formulation
   alone, where they would otherwise trace it and XLA's native convolution as the two branches of
-  ``lax.platform_dependent`` (and differentiate both)."""
+  ``lax.platform_dependent`` (and differentiate both). JAX caches a jitted function's trace by its
+  arguments, not by this flag: a function traced in the block must not be lowered for another platform."""
   return _set(_CPU_ONLY, on)
 
 

@@ -28,8 +28,10 @@ PHASES = ("trace_s", "lower_s", "compile_s")
 
 
 def instructions(hlo_text: str) -> str:
-  """A compiled module's HLO instructions without their metadata or the numbers XLA appends to names."""
-  text = re.sub(r"\.\d+", "", re.sub(r"metadata=\{[^}]*\}", "", hlo_text))
+  """A compiled module's HLO instructions without their metadata or the numbers XLA appends to names
+  (``%add.12``: ``%add``; a constant's digits stay)."""
+  text = re.sub(r"%[\w.\-]+", lambda m: re.sub(r"\.\d+", "", m.group()),
+                re.sub(r"metadata=\{[^}]*\}", "", hlo_text))
   return "\n".join(line for line in text.splitlines() if " = " in line)
 
 

@@ -290,9 +290,10 @@ def _on_cpu(fast, native, *args):
   (``lax.platform_dependent``), or when tracing where the caller compiles for CPU only
   (``zoo.kernels.cpu_only()``: the train step on a CPU mesh). There ``native`` is not traced at all: JAX
   differentiates a ``platform_dependent`` through both of its branches (our CPU formulation's custom VJPs
-  and XLA's convolution), so the train step's trace took 1.3-1.8x as long, for the same program after
-  XLA's optimizations (the same compiled HLO instructions for the PixelCNN28, DCGAN32, conv VAE,
-  Gated PixelCNN, Row LSTM and ProGAN MNIST steps; experiments/benchmarks/trace_step.py)."""
+  and XLA's convolution), so the train step's trace took 1.2-1.9x as long (the PixelCNN28, DCGAN32, Gated
+  PixelCNN, Row LSTM and ProGAN MNIST steps; the conv VAE's, 0.25-0.35 s, within the machine's noise), for
+  the same program after XLA's optimizations (the same compiled HLO instructions; the VAE's with one
+  constant placed elsewhere; experiments/benchmarks/trace_step.py)."""
   if _TRACE_CPU_ONLY and kernels.cpu_only_on():
     return fast(*args)
   return jax.lax.platform_dependent(*args, cpu=fast, default=native)
