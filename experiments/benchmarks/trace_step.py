@@ -2,8 +2,8 @@
 formulations traced alone (``zoo.kernels.cpu_only()``, as the train step traces on a CPU mesh) and with
 them beside XLA's native convolutions under ``lax.platform_dependent`` (``_layers._TRACE_CPU_ONLY = 0``),
 each measurement in a fresh process without the persistent compilation cache, the two settings
-alternating (issue 7); and whether the two compile to the same program (the compiled HLO's instructions,
-names and metadata aside).
+alternating, each first in every other pair (issue 7); and whether the two compile to the same program
+(the compiled HLO's instructions, names and metadata aside).
 
   python experiments/benchmarks/trace_step.py --config experiments/benchmarks/pixelcnn28.py \\
       [--set KEY=VALUE ...] [--stage N] [--batch N] [--repeats 3] [--out FILE.jsonl]
@@ -85,8 +85,8 @@ def main():
   env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false", "JAX_PLATFORMS": "cpu"}
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   runs = {0: [], 1: []}
-  for _ in range(args.repeats):
-    for setting in (0, 1):
+  for r in range(args.repeats):
+    for setting in ((0, 1) if r % 2 == 0 else (1, 0)):   # ABBA: neither setting always runs first
       cmd = [sys.executable, __file__, "--config", args.config, "--child", str(setting), "--set", *args.set]
       cmd += [f"--batch={args.batch}"] * (args.batch is not None) + [f"--stage={args.stage}"] * (args.stage is not None)
       out = subprocess.run(cmd, env=env, capture_output=True, text=True)

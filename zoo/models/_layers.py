@@ -290,10 +290,10 @@ def _on_cpu(fast, native, *args):
   (``lax.platform_dependent``), or when tracing where the caller compiles for CPU only
   (``zoo.kernels.cpu_only()``: the train step on a CPU mesh). There ``native`` is not traced at all: JAX
   differentiates a ``platform_dependent`` through both of its branches (our CPU formulation's custom VJPs
-  and XLA's convolution), so the train step's trace took 1.2-1.9x as long (the PixelCNN28, DCGAN32, Gated
-  PixelCNN, Row LSTM and ProGAN MNIST steps; the conv VAE's, 0.25-0.35 s, within the machine's noise), for
-  the same program after XLA's optimizations (the same compiled HLO instructions; the VAE's with one
-  constant placed elsewhere; experiments/benchmarks/trace_step.py)."""
+  and XLA's convolution), so the train step's trace took 1.2-2.1x as long (the families' conv steps) and
+  trace to compiled up to 1.15x (ProGAN MNIST's 32x32 level 11.1 against 9.6 s; the Gated PixelCNN's and
+  DCGAN32's about the same), for the same program after XLA's optimizations (the same compiled HLO
+  instructions; the conv VAE's with one constant placed elsewhere; experiments/benchmarks/trace_step.py)."""
   if _TRACE_CPU_ONLY and kernels.cpu_only_on():
     return fast(*args)
   return jax.lax.platform_dependent(*args, cpu=fast, default=native)
