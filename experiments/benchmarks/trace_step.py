@@ -99,10 +99,8 @@ def main():
   result["ratio"] = {p: round(result["platform_dependent"][p] / result["alone"][p], 3) for p in PHASES}
   result["programs"] = sameness(runs[0] + runs[1])
   result["repeats"] = args.repeats
-  print(json.dumps(result), flush=True)
-  if args.out:
-    with open(args.out, "a") as f:
-      f.write(json.dumps(result) + "\n")
+  from zoo import bench   # here, not at the top: the parent process imports JAX only to report
+  bench.report(result, args.out)
 
 
 if __name__ == "__main__":
