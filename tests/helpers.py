@@ -3,6 +3,8 @@ tree and array comparisons; a function's lowering for a platform."""
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
 from pathlib import Path
 
 import jax
@@ -125,3 +127,13 @@ def fit(loss_fn, params, steps: int, lr: float):
   for _ in range(steps):
     params, opt = update(params, opt)
   return params
+
+
+def experiment_module(name: str, folder: str = "experiments/benchmarks"):
+  """The script ``folder/name.py`` imported as a module (from the repository's root), its folder on
+  ``sys.path`` only while it imports (a script imports its siblings, e.g. ``conv_layers``)."""
+  sys.path.insert(0, folder)
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.remove(folder)

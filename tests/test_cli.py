@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import experiment_module
 from zoo.cli import main
 
 QUICK = "experiments/kingma2013/vae.py:quick"
@@ -261,11 +262,7 @@ def test_compare_pixelcnn28_times_the_step_beside_its_pytorch_twin(tmp_path):
   """The compare script's command line in one process: a row per batch with both rates and their ratio,
   and where the twin ran."""
   pytest.importorskip("torch")
-  sys.path.insert(0, "experiments/benchmarks")
-  try:
-    import compare_pixelcnn28
-  finally:
-    sys.path.remove("experiments/benchmarks")
+  compare_pixelcnn28 = experiment_module("compare_pixelcnn28")
   out = tmp_path / "r.json"
   result = compare_pixelcnn28.main(["--batches", "8", "--repeats", "1", "--examples", "8", "--torch-threads", "0",
                                     "--torch-device", "cpu", "--out", str(out)])
@@ -280,11 +277,7 @@ def test_the_native_transpose_probe_builds_and_is_exact(tmp_path):
   """experiments/native/bench_transpose.py: where a C++ compiler and AVX-512 are there, the custom call is
   the exact transpose (it exits otherwise) and the weight gradient through it equals XLA's; elsewhere it
   stops with one line naming what is missing."""
-  sys.path.insert(0, "experiments/native")
-  try:
-    import bench_transpose
-  finally:
-    sys.path.remove("experiments/native")
+  bench_transpose = experiment_module("bench_transpose", "experiments/native")
   try:
     result = bench_transpose.main(["--batch", "16", "--rounds", "1", "--out", str(tmp_path / "r.json")])
   except SystemExit as e:
@@ -295,19 +288,10 @@ def test_the_native_transpose_probe_builds_and_is_exact(tmp_path):
   assert json.loads((tmp_path / "r.json").read_text())["batch"] == 16
 
 
-def _profile_step_module():
-  sys.path.insert(0, "experiments/benchmarks")
-  try:
-    import profile_step
-  finally:
-    sys.path.remove("experiments/benchmarks")
-  return profile_step
-
-
 def test_profile_step_splits_the_wall_clock_among_concurrent_operations():
   """Overlapping operations share the instants they run together; the shares add up to the busy time,
   and a gap with nothing running is nobody's."""
-  ps = _profile_step_module()
+  ps = experiment_module("profile_step")
   share, busy = ps.shares([(0, 10, "a"), (5, 15, "b"), (20, 30, "a.1")])
   assert share == pytest.approx({"a": 7.5, "b": 7.5, "a.1": 10.0})
   assert busy == 25 and sum(share.values()) == pytest.approx(busy)
@@ -321,7 +305,7 @@ def test_profile_step_splits_the_wall_clock_among_concurrent_operations():
 def test_profile_step_breaks_a_step_down_by_operation(tmp_path):
   """The profiler script on the PixelCNN benchmark's step: its convolutions are found and named, and the
   operations' shares add up to the time they ran."""
-  ps = _profile_step_module()
+  ps = experiment_module("profile_step")
   out = tmp_path / "p.json"
   result = ps.main(["--config", "experiments/benchmarks/pixelcnn28.py", "--batch", "8", "--steps", "2",
                     "--top", "3", "--out", str(out)])
@@ -337,11 +321,7 @@ def test_profile_step_breaks_a_step_down_by_operation(tmp_path):
 def test_conv_layers_records_every_convolution_of_a_familys_train_step():
   """experiments/benchmarks/conv_layers.py --families: the distinct convolutions that a config's train step
   makes, recorded while tracing it, with their masks; the recording leaves ``_layers`` as it was."""
-  sys.path.insert(0, "experiments/benchmarks")
-  try:
-    import conv_layers
-  finally:
-    sys.path.remove("experiments/benchmarks")
+  conv_layers = experiment_module("conv_layers")
   from zoo.models import _layers
   conv, conv_t = _layers.conv2d, _layers.conv_transpose2d
   # the quick DCGAN: G 7x7x32 -> 14x14x16 -> 28x28x1 (transposed), D 28x28x1 -> 14x14x16 -> 7x7x32
@@ -364,11 +344,7 @@ def test_conv_layers_records_every_convolution_of_a_familys_train_step():
 def test_conv_layers_takes_a_family_config_named_alone_with_its_overrides():
   """--families (and ab_kernels.py's): the VAE's config named alone is its convolutional variant, as in
   FAMILY_CONFIGS; entries of FAMILY_CONFIGS and other paths pass as they are."""
-  sys.path.insert(0, "experiments/benchmarks")
-  try:
-    import conv_layers
-  finally:
-    sys.path.remove("experiments/benchmarks")
+  conv_layers = experiment_module("conv_layers")
   vae = conv_layers.family_spec("experiments/kingma2013/vae.py")
   assert vae[0] == "experiments/kingma2013/vae.py" and vae in conv_layers.FAMILY_CONFIGS and vae[1]
   assert all(conv_layers.family_spec(spec) == spec for spec in conv_layers.FAMILY_CONFIGS)
@@ -379,11 +355,7 @@ def test_conv_layers_saves_layers_that_load_back_without_pickle(tmp_path):
   """conv_layers.py --save-layers (read by cpu_gpu_parity.py --layers-file on a machine without the configs'
   data): every field and mask comes back as it was, in a file named as given; a file that is not one, or a
   mask that does not fit its kernel, fails with one ValueError naming the file."""
-  sys.path.insert(0, "experiments/benchmarks")
-  try:
-    import conv_layers
-  finally:
-    sys.path.remove("experiments/benchmarks")
+  conv_layers = experiment_module("conv_layers")
   path = tmp_path / "layers.bin"
   conv_layers.save_layers(conv_layers.LAYERS, path)
   back = conv_layers.load_layers(path)
@@ -405,11 +377,7 @@ def test_trace_step_traces_both_ways_into_the_same_program(monkeypatch):
   """experiments/benchmarks/trace_step.py's measurement, in this process: the PixelCNN28 step traced with the
   layers' CPU formulations alone and under ``lax.platform_dependent`` beside XLA's compiles to the same HLO
   instructions; the phases are timed; the instructions' text leaves out metadata and names' numbers."""
-  sys.path.insert(0, "experiments/benchmarks")
-  try:
-    import trace_step
-  finally:
-    sys.path.remove("experiments/benchmarks")
+  trace_step = experiment_module("trace_step")
   from zoo.models import _layers
   monkeypatch.setattr(_layers, "_TRACE_CPU_ONLY", 1)
   args = argparse.Namespace(config="experiments/benchmarks/pixelcnn28.py", set=[], batch=8, stage=None)

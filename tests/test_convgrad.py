@@ -4,14 +4,12 @@ tap sets and thread counts, to the second order; bad input fails with one clear 
 off."""
 from __future__ import annotations
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import assert_close_scaled as _close
+from helpers import assert_close_scaled as _close, experiment_module
 from zoo import convgrad, native
 
 pytestmark = pytest.mark.skipif(convgrad._compiler() is None, reason="no C++ compiler to build the kernel")
@@ -348,11 +346,7 @@ def test_a_build_registered_under_a_suffix_is_what_a_function_lowered_inside_suf
   avoids by tracing afresh and catches by reading the compiled program's targets."""
   assert convgrad.available()
   convgrad.register(convgrad.build(quiet=True), "_ab")
-  sys.path.insert(0, "experiments/benchmarks")
-  try:
-    import ab_kernels
-  finally:
-    sys.path.remove("experiments/benchmarks")
+  ab_kernels = experiment_module("ab_kernels")
   rng = np.random.default_rng(0)
   x, v = rng.standard_normal((2, 5, 7, 16), np.float32), rng.standard_normal((4, 4, 3, 16), np.float32)
   fn = lambda x, v: convgrad.thin_transposed(x, v, (2, 2), (2, 2), (10, 13))   # noqa: E731
