@@ -8,8 +8,9 @@ alternating, each first in every other pair (issue 7); and whether the two compi
   python experiments/benchmarks/trace_step.py --config experiments/benchmarks/pixelcnn28.py \\
       [--set KEY=VALUE ...] [--stage N] [--batch N] [--repeats 3] [--out FILE.jsonl]
 
-Prints, and with ``--out`` appends, one JSON line: the median seconds of each phase per setting, the
-ratios (platform_dependent / alone) and ``programs``: whether the runs compiled to identical instructions,
+Prints, and with ``--out`` appends, one JSON line: the median seconds of each phase (and of their total)
+per setting, the ratios (platform_dependent / alone: the median over the pairs of the ratio within each
+pair, the project's convention for A/B rounds, ``zoo.bench.within_round_ratio``) and ``programs``: whether the runs compiled to identical instructions,
 the same instructions reordered, or different ones.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import time
 
 PHASES = ("trace_s", "lower_s", "compile_s")
+TIMES = (*PHASES, "total_s")
 
 
 def instructions(hlo_text: str) -> str:
@@ -52,7 +54,8 @@ def measure(args) -> dict:
     compiled = lowered.compile()
   t3 = time.perf_counter()
   text = instructions(compiled.as_text())
-  return {**info, "trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2, "program": _hash(text),
+  return {**info, "trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2, "total_s": t3 - t0,
+          "program": _hash(text),
           "unordered": _hash("\n".join(sorted(text.splitlines())))}
 
 
@@ -93,13 +96,15 @@ def main():
       if out.returncode:
         sys.exit(f"trace_step: the measuring process failed:\n{out.stderr[-2000:]}")
       runs[setting].append(json.loads(out.stdout.strip().splitlines()[-1]))
-  result = {k: v for k, v in runs[1][0].items() if k not in (*PHASES, "program", "unordered")}
+  from zoo import bench   # here, not at the top: the parent process imports JAX only to report
+  result = {k: v for k, v in runs[1][0].items() if k not in (*TIMES, "program", "unordered")}
   for setting, name in ((1, "alone"), (0, "platform_dependent")):
-    result[name] = {p: round(statistics.median(r[p] for r in runs[setting]), 3) for p in PHASES}
-  result["ratio"] = {p: round(result["platform_dependent"][p] / result["alone"][p], 3) for p in PHASES}
+    result[name] = {p: round(statistics.median(r[p] for r in runs[setting]), 3) for p in TIMES}
+  # pair r's two runs are a round: time with the switch over time without it, within each pair
+  result["ratio"] = {p: round(bench.within_round_ratio(
+      {"pd": [r[p] for r in runs[0]], "alone": [r[p] for r in runs[1]]}, "pd", "alone"), 3) for p in TIMES}
   result["programs"] = sameness(runs[0] + runs[1])
   result["repeats"] = args.repeats
-  from zoo import bench   # here, not at the top: the parent process imports JAX only to report
   bench.report(result, args.out)
 
 

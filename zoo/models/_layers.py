@@ -290,9 +290,9 @@ def _on_cpu(fast, native, *args):
   (``lax.platform_dependent``), or when tracing where the caller compiles for CPU only
   (``zoo.kernels.cpu_only()``: the train step on a CPU mesh). There ``native`` is not traced at all: JAX
   differentiates a ``platform_dependent`` through both of its branches (our CPU formulation's custom VJPs
-  and XLA's convolution), so the train step's trace took 1.2-2.1x as long (the families' conv steps) and
-  trace to compiled up to 1.15x (ProGAN MNIST's 32x32 level 11.1 against 9.6 s; the Gated PixelCNN's and
-  DCGAN32's about the same), for the same program after XLA's optimizations (the same compiled HLO
+  and XLA's convolution), so the train step's trace took 1.3-1.8x as long (the families' conv steps; the conv
+  VAE's 0.3 s one 0.9x) and trace to compiled 1.0-1.4x (PixelCNN28 1.85 against 1.35 s, ProGAN MNIST's 32x32
+  level 11.5 against 9.9), for the same program after XLA's optimizations (the same compiled HLO
   instructions; the conv VAE's with one constant placed elsewhere; experiments/benchmarks/trace_step.py)."""
   if _TRACE_CPU_ONLY and kernels.cpu_only_on():
     return fast(*args)
