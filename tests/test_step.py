@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from zoo import kernels, onednn, optim, sharding, step as step_lib
+from zoo import convgrad, kernels, onednn, optim, sharding, step as step_lib
+from zoo.models import _layers
 from zoo.errors import ConfigError
 from zoo.family import Family
 
@@ -289,10 +290,49 @@ def test_the_eval_step_compiles_with_the_cpu_options_and_the_samplers_with_xlas_
     jitted.cache_clear()
 
 
+@dataclasses.dataclass(frozen=True)
+class ThinConvEval(Linear):
+  """An eval metric through one 3x3 convolution from one channel into 16: a layer the zoo's own kernel
+  (``conv_taps``) takes forward where the layers are traced for the train step's kernels on one CPU device."""
+
+  def init(self, rng, batch):
+    return {"params": {"a": {"k": jax.random.normal(rng, (3, 3, 1, 16))}}}
+
+  def eval_metrics(self, variables, batch, rng, **estimator):
+    y = _layers.conv2d(batch["image"], variables["params"]["a"]["k"], "SAME")
+    return {"sq": jnp.sum(jnp.square(y), axis=(1, 2, 3))}
+
+
+def test_the_eval_step_traces_its_layers_for_the_kernels_it_compiles_with(monkeypatch):
+  """The eval step, compiled with the CPU options, traces its layers as the train step does
+  (``OWN_KERNELS_FOR``): on one CPU device its thin convolution is the zoo's kernel, with the same values as
+  XLA's; left out of OWN_KERNELS_FOR, or outside CPU_OPTIONS_FOR, it is traced plainly (XLA's convolution)."""
+  assert convgrad.available()
+  monkeypatch.setattr(_layers, "_NATIVE_MIN_PIXELS", 1)
+  family, mesh = ThinConvEval(), sharding.make_mesh(1)
+  images = np.random.default_rng(0).normal(size=(8, 12, 12, 1)).astype(np.float32)
+  variables = family.init(jax.random.PRNGKey(1), {"image": images})
+  batch = sharding.global_batch({"image": images, "mask": np.ones(8, np.float32)}, mesh)
+
+  def built(own_kernels_for, options_for):
+    monkeypatch.setattr(step_lib, "OWN_KERNELS_FOR", own_kernels_for)
+    monkeypatch.setattr(step_lib, "CPU_OPTIONS_FOR", options_for)
+    step_lib.jit_eval_step.cache_clear()         # cached per family and mesh, built with the sets of the time
+    fn = step_lib.jit_eval_step(family, mesh)
+    text = fn.lower(variables, batch, jax.random.PRNGKey(0)).as_text()
+    return convgrad.CONV_TARGET in text, float(fn(variables, batch, jax.random.PRNGKey(0))[0]["sq"])
+  ours, plain = built(frozenset({"train", "eval"}), frozenset({"train", "eval"})), built(
+      frozenset({"train"}), frozenset({"train", "eval"}))
+  assert ours[0] and not plain[0]
+  assert ours[1] == pytest.approx(plain[1], rel=1e-5)
+  assert not built(frozenset({"train", "eval"}), frozenset({"train"}))[0]   # XLA's defaults: traced plainly
+  step_lib.jit_eval_step.cache_clear()
+
+
 def _step_cache_entries() -> set:
   """The train steps (``jit_train_step``'s ``traced``) in the suite's persistent cache, which takes every
   program (conftest)."""
-  return {name for name in os.listdir(jax.config.jax_compilation_cache_dir) if name.startswith("jit_traced-")}
+  return {name for name in os.listdir(jax.config.jax_compilation_cache_dir) if name.startswith("jit_train_step-")}
 
 
 def test_a_step_with_onednn_is_compiled_without_writing_it_to_the_persistent_cache(monkeypatch):

@@ -109,6 +109,16 @@ CPU_PREFER_VECTOR_WIDTH = 512
 # the Row LSTM's 1.02x); not the samplers (the PixelCNN's and the DCGAN's 0.99x, the VAE's 1.10x of 1 ms) nor
 # the once-per-evaluation context (the RBM's AIS 0.95x).
 CPU_OPTIONS_FOR = frozenset({"train", "eval"})
+# Which of them, where they compile with the CPU options, trace their layers as the train step does
+# (``own_kernels_for`` those options: on one CPU device oneDNN's convolutions and the zoo's own kernels, e.g. a
+# thin input's ``conv_taps``): the eval step too. Against the same options traced plainly, in one process
+# (ab_options.py --compare options kernels, results/own_kernels_ab_cpu2_cascadelake.jsonl, two or three runs
+# each, the machine's speed halving between them): the PixelCNN's eval step 1.14-1.19x, the conv VAE's
+# 1.13-1.28x, the Row LSTM's 1.10-1.12x, the Gated PixelCNN's 0.95-1.06x, the Diagonal BiLSTM's 0.97-0.99x. The
+# samplers would gain from the kernels too (the MNIST DCGAN's 1.27x over the options alone) but lose to the
+# options that come with them (the Row LSTM's sampler 0.70x with them, the RBM's and DBN's Gibbs chains
+# 0.80-0.85x), so they keep XLA's defaults; a function outside CPU_OPTIONS_FOR is traced plainly.
+OWN_KERNELS_FOR = frozenset({"train", "eval"})
 _SHARED_FUNCTIONS = frozenset({"train", "eval", "sample", "context"})
 # With them the train step traces its families under ``kernels.xla_own_kernels()``: convolutions take XLA's own
 # gradients where those are the faster under XLA's own kernels (stride-1 ones entirely; a strided one's weight
@@ -195,22 +205,28 @@ def _onednn_for(options: dict | None, mesh: Mesh | None) -> bool:
 
 def jit_train_step(family: Family, txs: Mapping[str, optax.GradientTransformation], mesh: Mesh,
                    ema: Mapping[str, float] | None = None) -> Callable:
-  """The shared step, jitted for ``mesh`` with the state donated (and ``compiler_options(mesh)``)."""
+  """The shared step, jitted for ``mesh`` with the state donated (``_jit_shared``: ``compiler_options(mesh)``,
+  the layers traced for the kernels it compiles with)."""
   rep = sharding.replicated(mesh)
-  options = compiler_options(mesh)
-  step = train_step_fn(family, txs, ema)
+  return _jit_shared(train_step_fn(family, txs, ema), "train", mesh, in_shardings=(rep, sharding.data_sharded(mesh)),
+                     out_shardings=(rep, rep), donate_argnums=(0,))
 
-  def traced(state, batch):     # the layers' formulations follow the kernels the step compiles with
-    with own_kernels_for(options, mesh):
-      return step(state, batch)
-  jitted = jax.jit(traced,
-                   in_shardings=(rep, sharding.data_sharded(mesh)),
-                   out_shardings=(rep, rep),
-                   donate_argnums=(0,),
-                   compiler_options=options)
-  # a step holding oneDNN's custom calls is compiled without writing it to the persistent cache (that write
-  # crashes jaxlib 0.11.2; zoo.onednn)
-  return onednn.UncachedJit(jitted) if _onednn_for(options, mesh) else jitted
+
+def _jit_shared(fn: Callable, name: str, mesh: Mesh, **jit_kwargs) -> Callable:
+  """``fn`` jitted as the shared function ``name`` ('train', 'eval', 'sample' or 'context') on ``mesh``: compiled
+  with ``compiler_options(mesh, name)`` and, where ``name`` is in ``OWN_KERNELS_FOR``, traced under
+  ``own_kernels_for`` those options, so that the layers' formulations follow the kernels it compiles with. A
+  program holding oneDNN's custom calls is compiled without being written to the persistent cache (that write
+  crashes jaxlib 0.11.2; zoo.onednn)."""
+  options = compiler_options(mesh, name)
+  traced_for = options if name in OWN_KERNELS_FOR else None
+
+  @functools.wraps(fn)
+  def traced(*args):
+    with own_kernels_for(traced_for, mesh):
+      return fn(*args)
+  jitted = jax.jit(traced, compiler_options=options, **jit_kwargs)
+  return onednn.UncachedJit(jitted) if _onednn_for(traced_for, mesh) else jitted
 
 
 @functools.lru_cache(maxsize=64)
@@ -219,7 +235,8 @@ def jit_eval_step(family: Family, mesh: Mesh, **estimator) -> Callable:
 
   ``batch['mask']`` (B,) marks real examples; padding examples contribute nothing. ``estimator``
   options (e.g. ``k=5000``) go to the family's ``eval_metrics``. Cached: the periodic evaluations of a
-  run trace and compile it once. Compiled with ``compiler_options(mesh, 'eval')``.
+  run trace and compile it once. Compiled with ``compiler_options(mesh, 'eval')`` and traced for them as the
+  train step is (``OWN_KERNELS_FOR``).
   """
   rep = sharding.replicated(mesh)
 
@@ -229,19 +246,19 @@ def jit_eval_step(family: Family, mesh: Mesh, **estimator) -> Callable:
     sums = {k: jnp.sum(jnp.where(mask > 0, v, 0.0)) for k, v in per_example.items()}
     return sums, jnp.sum(mask)
 
-  return jax.jit(eval_step, in_shardings=(rep, sharding.data_sharded(mesh), rep), out_shardings=rep,
-                 compiler_options=compiler_options(mesh, "eval"))
+  return _jit_shared(eval_step, "eval", mesh, in_shardings=(rep, sharding.data_sharded(mesh), rep),
+                     out_shardings=rep)
 
 
 @functools.lru_cache(maxsize=64)
 def jit_eval_context(family: Family, mesh: Mesh, **estimator) -> Callable:
   """``context(variables, rng) -> collections``: the family's once-per-evaluation work, jitted, cached."""
-  return jax.jit(lambda v, r: family.eval_context(v, r, **estimator),
-                 out_shardings=sharding.replicated(mesh), compiler_options=compiler_options(mesh, "context"))
+  return _jit_shared(lambda v, r: family.eval_context(v, r, **estimator), "context", mesh,
+                     out_shardings=sharding.replicated(mesh))
 
 
 @functools.lru_cache(maxsize=64)
 def jit_sample(family: Family, mesh: Mesh, num: int, **conditioning) -> Callable:
   """``sample(variables, rng) -> (num, H, W, C)``, jitted, cached (the same grid at every evaluation)."""
-  return jax.jit(lambda v, r: family.sample(v, r, num, **conditioning),
-                 out_shardings=sharding.replicated(mesh), compiler_options=compiler_options(mesh, "sample"))
+  return _jit_shared(lambda v, r: family.sample(v, r, num, **conditioning), "sample", mesh,
+                     out_shardings=sharding.replicated(mesh))
