@@ -184,6 +184,17 @@ def test_ab_options_times_a_function_with_and_without_the_cpu_options(tmp_path):
     assert r["programs"][0] != r["programs"][1]
 
 
+def test_ab_features_times_the_extraction_with_and_without_the_cpu_options(tmp_path):
+  """experiments/benchmarks/ab_features.py builds the digit classifier's extraction with and without the CPU
+  options (two programs) and reports both rates and their within-round ratio."""
+  out = tmp_path / "ab.jsonl"
+  subprocess.run([sys.executable, "experiments/benchmarks/ab_features.py", "--extractor", "digits", "--batch", "8",
+                  "--repeats", "1", "--out", str(out)], check=True, capture_output=True, timeout=300)
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert min(row["defaults_examples_per_s"], row["options_examples_per_s"]) > 0 and row["options_over_defaults"] > 0
+  assert row["programs"][0] != row["programs"][1] and row["weights"] == "shipped" and row["batch_size"] == 8
+
+
 @pytest.mark.slow
 def test_ab_step_refuses_a_threshold_that_changes_nothing(tmp_path):
   """The PixelCNN has no strided or transposed convolution: the phase threshold leaves its step as it is,

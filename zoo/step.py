@@ -108,7 +108,10 @@ CPU_PREFER_VECTOR_WIDTH = 512
 # eval step (the PixelCNN's 1.81x, the Gated PixelCNN's 1.55x, MADE's 1.08x, the VAE's 1000-sample bound's and
 # the Row LSTM's 1.02x); not the samplers (the PixelCNN's and the DCGAN's 0.99x, the VAE's 1.10x of 1 ms) nor
 # the once-per-evaluation context (the RBM's AIS 0.95x).
-CPU_OPTIONS_FOR = frozenset({"train", "eval"})
+# And the sample-quality metrics' feature extraction ('features', zoo.metrics.features; ab_features.py,
+# results/features_options_ab_cpu2_cascadelake.jsonl): the FID Inception 1.54-1.60x at batch 16 and 32, the
+# digit classifier 0.89-1.04x (noise) at 250 and 1000.
+CPU_OPTIONS_FOR = frozenset({"train", "eval", "features"})
 # Which of them, where they compile with the CPU options, trace their layers as the train step does
 # (``own_kernels_for`` those options: on one CPU device oneDNN's convolutions and the zoo's own kernels, e.g. a
 # thin input's ``conv_taps``): the eval step too. Against the same options traced plainly, in one process
@@ -119,7 +122,7 @@ CPU_OPTIONS_FOR = frozenset({"train", "eval"})
 # options that come with them (the Row LSTM's sampler 0.70x with them, the RBM's and DBN's Gibbs chains
 # 0.80-0.85x), so they keep XLA's defaults; a function outside CPU_OPTIONS_FOR is traced plainly.
 OWN_KERNELS_FOR = frozenset({"train", "eval"})
-_SHARED_FUNCTIONS = frozenset({"train", "eval", "sample", "context"})
+_SHARED_FUNCTIONS = frozenset({"train", "eval", "sample", "context", "features"})
 # With them the train step traces its families under ``kernels.xla_own_kernels()``: convolutions take XLA's own
 # gradients where those are the faster under XLA's own kernels (stride-1 ones entirely; a strided one's weight
 # gradient; a transposed one's both; see zoo/models/_layers.py)
@@ -157,9 +160,9 @@ def _cpu_options_accepted(options: tuple) -> bool:
 
 
 def compiler_options(mesh: Mesh, fn: str = "train") -> dict | None:
-  """The XLA options the shared function ``fn`` ('train', 'eval', 'sample' or 'context') compiles with on
-  ``mesh``: ``cpu_compiler_options()`` where its devices are CPUs and ``fn`` is in ``CPU_OPTIONS_FOR`` (see
-  above), else None (XLA's defaults)."""
+  """The XLA options the shared function ``fn`` ('train', 'eval', 'sample', 'context' or 'features': the
+  metrics' feature extraction, ``zoo.metrics.features``) compiles with on ``mesh``: ``cpu_compiler_options()``
+  where its devices are CPUs and ``fn`` is in ``CPU_OPTIONS_FOR`` (see above), else None (XLA's defaults)."""
   if fn not in _SHARED_FUNCTIONS:
     raise ValueError(f"compiler_options: fn must be one of {sorted(_SHARED_FUNCTIONS)}, got {fn!r}")
   options = cpu_compiler_options()

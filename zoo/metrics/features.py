@@ -27,7 +27,9 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from zoo import step as step_lib
 from zoo.errors import ZooError
 
 __all__ = ["EXTRACTORS", "FeatureExtractor", "Sampler", "cache_dir", "extract", "get_extractor",
@@ -93,7 +95,9 @@ class FeatureExtractor:
       x = quantize(images) if quantized else images.astype(jnp.float32)
       out = self.apply(variables, x, False)
       return {"features": out["features"], "logits": out["logits"]}
-    return jax.jit(fn, static_argnums=2)
+    # on a CPU with the zoo's CPU options, as the eval step (zoo.step.CPU_OPTIONS_FOR: the Inception 1.7x)
+    options = step_lib.compiler_options(Mesh(np.array([self.device]), ("data",)), "features")
+    return jax.jit(fn, static_argnums=2, compiler_options=options)
 
   @property
   def device(self) -> jax.Device:
@@ -142,6 +146,14 @@ def _inception(weights: str | os.PathLike | None, batch_size: int | None,
   path = Path(weights).expanduser() if weights is not None else inception.default_weights_path()
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  return inception_extractor(variables, digest, batch_size, precision)
+
+
+def inception_extractor(variables: Any, digest: str, batch_size: int | None = None,
+                        precision: str = "highest") -> FeatureExtractor:
+  """The FID Inception as a FeatureExtractor over ``variables`` (``get_extractor('inception')`` loads the FID
+  weights; a benchmark may give random ones), ``digest`` naming them."""
+  from zoo.metrics import inception
   net = inception.FIDInceptionV3(precision=precision)
 
   def apply(v, x, taps):
