@@ -330,8 +330,8 @@ def test_the_eval_step_traces_its_layers_for_the_kernels_it_compiles_with(monkey
 
 
 def _step_cache_entries() -> set:
-  """The train steps (``jit_train_step``'s ``traced``) in the suite's persistent cache, which takes every
-  program (conftest)."""
+  """The train steps (``jit_train_step``'s, named after ``train_step_fn``'s ``train_step``) in the suite's
+  persistent cache, which takes every program (conftest)."""
   return {name for name in os.listdir(jax.config.jax_compilation_cache_dir) if name.startswith("jit_train_step-")}
 
 

@@ -48,10 +48,8 @@ def main(argv=None):
     for name, on in (("defaults", False), ("options", True)):
       step_lib.CPU_OPTIONS_FOR = (given | {"features"}) if on else (given - {"features"})
       ex = dataclasses.replace(base)      # a fresh instance: its jitted function is built once per instance
-      fn = ex._features_fn
-      options = step_lib.compiler_options(jax.sharding.Mesh(np.array([ex.device]), ("data",)), "features")
-      lowered = fn.lower(ex.variables, images, True)
-      programs.append(bench.program_hash(lowered, options))
+      lowered = ex._features_fn.lower(ex.variables, images, True)
+      programs.append(bench.program_hash(lowered, ex.compiler_options))
       compiled = lowered.compile()
 
       def runner(n, compiled=compiled, variables=ex.variables):
@@ -65,8 +63,8 @@ def main(argv=None):
     raise SystemExit("the extraction compiles to the same program with and without the options on this backend")
   rounds = bench.interleaved_rounds(runners, args.batch, 1, args.repeats, warmup=1)
   weights = (args.inception_weights or "random") if args.extractor == "inception" else "shipped"
-  result = {"extractor": args.extractor, "weights": weights, "batch_size": args.batch, "image_shape": list(shape), "programs": programs,
-            **bench.machine_info(), **bench.round_figures(rounds),
+  result = {"extractor": args.extractor, "weights": weights, "batch_size": args.batch, "image_shape": list(shape),
+            "programs": programs, **bench.machine_info(), **bench.round_figures(rounds),
             "options_over_defaults": round(bench.within_round_ratio(rounds, "options", "defaults"), 3)}
   bench.report(result, args.out)
   return result

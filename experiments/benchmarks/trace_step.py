@@ -10,8 +10,8 @@ alternating, each first in every other pair (issue 7); and whether the two compi
 
 Prints, and with ``--out`` appends, one JSON line: the median seconds of each phase (and of their total)
 per setting, the ratios (platform_dependent / alone: the median over the pairs of the ratio within each
-pair, the project's convention for A/B rounds, ``zoo.bench.within_round_ratio``) and ``programs``: whether the runs compiled to identical instructions,
-the same instructions reordered, or different ones.
+pair, the project's convention for A/B rounds, ``zoo.bench.within_round_ratio``) and ``programs``: whether
+the runs compiled to identical instructions, the same instructions reordered, or different ones.
 """
 from __future__ import annotations
 
@@ -55,8 +55,7 @@ def measure(args) -> dict:
   t3 = time.perf_counter()
   text = instructions(compiled.as_text())
   return {**info, "trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2, "total_s": t3 - t0,
-          "program": _hash(text),
-          "unordered": _hash("\n".join(sorted(text.splitlines())))}
+          "program": _hash(text), "unordered": _hash("\n".join(sorted(text.splitlines())))}
 
 
 def _hash(text: str) -> str:

@@ -95,9 +95,13 @@ class FeatureExtractor:
       x = quantize(images) if quantized else images.astype(jnp.float32)
       out = self.apply(variables, x, False)
       return {"features": out["features"], "logits": out["logits"]}
-    # on a CPU with the zoo's CPU options, as the eval step (zoo.step.CPU_OPTIONS_FOR: the Inception 1.7x)
-    options = step_lib.compiler_options(Mesh(np.array([self.device]), ("data",)), "features")
-    return jax.jit(fn, static_argnums=2, compiler_options=options)
+    return jax.jit(fn, static_argnums=2, compiler_options=self.compiler_options)
+
+  @property
+  def compiler_options(self) -> dict | None:
+    """The XLA options the network compiles with: on a CPU the zoo's CPU options, as the eval step's
+    (``zoo.step.CPU_OPTIONS_FOR``'s 'features': the FID Inception 1.5-1.6x), else XLA's defaults (None)."""
+    return step_lib.compiler_options(Mesh(np.array([self.device]), ("data",)), "features")
 
   @property
   def device(self) -> jax.Device:
