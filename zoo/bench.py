@@ -152,6 +152,16 @@ def runner_of(compiled, state, batch) -> Runner:
   return run
 
 
+def call_runner(compiled, *args) -> Runner:
+  """A compiled function of no state as a runner: ``run(n)`` calls ``compiled(*args)`` n times and waits for
+  the last (ab_options.py's eval steps and samplers, ab_features.py's extraction)."""
+  def run(n):
+    for _ in range(n):
+      out = compiled(*args)
+    jax.block_until_ready(out)
+  return run
+
+
 def torch_runner(step: Callable[[], None], threads: int = 0, device: str = "cpu") -> Runner:
   """A runner of a PyTorch ``step()`` on ``threads`` intra-op threads (0: PyTorch's default, one per
   core); PyTorch's thread count is put back after each call, so runners of different counts interleave.

@@ -50,13 +50,7 @@ def main(argv=None):
       ex = dataclasses.replace(base)      # a fresh instance: its jitted function is built once per instance
       lowered = ex._features_fn.lower(ex.variables, images, True)
       programs.append(bench.program_hash(lowered, ex.compiler_options))
-      compiled = lowered.compile()
-
-      def runner(n, compiled=compiled, variables=ex.variables):
-        for _ in range(n):
-          out = compiled(variables, images)
-        jax.block_until_ready(out)
-      runners[name] = runner
+      runners[name] = bench.call_runner(lowered.compile(), ex.variables, images)
   finally:
     step_lib.CPU_OPTIONS_FOR = given
   if programs[0] == programs[1]:

@@ -85,13 +85,7 @@ def compare(args, fn_name, run, local, variables):
       jax.clear_caches()
       lowered = BUILDERS[fn_name](*build_args, **build_kwargs).lower(*fn_args)
       programs.append(bench.program_hash(lowered, step_lib.compiler_options(run.mesh, fn_name)))
-      compiled = lowered.compile()
-
-      def runner(n, compiled=compiled):
-        for _ in range(n):
-          out = compiled(*fn_args)
-        jax.block_until_ready(out)
-      runners[name] = runner
+      runners[name] = bench.call_runner(lowered.compile(), *fn_args)
   finally:
     step_lib.CPU_OPTIONS_FOR, step_lib.OWN_KERNELS_FOR = given   # the next function's builds see them as given
   if programs[0] == programs[1]:
